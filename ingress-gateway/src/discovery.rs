@@ -1,0 +1,340 @@
+//! The background task: recompute the model on every change, publish it, write Ingress status.
+//!
+//! ```text
+//!   Resources::changed() tick ──┐  (or the periodic resync, which retries failed status writes)
+//!                               ▼
+//!   stores ─► config::translate ─► RouteTable ──────────────► ArcSwap<RouteTable>  ─► proxy
+//!                          └─────► TLS bindings ─► CertStore ► ArcSwap<CertStore>  ─► CertResolver
+//!                          └─────► served set ─► status_patches (compare) ─► StatusWriter (only diffs)
+//! ```
+//!
+//! Level-triggered: each tick recomputes everything from the stores and never acts on a delta, so
+//! a missed or repeated tick is harmless. Publishing swaps an `Arc`; requests in flight keep the
+//! table they loaded and finish normally. Status is written only where observed ≠ desired, so a
+//! resync costs no API writes.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use drawbridge_resources::source::{Kind, ObjectKey, Resources};
+use drawbridge_resources::status::StatusWriter;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use crate::config::{self, ObjectRef};
+use crate::routes::RouteTable;
+use crate::tls::CertStore;
+
+/// How often the model is recomputed even without a change: retries status writes that failed.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The discovery task's errors. None is fatal: each is logged and retried on the next tick.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing an Ingress's status failed (retried at the next tick or resync).
+    #[error("status write failed")]
+    PatchStatusFailed(#[source] drawbridge_resources::status::StatusError),
+}
+
+/// One `status.loadBalancer.ingress[]` entry (the fields drawbridge copies from the Service).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct LbAddress {
+    /// IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// DNS name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// The state the proxy and the TLS listener read. Written only by [`Discovery`].
+#[derive(Clone, Default)]
+pub struct Published {
+    /// Current routes; swapped whole.
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// Current certificates by SNI; swapped whole.
+    pub certs: Arc<ArcSwap<CertStore>>,
+}
+
+/// The discovery task's state.
+pub struct Discovery {
+    resources: Resources,
+    status: Arc<dyn StatusWriter>,
+    /// `--publish-service`: whose `status.loadBalancer` the served Ingresses get.
+    publish_service: ObjectRef,
+    published: Published,
+    /// Problems already warned about (so a tick does not repeat them); rebuilt every tick.
+    reported: HashSet<String>,
+    /// Every address this process wrote into an Ingress status, so it can recognise (and clear)
+    /// its own addresses even after the publish Service lost them.
+    written: BTreeSet<LbAddress>,
+}
+
+impl Discovery {
+    /// A task reading `resources`, writing through `status`, publishing into `published`.
+    pub fn new(
+        resources: Resources,
+        status: Arc<dyn StatusWriter>,
+        publish_service: ObjectRef,
+        published: Published,
+    ) -> Self {
+        Discovery {
+            resources,
+            status,
+            publish_service,
+            published,
+            reported: HashSet::new(),
+            written: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until the source shuts down: reconcile, then wait for a change or the resync timer.
+    pub async fn run(mut self) {
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                alive = self.resources.changed() => if !alive {
+                    info!("resource source stopped; discovery ends");
+                    return;
+                },
+                () = tokio::time::sleep(RESYNC_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// One full pass: publish routes and certificates, then write the status differences.
+    pub async fn reconcile(&mut self) {
+        let served = self.publish();
+        let ingresses = self.resources.ingresses.state();
+        let service = self.resources.services.state().into_iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(&self.publish_service.0)
+                && s.metadata.name.as_deref() == Some(&self.publish_service.1)
+        });
+        let desired = service
+            .as_deref()
+            .map(publish_addresses)
+            .unwrap_or_default();
+        let ours: BTreeSet<LbAddress> = desired
+            .iter()
+            .cloned()
+            .chain(self.written.iter().cloned())
+            .collect();
+        for (key, patch) in status_patches(&ingresses, &served, &desired, &ours) {
+            debug!(object = %key, %patch, "writing Ingress status");
+            match self
+                .status
+                .patch_status(key.clone(), patch)
+                .await
+                .map_err(Error::PatchStatusFailed)
+            {
+                Ok(()) => self.written.extend(desired.iter().cloned()),
+                Err(error) => {
+                    warn!(%error, object = %key, "Ingress status not written; will retry")
+                }
+            }
+        }
+    }
+
+    /// Recomputes the model and swaps it in. Returns the served Ingresses.
+    pub fn publish(&mut self) -> BTreeSet<ObjectRef> {
+        let r = &self.resources;
+        let (ingresses, classes) = (r.ingresses.state(), r.ingress_classes.state());
+        let (services, slices, secrets) = (
+            r.services.state(),
+            r.endpoint_slices.state(),
+            r.secrets.state(),
+        );
+        let model = config::translate(config::Input {
+            ingresses: &ingresses,
+            ingress_classes: &classes,
+            services: &services,
+            endpoint_slices: &slices,
+        });
+        let (certs, cert_errors) = CertStore::build(&model.tls, &secrets);
+
+        let mut reported = HashSet::new();
+        for error in &model.problems {
+            let text = error.to_string();
+            if !self.reported.contains(&text) {
+                warn!(%error, "Ingress skipped");
+            }
+            reported.insert(text);
+        }
+        for error in &cert_errors {
+            let text = error.to_string();
+            if !self.reported.contains(&text) {
+                warn!(%error, "certificate skipped; its hosts get the default certificate");
+            }
+            reported.insert(text);
+        }
+        self.reported = reported;
+
+        info!(
+            served = model.served.len(),
+            rules = model.routes.len(),
+            certificates = certs.len(),
+            skipped = model.problems.len(),
+            "configuration published"
+        );
+        self.published.routes.store(Arc::new(model.routes));
+        self.published.certs.store(Arc::new(certs));
+        model.served
+    }
+}
+
+/// `status.loadBalancer.ingress` of the publish Service, as Ingress status entries.
+pub fn publish_addresses(service: &Service) -> Vec<LbAddress> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip.is_some() || i.hostname.is_some())
+        .map(|i| LbAddress {
+            ip: i.ip.clone(),
+            hostname: i.hostname.clone(),
+        })
+        .collect()
+}
+
+fn observed_addresses(ingress: &Ingress) -> Vec<LbAddress> {
+    ingress
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|i| LbAddress {
+            ip: i.ip.clone(),
+            hostname: i.hostname.clone(),
+        })
+        .collect()
+}
+
+/// The status merge patches to send (pure): served Ingresses whose `status.loadBalancer.ingress`
+/// differs from `desired` get `desired`; Ingresses not served that still carry one of `ours` are
+/// cleared. Everything else: nothing.
+pub fn status_patches(
+    ingresses: &[Arc<Ingress>],
+    served: &BTreeSet<ObjectRef>,
+    desired: &[LbAddress],
+    ours: &BTreeSet<LbAddress>,
+) -> Vec<(ObjectKey, Value)> {
+    let mut out = Vec::new();
+    for ingress in ingresses {
+        let (Some(ns), Some(name)) = (
+            ingress.metadata.namespace.as_ref(),
+            ingress.metadata.name.as_ref(),
+        ) else {
+            continue;
+        };
+        let observed = observed_addresses(ingress);
+        let key = (ns.clone(), name.clone());
+        let patch = if served.contains(&key) {
+            if observed == desired {
+                continue;
+            }
+            // An empty list is removed rather than written as `[]`: one spelling of "none".
+            let list = if desired.is_empty() {
+                Value::Null
+            } else {
+                json!(desired)
+            };
+            json!({"loadBalancer": {"ingress": list}})
+        } else if observed.iter().any(|a| ours.contains(a)) {
+            json!({"loadBalancer": {"ingress": null}})
+        } else {
+            continue;
+        };
+        out.push((ObjectKey::namespaced(Kind::Ingress, ns, name), patch));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress_with_status(ns: &str, name: &str, ips: &[&str]) -> Arc<Ingress> {
+        let list: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name},
+                "status": {"loadBalancer": {"ingress": list}},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn ip(a: &str) -> LbAddress {
+        LbAddress {
+            ip: Some(a.into()),
+            hostname: None,
+        }
+    }
+
+    fn served(names: &[&str]) -> BTreeSet<ObjectRef> {
+        names
+            .iter()
+            .map(|n| ("ns".to_string(), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn status_is_written_only_where_it_differs() {
+        let ingresses = vec![
+            ingress_with_status("ns", "fresh", &[]),
+            ingress_with_status("ns", "current", &["192.0.2.1"]),
+            ingress_with_status("ns", "stale", &["192.0.2.9"]),
+            ingress_with_status("ns", "was-ours", &["192.0.2.1"]),
+            ingress_with_status("ns", "foreign", &["198.51.100.7"]),
+            ingress_with_status("ns", "foreign-empty", &[]),
+        ];
+        let desired = vec![ip("192.0.2.1")];
+        let ours: BTreeSet<_> = desired.iter().cloned().collect();
+        let patches = status_patches(
+            &ingresses,
+            &served(&["fresh", "current", "stale"]),
+            &desired,
+            &ours,
+        );
+        let got: Vec<(String, Value)> = patches.into_iter().map(|(k, v)| (k.name, v)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "fresh".into(),
+                    json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}})
+                ),
+                (
+                    "stale".into(),
+                    json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}})
+                ),
+                (
+                    "was-ours".into(),
+                    json!({"loadBalancer": {"ingress": null}})
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_publish_address_clears_served_status_once() {
+        let ingresses = vec![
+            ingress_with_status("ns", "a", &["192.0.2.1"]),
+            ingress_with_status("ns", "b", &[]),
+        ];
+        let ours = BTreeSet::from([ip("192.0.2.1")]);
+        let patches = status_patches(&ingresses, &served(&["a", "b"]), &[], &ours);
+        assert_eq!(patches.len(), 1);
+        assert_eq!(patches[0].1, json!({"loadBalancer": {"ingress": null}}));
+    }
+}

@@ -1,0 +1,66 @@
+//! `ingress-gateway`: drawbridge's Ingress v1 gateway. See the library docs.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use drawbridge_resources::source::SourceArgs;
+use drawbridge_resources::telemetry::{self, LogFormat};
+use ingress_gateway::server::{self, Settings};
+
+/// Serves Ingresses of class `drawbridge` (controller `drawbridge.dev/ingress-gateway`).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Plain HTTP listener.
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_HTTP_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    http_addr: SocketAddr,
+    /// HTTPS listener (certificates by SNI from the Ingresses' `spec.tls`).
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_HTTPS_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
+    https_addr: SocketAddr,
+    /// NAMESPACE/NAME of the LoadBalancer Service whose addresses go into Ingress status.
+    #[arg(long, env = "DRAWBRIDGE_PUBLISH_SERVICE", value_name = "NS/NAME", default_value = "drawbridge-system/ingress-gateway", value_parser = parse_ns_name)]
+    publish_service: (String, String),
+    /// Proxy worker threads (default: available CPUs).
+    #[arg(long, env = "DRAWBRIDGE_THREADS")]
+    threads: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "DRAWBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    server::run(Settings {
+        source: args.source,
+        http_addr: args.http_addr,
+        https_addr: args.https_addr,
+        publish_service: args.publish_service,
+        threads,
+    })
+}

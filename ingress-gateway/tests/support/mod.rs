@@ -1,0 +1,461 @@
+//! Test harness: in-test HTTP origins, the gateway binary on ephemeral loopback ports with a
+//! manifest directory, a test CA (rcgen), and small HTTP / HTTPS clients (hyper, tokio-rustls).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+/// Every network step of a test is bounded by this.
+pub const STEP: Duration = Duration::from_secs(5);
+
+// === Origin ===
+
+/// An HTTP/1.1 origin on `ip:0` answering every request with JSON: its name, and the Host,
+/// path, X-Forwarded-For and X-Forwarded-Proto it received.
+pub struct Origin {
+    pub name: String,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(name: &str, ip: &str) -> Origin {
+        let listener = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let name_owned: Arc<str> = name.into();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let name = name_owned.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let name = name.clone();
+                        async move {
+                            let h = |k: &str| {
+                                req.headers()
+                                    .get(k)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string)
+                            };
+                            let body = json!({
+                                "origin": &*name,
+                                "host": h("host"),
+                                "path": req.uri().path(),
+                                "xff": h("x-forwarded-for"),
+                                "xfp": h("x-forwarded-proto"),
+                            });
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                body.to_string(),
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            name: name.to_string(),
+            addr,
+            task,
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === Gateway process ===
+
+/// The `ingress-gateway` binary, killed on drop.
+pub struct Gateway {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+impl Gateway {
+    /// Writes `objects` to `manifests/objects.yaml` and starts the gateway on it; returns once the
+    /// listeners accept connections (both are one Pingora service, started together; only the
+    /// HTTP port is probed, since a bare TCP probe of the HTTPS port logs a handshake error).
+    pub async fn start(objects: &[Value]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&manifests).unwrap();
+        write_manifests(&manifests, objects);
+        let (http, https) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_ingress-gateway"))
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "--http-addr",
+                &http.to_string(),
+                "--https-addr",
+                &https.to_string(),
+                "--threads",
+                "2",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ingress-gateway");
+        let gw = Gateway {
+            http,
+            https,
+            manifests,
+            state,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(http).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen on {http}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+
+    /// Replaces the manifests (atomically: temp file + rename).
+    pub fn rewrite(&self, objects: &[Value]) {
+        write_manifests(&self.manifests, objects);
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn write_manifests(dir: &Path, objects: &[Value]) {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    // JSON is YAML. The temp name is hidden, so the watcher never reads a half-written file.
+    let tmp = dir.join(".objects.yaml.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    std::fs::rename(&tmp, dir.join("objects.yaml")).unwrap();
+}
+
+// === Manifest builders ===
+
+pub fn mk_class() -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+           "metadata": {"name": "drawbridge"}, "spec": {"controller": "drawbridge.dev/ingress-gateway"}})
+}
+
+/// A Service with one TCP port 80 named `http` (targetPort `web`: the slice carries the real port).
+pub fn mk_service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}})
+}
+
+/// EndpointSlices of `service`, one per origin (origins listen on different ephemeral ports, and a
+/// slice has one port list), each with port `http` and one ready endpoint.
+pub fn mk_slices(service: &str, origins: &[&Origin]) -> Vec<Value> {
+    origins
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"namespace": "default", "name": format!("{service}-{i}"),
+                                "labels": {"kubernetes.io/service-name": service}},
+                   "addressType": "IPv4",
+                   "ports": [{"name": "http", "port": o.addr.port(), "protocol": "TCP"}],
+                   "endpoints": [{"addresses": [o.addr.ip().to_string()], "conditions": {"ready": true}}]})
+        })
+        .collect()
+}
+
+pub fn mk_tls_secret(name: &str, crt: &str, key: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"namespace": "default", "name": name},
+           "stringData": {"tls.crt": crt, "tls.key": key}})
+}
+
+// === Test CA ===
+
+pub struct TestCa {
+    pub cert: rcgen::Certificate,
+    params: CertificateParams,
+    key: KeyPair,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "drawbridge test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, params, key }
+    }
+
+    /// A leaf for `hosts`: (certificate PEM, key PEM).
+    pub fn issue(&self, hosts: &[&str]) -> (String, String) {
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        roots
+    }
+}
+
+// === Clients ===
+
+/// What an origin reported, plus the status the gateway answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn origin(&self) -> Option<&str> {
+        self.body.get("origin").and_then(Value::as_str)
+    }
+    pub fn field(&self, k: &str) -> Option<&str> {
+        self.body.get(k).and_then(Value::as_str)
+    }
+}
+
+async fn exchange<S>(stream: S, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer { status, body }
+}
+
+/// `GET path` with `Host: host` over plain HTTP.
+pub async fn get(gw: &Gateway, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    tokio::time::timeout(STEP, async {
+        let stream = TcpStream::connect(gw.http).await.unwrap();
+        exchange(stream, host, path, headers).await
+    })
+    .await
+    .expect("HTTP request timed out")
+}
+
+/// The result of a TLS handshake: the server's leaf certificate, the ALPN protocol, and the stream.
+pub struct Tls {
+    pub leaf: CertificateDer<'static>,
+    pub alpn: Option<Vec<u8>>,
+    pub stream: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Handshake with SNI `sni`, verifying against `roots` (or accepting anything when `None`).
+pub async fn handshake(
+    gw: &Gateway,
+    sni: &str,
+    roots: Option<rustls::RootCertStore>,
+    alpn: &[&[u8]],
+) -> Result<Tls, std::io::Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let mut config = match roots {
+        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    tokio::time::timeout(STEP, async {
+        let tcp = TcpStream::connect(gw.https).await?;
+        let stream = connector.connect(name, tcp).await?;
+        let (_, conn) = stream.get_ref();
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .expect("server sent a certificate");
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        Ok(Tls { leaf, alpn, stream })
+    })
+    .await
+    .expect("TLS handshake timed out")
+}
+
+/// `GET path` over an established TLS stream (HTTP/1.1).
+pub async fn get_tls(tls: Tls, host: &str, path: &str) -> Answer {
+    tokio::time::timeout(STEP, exchange(tls.stream, host, path, &[]))
+        .await
+        .expect("HTTPS request timed out")
+}
+
+/// `GET https://{host}{path}` as HTTP/2 over an established TLS stream (ALPN `h2`).
+pub async fn get_h2(tls: Tls, host: &str, path: &str) -> Answer {
+    tokio::time::timeout(STEP, async {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls.stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    })
+    .await
+    .expect("HTTP/2 request timed out")
+}
+
+/// DNS names in the certificate's subjectAltName.
+pub fn san_dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = name {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Accepts any server certificate (to look at the default one). Signatures are still checked.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `true` or `within` elapses.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,105 @@
+//! The reconcile loop (edge ring): read the stores, run the pure allocator, write status diffs.
+//!
+//! ```text
+//!   Resources::changed() ─┐
+//!   retry / resync timer ─┴─> reconcile(): pools + Services ─allocate()─> outcomes
+//!                                 └─ desired_patch() per Service ─> StatusWriter (only differences;
+//!                                    releases and failures before new allocations)
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge_resources::status::StatusWriter;
+use drawbridge_resources::{Kind, ObjectKey, Resources};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::allocate::{Outcome, ServiceView, allocate};
+use crate::pool::Pool;
+use crate::status::desired_patch;
+
+/// Without any change, recompute this often anyway (seconds); cheap, and it repairs status edited
+/// behind our back.
+const RESYNC_SECS: u64 = 60;
+/// After a failed write, retry this soon (seconds).
+const RETRY_SECS: u64 = 1;
+/// Coalesce bursts of changes (milliseconds).
+const DEBOUNCE_MS: u64 = 10;
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Handle Services without `spec.loadBalancerClass` (MetalLB's default behaviour).
+    pub class_less: bool,
+}
+
+/// Runs until the source ends. Never returns early on bad input or write failures.
+pub async fn run(mut resources: Resources, status: Arc<dyn StatusWriter>, settings: Settings) {
+    resources.wait_synced().await;
+    tracing::info!(class_less = settings.class_less, "lb-controller synced; allocating");
+    let mut reported_problems = BTreeSet::new();
+    loop {
+        let ok = reconcile(&resources, status.as_ref(), &settings, &mut reported_problems).await;
+        let wait = Duration::from_secs(if ok { RESYNC_SECS } else { RETRY_SECS });
+        tokio::select! {
+            alive = resources.changed() => if !alive { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS)).await;
+    }
+}
+
+/// One level-triggered pass. Returns `false` if a write failed (retry soon).
+pub async fn reconcile(
+    resources: &Resources,
+    status: &dyn StatusWriter,
+    settings: &Settings,
+    reported_problems: &mut BTreeSet<String>,
+) -> bool {
+    let pools: Vec<Pool> = resources.pools.state().iter().map(|p| Pool::from_object(p)).collect();
+    for pool in &pools {
+        for problem in &pool.problems {
+            let line = format!("{}: {problem}", pool.name);
+            if reported_problems.insert(line) {
+                tracing::warn!(pool = %pool.name, %problem, "IPAddressPool entry skipped");
+            }
+        }
+    }
+    let services = resources.services.state();
+    let views: Vec<ServiceView> = services.iter().map(|s| ServiceView::from_service(s, settings.class_less)).collect();
+    let outcomes = allocate(&pools, &views);
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut patches = Vec::new();
+    for svc in &services {
+        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        let Some(outcome) = outcomes.get(&key) else { continue };
+        if let Some(patch) = desired_patch(svc, outcome, &now) {
+            patches.push((matches!(outcome, Outcome::Allocated { .. }), key, outcome, patch));
+        }
+    }
+    // Free addresses before handing them to someone else.
+    patches.sort_by_key(|(allocates, key, ..)| (*allocates, key.clone()));
+
+    let mut ok = true;
+    for (_, (namespace, name), outcome, patch) in patches {
+        let result = status
+            .patch_status(ObjectKey::namespaced(Kind::Service, &namespace, &name), patch)
+            .await;
+        match (&result, outcome) {
+            (Err(error), _) => {
+                ok = false;
+                tracing::warn!(%namespace, %name, error = %error, "status write failed; will retry");
+            }
+            (Ok(()), Outcome::Allocated { ip, pool }) => {
+                tracing::info!(%namespace, %name, %ip, %pool, "external address allocated");
+            }
+            (Ok(()), Outcome::Failed { reason, message }) => {
+                tracing::warn!(%namespace, %name, reason = reason.as_str(), %message, "no external address");
+            }
+            (Ok(()), Outcome::Released) => tracing::info!(%namespace, %name, "external address released"),
+        }
+    }
+    ok
+}

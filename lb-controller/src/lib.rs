@@ -1,0 +1,20 @@
+//! lb-controller: external IPs for `type: LoadBalancer` Services on bare metal.
+//!
+//! ```text
+//!  IPAddressPools ─┐                    ┌───────────── pure ─────────────┐
+//!                  ├─ Resources ─> pool::Pool + allocate::ServiceView ─> allocate() ─> Outcome
+//!  Services ───────┘   (source)                                          status::desired_patch()
+//!                                                                                 │ only differences
+//!                                       StatusWriter (API /status or state dir) <─┘
+//! ```
+//!
+//! Allocations are recovered from `status.loadBalancer.ingress` on restart (kept, never reshuffled).
+//! This is the end-to-end slice's version: one IPv4 or IPv6 address per Service; sharing,
+//! dual-stack, API-enforced uniqueness (claims), leader election and L2 announcement come with the
+//! lb-controller issue.
+#![forbid(unsafe_code)]
+
+pub mod allocate;
+pub mod controller;
+pub mod pool;
+pub mod status;

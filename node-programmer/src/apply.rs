@@ -1,0 +1,154 @@
+//! Edge: hand nft text to the kernel. [`Apply`] is the seam; [`NftCli`] runs `nft -f -` (optionally
+//! inside a network namespace, for tests), [`RecordingApply`] is the fake.
+//!
+//! One call = one `nft -f -` process = one atomic netlink batch: either the whole transaction
+//! applies or none of it does (service-proxy.md §2.5 step 6).
+
+use std::io::Write as _;
+use std::process::{Command, ExitStatus, Stdio};
+
+use crate::render;
+
+/// Errors running an nft transaction.
+///
+/// Retry: the sync loop keeps the previous ruleset in force (the transaction is atomic), logs the
+/// error with nft's stderr, and retries with a backoff (1 s doubling to 30 s) or on the next change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `nft` (or `ip netns exec`) process could not be started or talked to.
+    #[error("cannot run {program}")]
+    SpawnFailed {
+        /// The program started.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// nft rejected the transaction; nothing was changed.
+    #[error("nft transaction failed ({status}): {stderr}")]
+    NftTransactionFailed {
+        /// nft's exit status.
+        status: ExitStatus,
+        /// nft's stderr, trimmed (names the offending line).
+        stderr: String,
+    },
+    /// A fake was told to fail.
+    #[error("injected failure")]
+    Injected,
+}
+
+/// `Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Something that can run one nft transaction (the full text of `nft -f -` input).
+pub trait Apply {
+    /// Runs `nft_text` as one atomic transaction.
+    fn apply(&mut self, nft_text: &str) -> Result<()>;
+}
+
+/// The real thing: the `nft` binary, fed on stdin.
+#[derive(Clone, Debug, Default)]
+pub struct NftCli {
+    /// Run inside this named network namespace (`ip netns exec NAME nft …`); `None` = our own.
+    netns: Option<String>,
+}
+
+impl NftCli {
+    /// `nft` in the current network namespace.
+    pub fn new() -> Self {
+        NftCli { netns: None }
+    }
+
+    /// `nft` inside network namespace `name` (as created by `ip netns add`), for lab tests.
+    pub fn in_netns(name: impl Into<String>) -> Self {
+        NftCli {
+            netns: Some(name.into()),
+        }
+    }
+
+    /// Deletes table `ip drawbridge` if it exists (`--cleanup`); no error when it is absent.
+    pub fn delete_table(&self) -> Result<()> {
+        self.run(&["-f", "-"], Some(&render::cleanup_transaction()))
+            .map(drop)
+    }
+
+    /// `nft list table ip drawbridge` (what the kernel holds now).
+    pub fn list_table(&self) -> Result<String> {
+        self.run(&["list", "table", render::FAMILY, render::TABLE], None)
+    }
+
+    fn command(&self) -> (String, Command) {
+        match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "nft"]);
+                ("ip netns exec nft".to_string(), cmd)
+            }
+            None => ("nft".to_string(), Command::new("nft")),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let (program, mut cmd) = self.command();
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_failed = |source| Error::SpawnFailed {
+            program: program.clone(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_failed)?;
+        let output = std::thread::scope(|scope| {
+            // Write stdin on a helper thread so a chatty nft cannot deadlock us on full pipes.
+            let writer = child.stdin.take().map(|mut pipe| {
+                let text = stdin.unwrap_or_default();
+                scope.spawn(move || pipe.write_all(text.as_bytes()))
+            });
+            let output = child.wait_with_output();
+            if let Some(writer) = writer {
+                // A write error (nft exited early) shows up as nft's own failure below.
+                let _ = writer.join();
+            }
+            output
+        })
+        .map_err(spawn_failed)?;
+        if !output.status.success() {
+            return Err(Error::NftTransactionFailed {
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+impl Apply for NftCli {
+    fn apply(&mut self, nft_text: &str) -> Result<()> {
+        self.run(&["-f", "-"], Some(nft_text)).map(drop)
+    }
+}
+
+/// Test fake: records every transaction it is given; can be told to fail the next N calls.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingApply {
+    /// Every transaction received, in order (failed ones included).
+    pub transactions: Vec<String>,
+    /// How many upcoming calls fail with [`Error::Injected`].
+    pub fail_next: usize,
+}
+
+impl Apply for RecordingApply {
+    fn apply(&mut self, nft_text: &str) -> Result<()> {
+        self.transactions.push(nft_text.to_string());
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            return Err(Error::Injected);
+        }
+        Ok(())
+    }
+}

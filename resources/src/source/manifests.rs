@@ -1,0 +1,612 @@
+//! Standalone implementation: a directory of manifests, followed live, plus a state directory.
+//!
+//! ```text
+//!   DIR/**/*.yaml ──parse──> objects by file ──┐
+//!                                              ├─ effective object = manifest + status overlay ─> Writers
+//!   STATE/<plural>/[<ns>/]<name>.yaml ─────────┘      (emitted only when it differs from last time)
+//!       ^
+//!       └── ManifestStatusWriter (merge patch, atomic write) ── the component's own status writes
+//! ```
+//!
+//! Rules, chosen to match what `kubectl apply -f DIR` would leave in a cluster:
+//! - every `*.yaml` / `*.yml` below DIR (recursively, hidden files skipped, sorted by path) holds any
+//!   number of documents; `kind: List` / `*List` documents are unwrapped;
+//! - a namespaced object without `metadata.namespace` lands in `default`;
+//! - an object defined in two files: the file that sorts last wins (a later `kubectl apply` would
+//!   overwrite); removing it from that file brings the other definition back;
+//! - only Secrets of `type: kubernetes.io/tls` are read (the Kubernetes source uses the same field
+//!   selector);
+//! - a file that is not valid YAML is reported (`warn`, with its path and the parser's reason) and
+//!   the objects it held before stay in force (last good config); an object that does not decode as
+//!   its kind is reported and its last good version stays in force; everything else keeps working;
+//! - status: a manifest may carry `status` (as in `kubectl get -o yaml`), and a state file for the
+//!   same object replaces it. Status writes merge into the current status (RFC 7386, as the API
+//!   server does for `application/merge-patch+json`) and are written atomically (temp + rename), so
+//!   processes sharing a state directory never read half a file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+use kube::Resource;
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{Error, Kind, ObjectKey, Result, Source, Writers, stores};
+use crate::names::SECRET_TYPE_TLS;
+use crate::status::{StatusError, StatusWriter};
+
+/// File events closer together than this are applied as one batch (editors write a temp file and
+/// rename it; `cp -r` creates many files at once). In milliseconds.
+const DEBOUNCE_MS: u64 = 10;
+
+/// Starts the manifest source: loads everything once (stores become ready), then follows changes.
+pub async fn start(dir: PathBuf, state_dir: Option<PathBuf>, kinds: &[Kind]) -> Result<Source> {
+    let dir = std::fs::canonicalize(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let state_dir = match state_dir {
+        Some(s) => {
+            std::fs::create_dir_all(&s).map_err(|source| Error::Io { path: s.clone(), source })?;
+            Some(std::fs::canonicalize(&s).map_err(|source| Error::Io { path: s.clone(), source })?)
+        }
+        None => None,
+    };
+    let (resources, writers) = stores(kinds);
+    let inner = Arc::new(Mutex::new(Inner {
+        dir: dir.clone(),
+        state_dir: state_dir.clone(),
+        kinds: resources.kinds().to_vec(),
+        files: BTreeMap::new(),
+        defined_in: HashMap::new(),
+        status_files: HashMap::new(),
+        overlay: HashMap::new(),
+        emitted: HashMap::new(),
+        writers,
+        initializing: true,
+        dirty: false,
+    }));
+
+    // Watch before the first scan, so nothing written in between is missed.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+    watcher
+        .watch(&dir, RecursiveMode::Recursive)
+        .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+    if let Some(s) = &state_dir {
+        if !s.starts_with(&dir) {
+            watcher
+                .watch(s, RecursiveMode::Recursive)
+                .map_err(|source| Error::Watch { path: s.clone(), source })?;
+        }
+    }
+
+    {
+        let mut inner = inner.lock().expect("manifest source lock poisoned");
+        inner.initial_load();
+    }
+    tokio::spawn(follow(inner.clone(), rx, watcher));
+
+    Ok(Source {
+        resources,
+        status: Arc::new(ManifestStatusWriter { inner }),
+        standalone: true,
+    })
+}
+
+/// Applies file events until the process exits. Keeps the `notify` watcher alive.
+async fn follow(
+    inner: Arc<Mutex<Inner>>,
+    mut rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    _watcher: notify::RecommendedWatcher,
+) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS)).await;
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut rescan = false;
+        let mut paths = BTreeSet::new();
+        for event in batch {
+            match event {
+                Ok(event) => {
+                    // Reads (ours included) produce open/close events; only writes matter.
+                    if matches!(event.kind, EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))) || !matches!(event.kind, EventKind::Access(_))
+                    {
+                        rescan |= event.need_rescan();
+                        paths.extend(event.paths);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "file watch error; rescanning everything");
+                    rescan = true;
+                }
+            }
+        }
+        let mut inner = inner.lock().expect("manifest source lock poisoned");
+        if rescan {
+            inner.rescan();
+        } else {
+            for path in &paths {
+                inner.reload_path(path);
+            }
+        }
+        inner.flush_notify();
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    state_dir: Option<PathBuf>,
+    kinds: Vec<Kind>,
+    /// Last good parse of every manifest file: the objects it defines, in file order.
+    files: BTreeMap<PathBuf, Vec<(ObjectKey, Value)>>,
+    /// Which files define each object (the last one wins).
+    defined_in: HashMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// State file -> the object whose status it holds.
+    status_files: HashMap<PathBuf, ObjectKey>,
+    /// Status overlay (from state files and our own writes): the object's whole `status`.
+    overlay: HashMap<ObjectKey, Value>,
+    /// The effective object last handed to the stores.
+    emitted: HashMap<ObjectKey, Value>,
+    writers: Writers,
+    /// During the first load, objects go to the stores as `InitApply` (stores become ready at once).
+    initializing: bool,
+    /// Something was emitted since the last `notify`.
+    dirty: bool,
+}
+
+impl Inner {
+    fn initial_load(&mut self) {
+        self.for_each_writer_event(&InitMarker::Init);
+        if let Some(state_dir) = self.state_dir.clone() {
+            for path in yaml_files_under(&state_dir, None) {
+                self.load_status_file(&path);
+            }
+        }
+        let skip = self.state_dir.clone();
+        for path in yaml_files_under(&self.dir.clone(), skip.as_deref()) {
+            self.load_manifest_file(&path);
+        }
+        self.for_each_writer_event(&InitMarker::Done);
+        self.initializing = false;
+        self.dirty = true;
+        self.flush_notify();
+        tracing::info!(
+            dir = %self.dir.display(),
+            files = self.files.len(),
+            objects = self.emitted.len(),
+            "manifest directory loaded"
+        );
+    }
+
+    fn flush_notify(&mut self) {
+        if std::mem::take(&mut self.dirty) {
+            self.writers.notify();
+        }
+    }
+
+    fn is_state_path(&self, path: &Path) -> bool {
+        self.state_dir.as_deref().is_some_and(|s| path.starts_with(s))
+    }
+
+    fn rescan(&mut self) {
+        let dir = self.dir.clone();
+        self.reload_path(&dir);
+        if let Some(state_dir) = self.state_dir.clone() {
+            self.reload_path(&state_dir);
+        }
+    }
+
+    /// Brings everything at or below `path` up to date with the disk.
+    fn reload_path(&mut self, path: &Path) {
+        let state = self.is_state_path(path);
+        if path.is_dir() {
+            let skip = if state { None } else { self.state_dir.clone() };
+            let present: BTreeSet<PathBuf> = yaml_files_under(path, skip.as_deref()).into_iter().collect();
+            let known: Vec<PathBuf> = if state {
+                self.status_files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+            } else {
+                self.files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+            };
+            for gone in known.iter().filter(|p| !present.contains(*p)) {
+                self.forget(gone, state);
+            }
+            for file in &present {
+                self.load(file, state);
+            }
+        } else if path.is_file() {
+            let root = if state { self.state_dir.as_deref().unwrap_or(&self.dir) } else { &self.dir };
+            if is_yaml_file(path) && !hidden_below(root, path) {
+                self.load(path, state);
+            }
+        } else {
+            // Gone: a file or a whole directory.
+            let known: Vec<PathBuf> = if state {
+                self.status_files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+            } else {
+                self.files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+            };
+            for gone in known {
+                self.forget(&gone, state);
+            }
+        }
+    }
+
+    fn load(&mut self, path: &Path, state: bool) {
+        if state { self.load_status_file(path) } else { self.load_manifest_file(path) }
+    }
+
+    fn forget(&mut self, path: &Path, state: bool) {
+        if state {
+            if let Some(key) = self.status_files.remove(path) {
+                self.overlay.remove(&key);
+                self.recompute(&key);
+            }
+        } else if let Some(objects) = self.files.remove(path) {
+            tracing::info!(path = %path.display(), "manifest file removed");
+            for (key, _) in objects {
+                if let Some(files) = self.defined_in.get_mut(&key) {
+                    files.remove(path);
+                    if files.is_empty() {
+                        self.defined_in.remove(&key);
+                    }
+                }
+                self.recompute(&key);
+            }
+        }
+    }
+
+    fn load_manifest_file(&mut self, path: &Path) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return self.forget(path, false);
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read manifest file; keeping its last good objects");
+                return;
+            }
+        };
+        let objects = match parse_manifests(&text, &self.kinds) {
+            Ok((objects, problems)) => {
+                for problem in problems {
+                    tracing::warn!(path = %path.display(), %problem, "skipping object");
+                }
+                objects
+            }
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "manifest file does not parse; keeping its last good objects");
+                return;
+            }
+        };
+        let old = self.files.insert(path.to_path_buf(), objects.clone()).unwrap_or_default();
+        let mut affected: BTreeSet<ObjectKey> = BTreeSet::new();
+        for (key, _) in &old {
+            if let Some(files) = self.defined_in.get_mut(key) {
+                files.remove(path);
+                if files.is_empty() {
+                    self.defined_in.remove(key);
+                }
+            }
+            affected.insert(key.clone());
+        }
+        for (key, _) in &objects {
+            self.defined_in.entry(key.clone()).or_default().insert(path.to_path_buf());
+            affected.insert(key.clone());
+        }
+        for key in &affected {
+            self.recompute(key);
+        }
+    }
+
+    fn load_status_file(&mut self, path: &Path) {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return self.forget(path, true);
+        };
+        let parsed: Result<Value, String> = serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()));
+        let doc = match parsed {
+            Ok(doc) => doc,
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "state file does not parse; ignoring it");
+                return;
+            }
+        };
+        let Some((key, _)) = object_key(&doc, &Kind::ALL) else {
+            tracing::warn!(path = %path.display(), "state file names no known object; ignoring it");
+            return;
+        };
+        let status = doc.get("status").cloned().unwrap_or(Value::Null);
+        self.status_files.insert(path.to_path_buf(), key.clone());
+        if self.overlay.get(&key) != Some(&status) {
+            self.overlay.insert(key.clone(), status);
+            self.recompute(&key);
+        }
+    }
+
+    /// The object as the stores should see it: the winning manifest with the status overlay.
+    fn effective(&self, key: &ObjectKey) -> Option<Value> {
+        let winner = self.defined_in.get(key)?.last()?;
+        let (_, manifest) = self.files.get(winner)?.iter().rev().find(|(k, _)| k == key)?;
+        let mut object = manifest.clone();
+        if let Some(status) = self.overlay.get(key) {
+            object["status"] = status.clone();
+        }
+        Some(object)
+    }
+
+    fn recompute(&mut self, key: &ObjectKey) {
+        if !self.kinds.contains(&key.kind) {
+            return;
+        }
+        let desired = self.effective(key);
+        if desired.as_ref() == self.emitted.get(key) {
+            return;
+        }
+        match desired {
+            Some(object) => match self.emit(key.kind, &object, false) {
+                Ok(()) => {
+                    self.emitted.insert(key.clone(), object);
+                    self.dirty = true;
+                }
+                Err(error) => {
+                    let file = self.defined_in.get(key).and_then(|f| f.last()).cloned().unwrap_or_default();
+                    tracing::warn!(object = %key, path = %file.display(), %error,
+                        "object does not decode; keeping its last good version");
+                }
+            },
+            None => {
+                if let Some(last) = self.emitted.remove(key) {
+                    if let Err(error) = self.emit(key.kind, &last, true) {
+                        tracing::warn!(object = %key, %error, "cannot decode deleted object");
+                    }
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, kind: Kind, object: &Value, delete: bool) -> Result<(), serde_json::Error> {
+        let init = self.initializing;
+        let w = &mut self.writers;
+        match kind {
+            Kind::Service => apply(&mut w.services, object, delete, init),
+            Kind::EndpointSlice => apply(&mut w.endpoint_slices, object, delete, init),
+            Kind::Ingress => apply(&mut w.ingresses, object, delete, init),
+            Kind::IngressClass => apply(&mut w.ingress_classes, object, delete, init),
+            Kind::Secret => apply(&mut w.secrets, object, delete, init),
+            Kind::Node => apply(&mut w.nodes, object, delete, init),
+            Kind::IPAddressPool => apply(&mut w.pools, object, delete, init),
+        }
+    }
+
+    fn for_each_writer_event(&mut self, marker: &InitMarker) {
+        let w = &mut self.writers;
+        marker.send(&mut w.services);
+        marker.send(&mut w.endpoint_slices);
+        marker.send(&mut w.ingresses);
+        marker.send(&mut w.ingress_classes);
+        marker.send(&mut w.secrets);
+        marker.send(&mut w.nodes);
+        marker.send(&mut w.pools);
+    }
+
+    fn state_file_path(&self, state_dir: &Path, key: &ObjectKey) -> PathBuf {
+        let mut path = state_dir.join(key.kind.plural());
+        if let Some(ns) = &key.namespace {
+            path.push(ns);
+        }
+        path.join(format!("{}.yaml", key.name))
+    }
+
+    fn patch_status(&mut self, key: &ObjectKey, patch: &Value) -> Result<(), StatusError> {
+        let Some(current) = self.effective(key) else {
+            tracing::debug!(object = %key, "status patch for an object that does not exist; dropped");
+            return Ok(());
+        };
+        let mut status = current.get("status").cloned().unwrap_or(Value::Null);
+        if !status.is_object() {
+            status = Value::Object(Default::default());
+        }
+        json_patch::merge(&mut status, patch);
+        if current.get("status") == Some(&status) {
+            return Ok(());
+        }
+        if let Some(state_dir) = self.state_dir.clone() {
+            let path = self.state_file_path(&state_dir, key);
+            let mut metadata = serde_json::json!({ "name": key.name });
+            if let Some(ns) = &key.namespace {
+                metadata["namespace"] = Value::String(ns.clone());
+            }
+            let doc = serde_json::json!({
+                "apiVersion": key.kind.api_version(),
+                "kind": key.kind.name(),
+                "metadata": metadata,
+                "status": status,
+            });
+            write_atomically(&path, &serde_yaml::to_string(&doc).unwrap_or_default()).map_err(|source| {
+                StatusError::StateFileWriteFailed { key: key.clone(), path: path.clone(), source }
+            })?;
+            self.status_files.insert(path, key.clone());
+        }
+        self.overlay.insert(key.clone(), status);
+        self.recompute(key);
+        Ok(())
+    }
+}
+
+enum InitMarker {
+    Init,
+    Done,
+}
+
+impl InitMarker {
+    fn send<K>(&self, writer: &mut Writer<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let event = match self {
+            InitMarker::Init => Event::Init,
+            InitMarker::Done => Event::InitDone,
+        };
+        writer.apply_watcher_event(&event);
+    }
+}
+
+fn apply<K>(writer: &mut Writer<K>, object: &Value, delete: bool, init: bool) -> Result<(), serde_json::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
+{
+    let object: K = serde_json::from_value(object.clone())?;
+    let event = match (delete, init) {
+        (true, _) => Event::Delete(object),
+        (false, true) => Event::InitApply(object),
+        (false, false) => Event::Apply(object),
+    };
+    writer.apply_watcher_event(&event);
+    Ok(())
+}
+
+fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("status");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether any component of `path` below `root` is hidden (`.git/`, editor temp files).
+fn hidden_below(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root)
+        .map(|rel| rel.components().any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.'))))
+        .unwrap_or(false)
+}
+
+fn is_yaml_file(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    !hidden && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Every YAML file below `root` (sorted; hidden files and directories skipped; `skip` pruned).
+fn yaml_files_under(root: &Path, skip: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+            if hidden || skip.is_some_and(|s| path.starts_with(s)) {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if is_yaml_file(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Key of a manifest object (defaulting the namespace) if it is of one of `kinds`.
+fn object_key(object: &Value, kinds: &[Kind]) -> Option<(ObjectKey, bool)> {
+    let api_version = object.get("apiVersion")?.as_str()?;
+    let kind = Kind::from_type(api_version, object.get("kind")?.as_str()?)?;
+    if !kinds.contains(&kind) {
+        return None;
+    }
+    let metadata = object.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?.to_string();
+    let namespace = metadata.get("namespace").and_then(Value::as_str);
+    let defaulted = kind.namespaced() && namespace.is_none();
+    let namespace = kind.namespaced().then(|| namespace.unwrap_or("default").to_string());
+    Some((ObjectKey { kind, namespace, name }, defaulted))
+}
+
+/// Parses one file's documents into the objects of `kinds` it defines.
+///
+/// `Err` (the whole file is skipped) only for YAML syntax errors; per-object problems (no name,
+/// not an object) come back as messages beside the good objects.
+pub fn parse_manifests(text: &str, kinds: &[Kind]) -> Result<(Vec<(ObjectKey, Value)>, Vec<String>), String> {
+    use serde::Deserialize;
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| format!("document {}: {e}", index + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let value = serde_json::to_value(value).map_err(|e| format!("document {}: {e}", index + 1))?;
+        let items = match value.get("items").and_then(Value::as_array) {
+            Some(items) if value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) => {
+                items.clone()
+            }
+            _ => vec![value],
+        };
+        for mut object in items {
+            let type_known = object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .zip(object.get("kind").and_then(Value::as_str))
+                .and_then(|(a, k)| Kind::from_type(a, k));
+            let Some(kind) = type_known else { continue };
+            if !kinds.contains(&kind) {
+                continue;
+            }
+            let Some((key, defaulted)) = object_key(&object, kinds) else {
+                problems.push(format!("document {}: {} without metadata.name", index + 1, kind.name()));
+                continue;
+            };
+            if kind == Kind::Secret && object.get("type").and_then(Value::as_str) != Some(SECRET_TYPE_TLS) {
+                continue;
+            }
+            if defaulted {
+                object["metadata"]["namespace"] = Value::String("default".into());
+            } else if !kind.namespaced() {
+                if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("namespace");
+                }
+            }
+            objects.push((key, object));
+        }
+    }
+    Ok((objects, problems))
+}
+
+// === impl ManifestStatusWriter ===
+
+/// Status writer of standalone mode: merges into the in-memory overlay and, with `--state-dir`,
+/// writes the object's state file.
+struct ManifestStatusWriter {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl StatusWriter for ManifestStatusWriter {
+    fn patch_status(&self, key: ObjectKey, status: Value) -> BoxFuture<'_, Result<(), StatusError>> {
+        let result = {
+            let mut inner = self.inner.lock().expect("manifest source lock poisoned");
+            let result = inner.patch_status(&key, &status);
+            inner.flush_notify();
+            result
+        };
+        Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests;

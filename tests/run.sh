@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole drawbridge test suite, as CI runs it (as root, on Debian 12):
+#   1. install missing tools with apt (same list as the lab, see deploy/lab/lib.sh),
+#   2. cargo test --workspace --release,
+#   3. tests/e2e/lab.sh (network-namespace lab, real traffic).
+# Both test stages run even if the first fails; exits non-zero if either failed.
+set -euo pipefail
+HERE=$(dirname "$(readlink -f "$0")")
+REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=../deploy/lab/lib.sh
+source "$REPO/deploy/lab/lib.sh"
+[[ $EUID -eq 0 ]] || die "run as root (the lab creates network namespaces)"
+[[ -d $HOME/.cargo/bin ]] && PATH=$HOME/.cargo/bin:$PATH
+
+ensure_packages
+
+status=0
+echo "=== cargo test --workspace --release"
+(cd "$REPO" && cargo test --workspace --release) || { echo "=== cargo test FAILED"; status=1; }
+echo "=== tests/e2e/lab.sh"
+"$REPO/tests/e2e/lab.sh" || { echo "=== e2e lab FAILED"; status=1; }
+exit "$status"
