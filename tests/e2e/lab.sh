@@ -5,9 +5,10 @@
 #   sudo tests/e2e/lab.sh        # LAB_DIR defaults to a fresh temporary directory
 #
 # Brings the lab up with deploy/lab/up.sh, always tears it down with deploy/lab/down.sh (EXIT
-# trap, also on failure or Ctrl-C), prints `ok - name` / `not ok - name` per check and one final
-# line `N passed, M failed` (after teardown); exits non-zero when M > 0. On failure the component logs are copied
-# to $E2E_LOG_DIR/<lab dir name> (default /tmp/drawbridge-e2e-logs) before teardown.
+# trap, also on failure, Ctrl-C or SIGTERM), prints `ok - name` / `not ok - name` per check and,
+# after teardown, one final line `N passed, M failed`; exits non-zero when M > 0. On failure the
+# component logs, manifests and state are copied to $E2E_LOG_DIR/<lab dir name> (default
+# /tmp/drawbridge-e2e-logs) first. LAB_SKIP_BUILD=1 is passed through to up.sh.
 set -uo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
 REQUESTED_LAB_DIR=${LAB_DIR:-}
@@ -43,12 +44,15 @@ trap 'exit 130' INT TERM
 
 ok() { echo "ok - $1"; PASSED=$((PASSED + 1)); }
 not_ok() { echo "not ok - $1"; shift; [[ $# -gt 0 ]] && printf '#   %s\n' "$@"; FAILED=$((FAILED + 1)); }
+# verdict NAME DETAIL COMMAND...: ok when COMMAND succeeds, otherwise not ok with DETAIL.
+verdict() { local name=$1 detail=$2; shift 2; if "$@"; then ok "$name"; else not_ok "$name" "$detail"; fi; }
+matches() { [[ $1 =~ $2 ]]; }
 
 # --- probes ------------------------------------------------------------------------------------
 
-# expect_answer NAME STATUS POD_REGEX NS CURL_ARGS...: retried until the answer has
-# STATUS and, when POD_REGEX is not empty, an echo `pod` matching it (6 tries, <= ~15 s). Leaves the last answer in
-# LAST_ANSWER for extra assertions.
+# expect_answer NAME STATUS POD_REGEX NS CURL_ARGS...: retried until the answer has STATUS and,
+# when POD_REGEX is not empty, an echo `pod` matching it (6 tries, at most ~15 s). Leaves the last
+# answer in LAST_ANSWER for extra assertions.
 LAST_ANSWER=
 expect_answer() {
     local name=$1 want_status=$2 want_pod=$3 ns=$4 i status pod; shift 4
@@ -104,13 +108,14 @@ replace_manifest() {
 # --- the lab -----------------------------------------------------------------------------------
 
 log "LAB_DIR=$LAB_DIR"
-if "$REPO/deploy/lab/up.sh"; then ok "lab up (deploy/lab/up.sh)"; else not_ok "lab up (deploy/lab/up.sh)" "exit status $?"; fi
+verdict "lab up (deploy/lab/up.sh)" "up.sh failed, see its output above" "$REPO/deploy/lab/up.sh"
 
 WEB_IP=$(state_lb_ip "$LAB_DIR/state/services/default/web.yaml")
 GW_IP=$(state_lb_ip "$LAB_DIR/state/services/drawbridge-system/ingress-gateway.yaml")
 CA=(--cacert "$LAB_DIR/tls/ca.crt")
-if [[ $WEB_IP =~ ^203\.0\.113\.[0-9]+$ ]]; then ok "default/web external IP $WEB_IP from pool lab"; else not_ok "default/web external IP from pool lab" "got '$WEB_IP'"; fi
-if [[ $GW_IP == "$GATEWAY_LB_IP" ]]; then ok "ingress-gateway got its requested IP $GW_IP"; else not_ok "ingress-gateway got requested IP $GATEWAY_LB_IP" "got '$GW_IP'"; fi
+verdict "default/web external IP ($WEB_IP) is from pool lab" "got '$WEB_IP'" \
+    matches "$WEB_IP" '^203\.0\.113\.[0-9]+$'
+verdict "ingress-gateway got its requested IP $GATEWAY_LB_IP" "got '$GW_IP'" test "$GW_IP" = "$GATEWAY_LB_IP"
 WEB_IP=${WEB_IP:-unassigned.invalid} GW_IP=${GW_IP:-$GATEWAY_LB_IP}
 
 # --- L4: external IP, NodePort, ClusterIP ------------------------------------------------------
@@ -118,11 +123,8 @@ WEB_IP=${WEB_IP:-unassigned.invalid} GW_IP=${GW_IP:-$GATEWAY_LB_IP}
 expect_answer "external IP http://$WEB_IP/ answered by a web pod" 200 '^pod-web-[12]$' client "http://$WEB_IP/"
 
 seen=$(pods_seen 20 client "http://$WEB_IP/" | tr '\n' ' ')
-if [[ $seen == "pod-web-1 pod-web-2 " ]]; then
-    ok "20 calls to $WEB_IP reach both pod-web-1 and pod-web-2, nothing else"
-else
-    not_ok "20 calls to $WEB_IP reach both pod-web-1 and pod-web-2, nothing else" "seen: '$seen'"
-fi
+verdict "20 calls to $WEB_IP reach both pod-web-1 and pod-web-2, nothing else" "seen: '$seen'" \
+    test "$seen" = "pod-web-1 pod-web-2 "
 
 for node_ip in 192.0.2.11 192.0.2.12; do
     expect_answer "NodePort http://$node_ip:$WEB_NODE_PORT/ answered by a web pod" 200 '^pod-web-[12]$' \
@@ -137,7 +139,7 @@ expect_answer "ClusterIP http://$WEB_CLUSTER_IP/ from pod-api-1 answered by a we
 if expect_answer "https://app.example.test/ via gateway (verified with lab CA) answered by a web pod" 200 \
     '^pod-web-[12]$' client --resolve "app.example.test:443:$GW_IP" "${CA[@]}" https://app.example.test/; then
     proto=$(answer_body "$LAST_ANSWER" | jq -r '.headers["x-forwarded-proto"] // empty')
-    if [[ $proto == https ]]; then ok "gateway sets x-forwarded-proto: https"; else not_ok "gateway sets x-forwarded-proto: https" "got '$proto'"; fi
+    verdict "gateway sets x-forwarded-proto: https" "got '$proto'" test "$proto" = https
 else
     not_ok "gateway sets x-forwarded-proto: https" "no HTTPS answer to inspect"
 fi

@@ -173,10 +173,16 @@ mod tests {
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
-        let res = sender.send_request(req.body(Empty::new()).unwrap()).await.unwrap();
+        let res = sender
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
         let (parts, body) = res.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
-        (Response::from_parts(parts, ()), serde_json::from_slice(&bytes).unwrap())
+        (
+            Response::from_parts(parts, ()),
+            serde_json::from_slice(&bytes).unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -221,6 +227,9 @@ mod tests {
             canonical("::ffff:198.18.1.11".parse().unwrap()),
             "198.18.1.11".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(canonical("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            canonical("::1".parse().unwrap()),
+            "::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -12,7 +12,12 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// Address to listen on (repeatable), e.g. `0.0.0.0:8080`.
-    #[arg(long = "listen", required = true, env = "ECHO_LISTEN", value_delimiter = ',')]
+    #[arg(
+        long = "listen",
+        required = true,
+        env = "ECHO_LISTEN",
+        value_delimiter = ','
+    )]
     listen: Vec<SocketAddr>,
     /// Name reported in every answer (`pod` field and `x-pod` header); the lab uses the
     /// namespace name.
