@@ -35,6 +35,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
+use crate::metrics::RouteStats;
 use crate::routes::{Backend, HostMatch, PathType, Route, RouteTable};
 
 /// Why an Ingress was not served. Not retried by itself: the Ingress is skipped until it is
@@ -79,6 +80,19 @@ pub enum Error {
         /// The offending host.
         host: String,
     },
+}
+
+impl Error {
+    /// `namespace/name` of the Ingress that was skipped.
+    pub fn ingress(&self) -> &str {
+        match self {
+            Error::InvalidPath { ingress, .. }
+            | Error::UnknownPathType { ingress, .. }
+            | Error::ResourceBackend { ingress, .. }
+            | Error::IncompleteBackend { ingress }
+            | Error::InvalidHost { ingress, .. } => ingress,
+        }
+    }
 }
 
 /// `Result` of this module.
@@ -219,7 +233,7 @@ fn translate_ingress(
         return Ok(out);
     };
     if let Some(backend) = &spec.default_backend {
-        out.default_backend = Some(resolver.resolve(namespace, backend, &name)?);
+        out.default_backend = Some(resolver.resolve(namespace, backend, &name, ANY_HOST)?);
     }
     for rule in spec.rules.iter().flatten() {
         let host = rule.host.as_deref().filter(|h| !h.is_empty());
@@ -229,6 +243,7 @@ fn translate_ingress(
                 host: h.to_string(),
             })?;
         }
+        let host_label = host.unwrap_or(ANY_HOST);
         let host = HostMatch::from_ingress_host(host);
         for path in rule.http.iter().flat_map(|h| &h.paths) {
             let path_type = match path.path_type.as_str() {
@@ -253,7 +268,7 @@ fn translate_ingress(
                     path: p.to_string(),
                 });
             }
-            let backend = resolver.resolve(namespace, &path.backend, &name)?;
+            let backend = resolver.resolve(namespace, &path.backend, &name, host_label)?;
             out.routes.push(Route {
                 host: host.clone(),
                 path: p.to_string(),
@@ -307,12 +322,16 @@ enum PortRef {
     Name(String),
 }
 
-/// Resolves `IngressBackend`s to shared [`Backend`]s (one per Service port, so rules naming the
-/// same port share its round-robin cursor).
+/// The `host` metric label of rules without a host and of `spec.defaultBackend`.
+pub const ANY_HOST: &str = "*";
+
+/// Resolves `IngressBackend`s to shared [`Backend`]s (one per Ingress, rule host and Service port,
+/// so rules naming the same port share its round-robin cursor and metric labels).
 struct BackendResolver<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-    cache: HashMap<(String, String, PortRef), Arc<Backend>>,
+    /// Key: Service namespace, Service name, port, Ingress `namespace/name`, rule host.
+    cache: HashMap<(String, String, PortRef, String, String), Arc<Backend>>,
 }
 
 impl<'a> BackendResolver<'a> {
@@ -356,6 +375,7 @@ impl<'a> BackendResolver<'a> {
         namespace: &str,
         backend: &IngressBackend,
         ingress: &dyn Fn() -> String,
+        host: &str,
     ) -> Result<Arc<Backend>> {
         if let Some(resource) = &backend.resource {
             return Err(Error::ResourceBackend {
@@ -375,17 +395,18 @@ impl<'a> BackendResolver<'a> {
             (_, Some(name)) if !name.is_empty() => PortRef::Name(name.to_string()),
             _ => return Err(incomplete()),
         };
-        let cache_key = (namespace.to_string(), service.name.clone(), port);
+        let cache_key = (namespace.to_string(), service.name.clone(), port, ingress(), host.to_string());
         if let Some(b) = self.cache.get(&cache_key) {
             return Ok(b.clone());
         }
-        let (_, svc_name, port) = &cache_key;
+        let (_, svc_name, port, ingress_name, _) = &cache_key;
         let label = match port {
             PortRef::Number(n) => format!("{namespace}/{svc_name}:{n}"),
             PortRef::Name(p) => format!("{namespace}/{svc_name}:{p}"),
         };
         let endpoints = self.endpoints(namespace, svc_name, port);
-        let backend = Arc::new(Backend::new(label, endpoints));
+        let stats = RouteStats::new(ingress_name, host);
+        let backend = Arc::new(Backend::for_route(label, endpoints, stats));
         self.cache.insert(cache_key, backend.clone());
         Ok(backend)
     }

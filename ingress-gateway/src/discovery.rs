@@ -12,14 +12,22 @@
 //! a missed or repeated tick is harmless. Publishing swaps an `Arc`; requests in flight keep the
 //! table they loaded and finish normally. Status is written only where observed ≠ desired, so a
 //! resync costs no API writes.
+//!
+//! Each pass also reports: a `Rejected` Warning Event on every skipped Ingress, a
+//! `CertificateInvalid` Warning Event on an unusable, missing or expired certificate's Secret and
+//! on the Ingresses naming it (each published once, again only when it changes), the config-sync
+//! and certificate-expiry metrics, and readiness after the first published table.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use drawbridge_resources::source::{Kind, ObjectKey, Resources};
+use drawbridge_resources::events::{Event, EventRecorder, EventSet};
+use drawbridge_resources::observe::{Health, unix_now};
 use drawbridge_resources::status::StatusWriter;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use serde::Serialize;
@@ -27,8 +35,24 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::config::{self, ObjectRef};
+use crate::metrics::Metrics;
 use crate::routes::RouteTable;
-use crate::tls::CertStore;
+use crate::tls::{self, CertStore};
+
+/// Event reason: an Ingress of our class was not served.
+pub const REASON_REJECTED: &str = "Rejected";
+/// Event reason: a `spec.tls` certificate is missing, unusable or expired.
+pub const REASON_CERTIFICATE_INVALID: &str = "CertificateInvalid";
+
+/// Where the discovery task reports besides logs.
+pub struct Observers {
+    /// Metric handles (shared with the proxy).
+    pub metrics: Arc<Metrics>,
+    /// Where Events go.
+    pub events: Arc<dyn EventRecorder>,
+    /// Ready once the first table is published; not alive once the task ends.
+    pub health: Health,
+}
 
 /// How often the model is recomputed even without a change: retries status writes that failed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -73,6 +97,12 @@ pub struct Discovery {
     /// Every address this process wrote into an Ingress status, so it can recognise (and clear)
     /// its own addresses even after the publish Service lost them.
     written: BTreeSet<LbAddress>,
+    observe: Observers,
+    /// The Events of the last `publish` (the complete current list; [`EventSet`] sends the new ones).
+    events: Vec<Event>,
+    published_events: EventSet,
+    /// Secrets with a `certificate_expiry` series, to drop series of Secrets no longer loaded.
+    expiry_series: BTreeSet<String>,
 }
 
 impl Discovery {
@@ -82,6 +112,7 @@ impl Discovery {
         status: Arc<dyn StatusWriter>,
         publish_service: ObjectRef,
         published: Published,
+        observe: Observers,
     ) -> Self {
         Discovery {
             resources,
@@ -90,11 +121,16 @@ impl Discovery {
             published,
             reported: HashSet::new(),
             written: BTreeSet::new(),
+            observe,
+            events: Vec::new(),
+            published_events: EventSet::default(),
+            expiry_series: BTreeSet::new(),
         }
     }
 
     /// Runs until the source shuts down: reconcile, then wait for a change or the resync timer.
     pub async fn run(mut self) {
+        let _alive = self.observe.health.liveness_guard("discovery");
         loop {
             self.reconcile().await;
             tokio::select! {
@@ -110,6 +146,8 @@ impl Discovery {
     /// One full pass: publish routes and certificates, then write the status differences.
     pub async fn reconcile(&mut self) {
         let served = self.publish();
+        let events = std::mem::take(&mut self.events);
+        self.published_events.publish(self.observe.events.as_ref(), events).await;
         let ingresses = self.resources.ingresses.state();
         let service = self.resources.services.state().into_iter().find(|s| {
             s.metadata.namespace.as_deref() == Some(&self.publish_service.0)
@@ -181,10 +219,102 @@ impl Discovery {
             skipped = model.problems.len(),
             "configuration published"
         );
+        self.events = problem_events(&ingresses, &secrets, &model.problems, &cert_errors);
+        let now = unix_now();
+        let mut expiry_series = BTreeSet::new();
+        for ((namespace, name), key) in certs.secrets() {
+            let Some(not_after) = tls::not_after(key) else { continue };
+            let secret = format!("{namespace}/{name}");
+            self.observe.metrics.certificate_expiry.get_or_create(&[("secret", secret.clone())]).set(not_after);
+            expiry_series.insert(secret);
+            if (not_after as f64) < now {
+                let expired = k8s_openapi::jiff::Timestamp::from_second(not_after)
+                    .map_or_else(|_| not_after.to_string(), |t| t.to_string());
+                let note = format!("Secret {namespace}/{name}: certificate expired at {expired}");
+                self.events.extend(certificate_events(&ingresses, &secrets, namespace, name, true, &note));
+            }
+        }
+        for gone in self.expiry_series.difference(&expiry_series) {
+            self.observe.metrics.certificate_expiry.remove(&[("secret", gone.clone())]);
+        }
+        self.expiry_series = expiry_series;
+
         self.published.routes.store(Arc::new(model.routes));
         self.published.certs.store(Arc::new(certs));
+        self.observe.metrics.config_syncs.inc();
+        self.observe.metrics.last_config_sync.set(now);
+        self.observe.health.set_ready();
         model.served
     }
+}
+
+/// The Warning Events for this pass's problems (pure): `Rejected` on each skipped Ingress,
+/// `CertificateInvalid` on each unusable Secret and on the Ingresses naming a missing or unusable
+/// Secret.
+pub fn problem_events(
+    ingresses: &[Arc<Ingress>],
+    secrets: &[Arc<Secret>],
+    problems: &[config::Error],
+    cert_errors: &[tls::Error],
+) -> Vec<Event> {
+    let uids: HashMap<(&str, &str), &str> = ingresses
+        .iter()
+        .filter_map(|i| {
+            let m = &i.metadata;
+            Some(((m.namespace.as_deref()?, m.name.as_deref()?), m.uid.as_deref()?))
+        })
+        .collect();
+    let mut events = Vec::new();
+    for problem in problems {
+        let Some((namespace, name)) = problem.ingress().split_once('/') else { continue };
+        let key = ObjectKey::namespaced(Kind::Ingress, namespace, name);
+        let uid = uids.get(&(namespace, name)).map(|u| u.to_string());
+        events.push(Event::warning(key, REASON_REJECTED, "Translate", problem.to_string()).with_uid(uid));
+    }
+    for error in cert_errors {
+        let (namespace, name, on_secret) = match error {
+            tls::Error::SecretNotFound { namespace, name } => (namespace, name, false),
+            tls::Error::InvalidSecret { namespace, name, .. } => (namespace, name, true),
+            _ => continue,
+        };
+        let note = format!("{error}; its hosts get the default certificate");
+        events.extend(certificate_events(ingresses, secrets, namespace, name, on_secret, &note));
+    }
+    events
+}
+
+/// `CertificateInvalid` on the Secret (when `on_secret`) and on every Ingress naming it in `spec.tls`.
+fn certificate_events(
+    ingresses: &[Arc<Ingress>],
+    secrets: &[Arc<Secret>],
+    namespace: &str,
+    name: &str,
+    on_secret: bool,
+    note: &str,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    if on_secret {
+        let uid = secrets
+            .iter()
+            .find(|s| s.metadata.namespace.as_deref() == Some(namespace) && s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.metadata.uid.clone());
+        let key = ObjectKey::namespaced(Kind::Secret, namespace, name);
+        events.push(Event::warning(key, REASON_CERTIFICATE_INVALID, "LoadCertificate", note).with_uid(uid));
+    }
+    for ingress in ingresses {
+        let m = &ingress.metadata;
+        let names_it = m.namespace.as_deref() == Some(namespace)
+            && ingress
+                .spec
+                .as_ref()
+                .and_then(|s| s.tls.as_ref())
+                .is_some_and(|tls| tls.iter().any(|t| t.secret_name.as_deref() == Some(name)));
+        if let (true, Some(ingress_name)) = (names_it, m.name.as_deref()) {
+            let key = ObjectKey::namespaced(Kind::Ingress, namespace, ingress_name);
+            events.push(Event::warning(key, REASON_CERTIFICATE_INVALID, "LoadCertificate", note).with_uid(m.uid.clone()));
+        }
+    }
+    events
 }
 
 /// `status.loadBalancer.ingress` of the publish Service, as Ingress status entries.

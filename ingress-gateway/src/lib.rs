@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;

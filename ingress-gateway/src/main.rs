@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use drawbridge_resources::observe::{self, MetricsAddr};
 use drawbridge_resources::source::SourceArgs;
 use drawbridge_resources::telemetry::{self, LogFormat};
 use ingress_gateway::server::{self, Settings};
@@ -39,6 +40,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "DRAWBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve /metrics, /healthz and /readyz here (`off` disables).
+    #[arg(long, env = "DRAWBRIDGE_METRICS_ADDR", value_name = "ADDR", default_value = observe::INGRESS_GATEWAY_ADDR)]
+    metrics_addr: MetricsAddr,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -62,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         https_addr: args.https_addr,
         publish_service: args.publish_service,
         threads,
+        metrics_addr: args.metrics_addr,
     })
 }

@@ -23,6 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::metrics::RouteStats;
+
 /// How a rule's path is compared with the request path (`spec.rules[].http.paths[].pathType`).
 ///
 /// `ImplementationSpecific` is translated to [`PathType::Prefix`] by `config` (drawbridge's
@@ -81,12 +83,15 @@ pub struct Route {
 /// A resolved Service port: the endpoints requests are balanced over, round-robin.
 ///
 /// Built by `config` from the Service and its EndpointSlices; immutable apart from the round-robin
-/// cursor. One `Backend` is shared by every rule naming the same Service port, so they share the
-/// rotation. The cursor restarts when a new table is published (harmless for round-robin).
+/// cursor and the metric handles. One `Backend` is shared by every rule of the same Ingress and
+/// host naming the same Service port, so they share the rotation and the metric labels. The
+/// cursor restarts when a new table is published (harmless for round-robin).
 #[derive(Debug)]
 pub struct Backend {
     /// `namespace/service:port`, for logs.
     pub name: String,
+    /// Metric handles labelled with the Ingress and rule host this backend was resolved for.
+    pub stats: RouteStats,
     /// Ready endpoints (or serving-terminating ones when none is ready); empty = answer 503.
     endpoints: Box<[SocketAddr]>,
     /// Round-robin cursor; wraps.
@@ -96,8 +101,14 @@ pub struct Backend {
 impl Backend {
     /// A backend over `endpoints` (order kept; callers sort for determinism).
     pub fn new(name: impl Into<String>, endpoints: Vec<SocketAddr>) -> Self {
+        Backend::for_route(name, endpoints, RouteStats::default())
+    }
+
+    /// A backend whose requests are counted under `stats`.
+    pub fn for_route(name: impl Into<String>, endpoints: Vec<SocketAddr>, stats: RouteStats) -> Self {
         Backend {
             name: name.into(),
+            stats,
             endpoints: endpoints.into_boxed_slice(),
             next: AtomicUsize::new(0),
         }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
@@ -15,7 +16,8 @@ use pingora::server::configuration::ServerConf;
 use tracing::{Instrument, info, info_span};
 
 use crate::config::ObjectRef;
-use crate::discovery::{Discovery, Published};
+use crate::discovery::{Discovery, Observers, Published};
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::tls::{self, CertResolver};
 
@@ -38,6 +40,8 @@ pub struct Settings {
     pub publish_service: ObjectRef,
     /// Pingora worker threads for the proxy.
     pub threads: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: nowhere).
+    pub metrics_addr: MetricsAddr,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -48,6 +52,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot build the discovery runtime")?;
+
+    // Probes answer from the start: alive, not ready until the first table is published.
+    let (mut registry, health) = (observe::registry("ingress-gateway"), Health::default());
+    let metrics = Metrics::register(&mut registry);
+    let _metrics_server = runtime
+        .block_on(observe::serve_if(settings.metrics_addr, registry, health.clone()))
+        .context("cannot start the metrics endpoint")?;
 
     let kinds = [
         Kind::Ingress,
@@ -72,6 +83,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         source.status,
         settings.publish_service.clone(),
         published.clone(),
+        Observers { metrics: metrics.clone(), events: source.events, health },
     );
     // Routes and certificates only; status writes (API calls) happen in the task, off the start path.
     info_span!("discovery").in_scope(|| discovery.publish());
@@ -91,7 +103,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(published.routes.clone()),
+        Gateway::new(published.routes.clone(), metrics),
         "ingress-gateway",
     );
     proxy.add_tcp(&settings.http_addr.to_string());

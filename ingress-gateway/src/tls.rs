@@ -116,6 +116,13 @@ fn secret_data<'a>(secret: &'a Secret, key: &'static str) -> Result<&'a [u8], Pe
         .ok_or(PemError::MissingKey(key))
 }
 
+/// `notAfter` of the leaf certificate (Unix seconds), if it parses.
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 // === impl CertStore ===
 
 /// Certificates by TLS host. Immutable once built; `discovery` publishes a new one on every change.
@@ -125,6 +132,8 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Wildcard suffix (`*.foo.com` stored as `foo.com`) → certificate.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Every Secret that loaded, once, in binding order (for expiry metrics and checks).
+    loaded: Vec<(ObjectRef, Arc<CertifiedKey>)>,
 }
 
 impl CertStore {
@@ -160,7 +169,11 @@ impl CertStore {
                 let pem = secret_data(secret, "tls.crt")
                     .and_then(|crt| Ok((crt, secret_data(secret, "tls.key")?)));
                 match pem.and_then(|(crt, key)| certified_key_from_pem(crt, key)) {
-                    Ok(key) => Some(Arc::new(key)),
+                    Ok(key) => {
+                        let key = Arc::new(key);
+                        store.loaded.push((binding.secret.clone(), key.clone()));
+                        Some(key)
+                    }
                     Err(source) => {
                         errors.push(Error::InvalidSecret {
                             namespace: namespace.clone(),
@@ -199,6 +212,11 @@ impl CertStore {
                 self.wildcard.get(suffix)
             }
         })
+    }
+
+    /// The Secrets that loaded and their certificates.
+    pub fn secrets(&self) -> &[(ObjectRef, Arc<CertifiedKey>)] {
+        &self.loaded
     }
 
     /// Number of hosts with a certificate.

@@ -2,10 +2,11 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use drawbridge_resources::telemetry::{self, LogFormat};
 use node_programmer::apply::NftCli;
-use node_programmer::sync::{self, Programmer};
+use node_programmer::sync::{self, Metrics, Observers, Programmer};
 use tracing::{Instrument as _, info, info_span};
 
 /// Turns Services + EndpointSlices into the nftables table `ip drawbridge` on this node.
@@ -31,6 +32,25 @@ struct Args {
     /// Log output format.
     #[arg(long, env = "DRAWBRIDGE_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
+
+    /// `nftables`: program Service rules. `none`: program nothing (kube-proxy keeps doing it),
+    /// delete table `ip drawbridge` if a previous run left it, and stay up for health/metrics.
+    #[arg(long, env = "DRAWBRIDGE_PROXY_MODE", value_enum, default_value_t)]
+    proxy_mode: ProxyMode,
+
+    /// Serve /metrics, /healthz and /readyz here (`off` disables).
+    #[arg(long, env = "DRAWBRIDGE_METRICS_ADDR", value_name = "ADDR", default_value = observe::NODE_PROGRAMMER_ADDR)]
+    metrics_addr: MetricsAddr,
+}
+
+/// Who programs Service rules on this node (`--proxy-mode`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ProxyMode {
+    /// node-programmer owns table `ip drawbridge`.
+    #[default]
+    Nftables,
+    /// Another proxy (kube-proxy) does; see deploy/overlays/keep-kube-proxy.
+    None,
 }
 
 #[tokio::main]
@@ -46,11 +66,27 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let node_name = args.node_name.context("--node-name is required")?;
+    let (mut registry, health) = (observe::registry("node-programmer"), Health::default());
+    let metrics = Metrics::register(&mut registry);
+    let _metrics_server = observe::serve_if(args.metrics_addr, registry, health.clone())
+        .await
+        .context("starting the metrics endpoint")?;
+    if args.proxy_mode == ProxyMode::None {
+        NftCli::new()
+            .delete_table()
+            .context("deleting table ip drawbridge")?;
+        info!(node = %node_name, "--proxy-mode none: table ip drawbridge removed; programming no Service rules");
+        health.set_ready();
+        // Nothing to sync; SIGTERM ends the process.
+        std::future::pending::<()>().await;
+    }
     let source = source::start(&args.source, &[Kind::Service, Kind::EndpointSlice])
         .await
         .context("starting the resource source")?;
     let span = info_span!("sync", node = %node_name, standalone = source.standalone);
-    sync::run(source.resources, Programmer::new(node_name, NftCli::new()))
+    let observers = Observers { events: source.events, health };
+    let programmer = Programmer::new(node_name, NftCli::new()).with_metrics(metrics);
+    sync::run(source.resources, programmer, observers)
         .instrument(span)
         .await
         .context("sync loop ended")

@@ -12,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod events;
 pub mod names;
+pub mod observe;
 pub mod source;
 pub mod status;
 pub mod telemetry;

@@ -94,6 +94,8 @@ impl Drop for Origin {
 pub struct Gateway {
     pub http: SocketAddr,
     pub https: SocketAddr,
+    /// `--metrics-addr`: /metrics, /healthz, /readyz.
+    pub metrics: SocketAddr,
     pub manifests: PathBuf,
     pub state: PathBuf,
     child: Child,
@@ -115,7 +117,7 @@ impl Gateway {
         let state = dir.path().join("state");
         std::fs::create_dir_all(&manifests).unwrap();
         write_manifests(&manifests, objects);
-        let (http, https) = (free_port(), free_port());
+        let (http, https, metrics) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_ingress-gateway"))
             .arg("--manifests")
             .arg(&manifests)
@@ -128,6 +130,8 @@ impl Gateway {
                 &https.to_string(),
                 "--threads",
                 "2",
+                "--metrics-addr",
+                &metrics.to_string(),
             ])
             .env(
                 "RUST_LOG",
@@ -140,6 +144,7 @@ impl Gateway {
         let gw = Gateway {
             http,
             https,
+            metrics,
             manifests,
             state,
             child,
@@ -299,6 +304,23 @@ pub async fn get(gw: &Gateway, host: &str, path: &str, headers: &[(&str, &str)])
     })
     .await
     .expect("HTTP request timed out")
+}
+
+/// `GET path` on the metrics endpoint; the body is a JSON string holding the text.
+pub async fn scrape(gw: &Gateway, path: &str) -> Answer {
+    tokio::time::timeout(STEP, async {
+        let stream = TcpStream::connect(gw.metrics).await.unwrap();
+        exchange(stream, "metrics", path, &[]).await
+    })
+    .await
+    .expect("metrics request timed out")
+}
+
+/// The value of the first sample line starting with `series` (name and labels, as exposed).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
 }
 
 /// The result of a TLS handshake: the server's leaf certificate, the ALPN protocol, and the stream.

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::{Kind, Source, Writers, stores};
+use crate::events::KubeEventRecorder;
 use crate::names::SECRET_TYPE_TLS;
 use crate::status::KubeStatusWriter;
 
@@ -61,7 +62,8 @@ pub fn start(client: Client, kinds: &[Kind]) -> Source {
     // Writers of kinds nobody asked for are dropped here; their stores simply stay empty.
     Source {
         resources,
-        status: Arc::new(KubeStatusWriter::new(client)),
+        status: Arc::new(KubeStatusWriter::new(client.clone())),
+        events: Arc::new(KubeEventRecorder::new(client)),
         standalone: false,
     }
 }

@@ -97,6 +97,7 @@ pub async fn start(dir: PathBuf, state_dir: Option<PathBuf>, kinds: &[Kind]) -> 
     Ok(Source {
         resources,
         status: Arc::new(ManifestStatusWriter { inner }),
+        events: Arc::new(crate::events::LogEventRecorder::new(state_dir.clone())),
         standalone: true,
     })
 }

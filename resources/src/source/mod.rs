@@ -22,6 +22,7 @@ use kube::runtime::reflector::{self, Store};
 use tokio::sync::watch;
 
 use crate::crd::IPAddressPool;
+use crate::events::EventRecorder;
 use crate::status::StatusWriter;
 
 pub mod kubernetes;
@@ -308,6 +309,10 @@ pub struct Source {
     pub resources: Resources,
     /// Write side for `status` (API patch, or state directory in standalone mode).
     pub status: Arc<dyn StatusWriter>,
+    /// Where Events go: events.k8s.io/v1 Events through the API, or (standalone mode) a
+    /// `target: "event"` log line plus `<state-dir>/events.log`. Callers de-duplicate
+    /// ([`crate::events::EventSet`], [`crate::events::LastEvents`]).
+    pub events: Arc<dyn EventRecorder>,
     /// Whether this is the manifest-directory implementation (standalone mode).
     pub standalone: bool,
 }
