@@ -193,3 +193,158 @@ fn element_placement_follows_kube_proxy() {
     // Not-ready endpoints get no chain.
     assert!(!text.contains("192.0.2.11"));
 }
+
+/// One ClusterIP Service `demo/svc` with `n` Ready endpoints (192.0.2.1 … 192.0.2.n, port 8080).
+fn world_with_endpoints(n: usize) -> ServiceTable {
+    let service = mk_service("demo", "svc")
+        .cluster_ip("198.18.0.10")
+        .port("http", 80)
+        .build();
+    let mut slice = mk_slice("demo", "svc-abc", "svc").port("http", 8080);
+    for i in 1..=n {
+        slice = slice.ready(&format!("192.0.2.{i}"), "node-a");
+    }
+    let (table, skipped) = ServiceTable::build([&service], [&slice.build()], "node-a");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    table
+}
+
+/// The rules of chain `name` in rendered `text`.
+fn chain_rules<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
+    let open = format!("\tchain {name} {{");
+    text.lines()
+        .skip_while(|l| *l != open)
+        .skip(1)
+        .take_while(|l| *l != "\t}")
+        .map(str::trim)
+        .collect()
+}
+
+fn gcd(a: u128, b: u128) -> u128 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// An exact probability `num / den`, kept reduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ratio(u128, u128);
+
+impl Ratio {
+    fn new(num: u128, den: u128) -> Ratio {
+        let g = gcd(num, den).max(1);
+        Ratio(num / g, den / g)
+    }
+    fn mul(self, other: Ratio) -> Ratio {
+        Ratio::new(self.0 * other.0, self.1 * other.1)
+    }
+    fn add(self, other: Ratio) -> Ratio {
+        Ratio::new(self.0 * other.1 + other.0 * self.1, self.1 * other.1)
+    }
+    fn complement(self) -> Ratio {
+        Ratio::new(self.1 - self.0, self.1)
+    }
+}
+
+/// The policy chain is `numgen random mod (n-i) 0 goto e_i` … `goto e_{n-1}`, and — read back
+/// from the rendered rules, each `mod K 0` rule firing with 1/K of what reaches it — every
+/// endpoint gets exactly 1/n of new connections, for n = 1..16.
+#[test]
+fn policy_chain_spreads_uniformly() {
+    for n in 1..=16usize {
+        let table = world_with_endpoints(n);
+        let port = &table.ports[0];
+        let text = ruleset(&table);
+        let rules = chain_rules(&text, &policy_chain("service", &port.id));
+        assert_eq!(rules.len(), n, "n={n}: {rules:?}");
+
+        let mut reach = Ratio::new(1, 1); // probability that a packet gets to this rule
+        let mut total = Ratio::new(0, 1);
+        for (i, (rule, endpoint)) in rules.iter().zip(&port.cluster_endpoints).enumerate() {
+            let target = endpoint_chain(&port.id, endpoint);
+            let fires = if i + 1 < n {
+                let expected = format!("numgen random mod {} 0 goto {target}", n - i);
+                assert_eq!(*rule, expected, "n={n} rule {i}");
+                let k: u128 = rule
+                    .strip_prefix("numgen random mod ")
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|k| k.parse().ok())
+                    .expect("modulus");
+                Ratio::new(1, k)
+            } else {
+                assert_eq!(
+                    *rule,
+                    format!("goto {target}"),
+                    "n={n}: the last rule is unconditional"
+                );
+                Ratio::new(1, 1)
+            };
+            let chosen = reach.mul(fires);
+            assert_eq!(chosen, Ratio::new(1, n as u128), "n={n}: endpoint {i}");
+            total = total.add(chosen);
+            reach = reach.mul(fires.complement());
+        }
+        assert_eq!(total, Ratio::new(1, 1), "n={n}");
+        assert_eq!(reach, Ratio::new(0, 1), "n={n}: nothing falls through");
+    }
+}
+
+/// nft 1.0.6 spends superlinear userspace time on anonymous sets and maps (service-proxy.md
+/// "Measured on this machine"): rules must not carry `{ … }`. Only named sets/maps do.
+#[test]
+fn rules_use_no_anonymous_sets_or_maps() {
+    let text = ruleset(&small_world());
+    for line in text.lines().filter(|l| l.contains('{') || l.contains('}')) {
+        let l = line.trim();
+        let declaration = l == "}"
+            || l == "elements = {"
+            || (l.ends_with(" {")
+                && ["table ", "chain ", "set ", "map "]
+                    .iter()
+                    .any(|p| l.starts_with(p)));
+        assert!(declaration, "anonymous set or map in a rule: {line}");
+    }
+}
+
+/// The up-front capacity covers the text (no reallocation while rendering) without holding much
+/// more than it: checked on the small world and on 300 Services × 10 endpoints.
+#[test]
+fn estimated_len_bounds_the_text() {
+    let services: Vec<_> = (0..300)
+        .map(|i| {
+            mk_service("bench", &format!("svc-{i}"))
+                .cluster_ip(&format!("198.18.{}.{}", i / 250, i % 250 + 1))
+                .port("http", 80)
+                .build()
+        })
+        .collect();
+    let slices: Vec<_> = (0..300)
+        .map(|i| {
+            let mut slice =
+                mk_slice("bench", &format!("svc-{i}-abc"), &format!("svc-{i}")).port("http", 8080);
+            for e in 0..10 {
+                slice = slice.ready(
+                    &format!("198.19.{}.{}", i / 25, (i % 25) * 10 + e + 1),
+                    "node-b",
+                );
+            }
+            slice.build()
+        })
+        .collect();
+    let (big, skipped) = ServiceTable::build(&services, &slices, "node-a");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    for (name, table) in [("small world", small_world()), ("300 x 10", big)] {
+        let text = transaction(&table);
+        let estimate = estimated_len(&table);
+        assert!(
+            estimate >= text.len(),
+            "{name}: estimate {estimate} < {}",
+            text.len()
+        );
+        if table.ports.len() > 100 {
+            assert!(
+                estimate <= text.len() * 5 / 4,
+                "{name}: estimate {estimate} is far above {}",
+                text.len()
+            );
+        }
+    }
+}
