@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use kube::Resource;
@@ -158,8 +159,9 @@ struct Inner {
     status_files: HashMap<PathBuf, ObjectKey>,
     /// Status overlay (from state files and our own writes): the object's whole `status`.
     overlay: HashMap<ObjectKey, Value>,
-    /// The effective object last handed to the stores.
-    emitted: HashMap<ObjectKey, Value>,
+    /// Digest of the effective object last handed to the stores (the object itself lives in the
+    /// store; keeping only a digest here halves the memory of large manifest directories).
+    emitted: HashMap<ObjectKey, u64>,
     writers: Writers,
     /// During the first load, objects go to the stores as `InitApply` (stores become ready at once).
     initializing: bool,
@@ -353,13 +355,14 @@ impl Inner {
             return;
         }
         let desired = self.effective(key);
-        if desired.as_ref() == self.emitted.get(key) {
+        let desired_digest = desired.as_ref().map(digest);
+        if desired_digest.as_ref() == self.emitted.get(key) {
             return;
         }
         match desired {
             Some(object) => match self.emit(key.kind, &object, false) {
                 Ok(()) => {
-                    self.emitted.insert(key.clone(), object);
+                    self.emitted.insert(key.clone(), desired_digest.unwrap_or_default());
                     self.dirty = true;
                 }
                 Err(error) => {
@@ -369,10 +372,8 @@ impl Inner {
                 }
             },
             None => {
-                if let Some(last) = self.emitted.remove(key) {
-                    if let Err(error) = self.emit(key.kind, &last, true) {
-                        tracing::warn!(object = %key, %error, "cannot decode deleted object");
-                    }
+                if self.emitted.remove(key).is_some() {
+                    self.delete(key);
                     self.dirty = true;
                 }
             }
@@ -390,6 +391,20 @@ impl Inner {
             Kind::Secret => apply(&mut w.secrets, object, delete, init),
             Kind::Node => apply(&mut w.nodes, object, delete, init),
             Kind::IPAddressPool => apply(&mut w.pools, object, delete, init),
+        }
+    }
+
+    /// Removes `key` from its store (the store holds the last good typed object).
+    fn delete(&mut self, key: &ObjectKey) {
+        let w = &mut self.writers;
+        match key.kind {
+            Kind::Service => remove(&mut w.services, key),
+            Kind::EndpointSlice => remove(&mut w.endpoint_slices, key),
+            Kind::Ingress => remove(&mut w.ingresses, key),
+            Kind::IngressClass => remove(&mut w.ingress_classes, key),
+            Kind::Secret => remove(&mut w.secrets, key),
+            Kind::Node => remove(&mut w.nodes, key),
+            Kind::IPAddressPool => remove(&mut w.pools, key),
         }
     }
 
@@ -478,6 +493,38 @@ where
     };
     writer.apply_watcher_event(&event);
     Ok(())
+}
+
+fn remove<K>(writer: &mut Writer<K>, key: &ObjectKey)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut reference = ObjectRef::<K>::new(&key.name);
+    if let Some(ns) = &key.namespace {
+        reference = reference.within(ns);
+    }
+    if let Some(object) = writer.as_reader().get(&reference) {
+        writer.apply_watcher_event(&Event::Delete((*object).clone()));
+    }
+}
+
+/// A 64-bit digest of a JSON value, to notice changes without keeping a copy.
+fn digest(value: &Value) -> u64 {
+    use std::hash::Hasher;
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(Default::default());
+    // Serializing a `Value` into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut writer, value);
+    writer.0.finish()
 }
 
 fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
