@@ -2,10 +2,14 @@
 //!
 //! ```text
 //!   Resources::changed() ─┐
-//!   retry / resync timer ─┴─> reconcile(): pools + Services ─allocate()─> outcomes
-//!                                 └─ desired_patch() per Service ─> StatusWriter (only differences;
-//!                                    releases and failures before new allocations)
+//!   retry / resync timer ─┼─> reconcile(): pools + Services ─allocate()─> outcomes
+//!   leader gate (watch) ──┘       └─ desired_patch() per Service ─> StatusWriter (only differences;
+//!                                    releases and failures before new allocations; only while
+//!                                    the gate says leader)
 //! ```
+//!
+//! The stores stay current on every replica (warm cache for a new leader); only the reconcile
+//! passes, and therefore the writes, wait for the leader gate (see [`crate::leader`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,9 +17,11 @@ use std::time::Duration;
 
 use drawbridge_resources::status::StatusWriter;
 use drawbridge_resources::{Kind, ObjectKey, Resources};
+use tokio::sync::watch;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::allocate::{Outcome, ServiceView, allocate};
+use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate};
+use crate::observe::Observe;
 use crate::pool::Pool;
 use crate::status::desired_patch;
 
@@ -34,29 +40,52 @@ pub struct Settings {
     pub class_less: bool,
 }
 
-/// Runs until the source ends. Never returns early on bad input or write failures.
-pub async fn run(mut resources: Resources, status: Arc<dyn StatusWriter>, settings: Settings) {
+/// Runs until the source ends or the leader gate closes. Never returns early on bad input or
+/// write failures. `leader`: `true` while this replica may write (always `true` without election).
+pub async fn run(
+    mut resources: Resources,
+    status: Arc<dyn StatusWriter>,
+    settings: Settings,
+    mut leader: watch::Receiver<bool>,
+    mut observe: Observe,
+) {
+    let _alive = observe.health.liveness_guard("reconcile");
     resources.wait_synced().await;
-    tracing::info!(class_less = settings.class_less, "lb-controller synced; allocating");
+    tracing::info!(class_less = settings.class_less, "lb-controller synced");
     let mut reported_problems = BTreeSet::new();
     loop {
-        let ok = reconcile(&resources, status.as_ref(), &settings, &mut reported_problems).await;
+        if !*leader.borrow_and_update() {
+            // A synced standby is ready: it is what a rollout waits for.
+            observe.health.set_ready();
+            tracing::info!("not the leader; waiting for the lease before writing");
+            if leader.wait_for(|is_leader| *is_leader).await.is_err() {
+                return;
+            }
+            tracing::info!("leader; allocating");
+        }
+        let ok = reconcile(&resources, status.as_ref(), &settings, &mut reported_problems, &leader, &mut observe).await;
+        observe.health.set_ready();
         let wait = Duration::from_secs(if ok { RESYNC_SECS } else { RETRY_SECS });
         tokio::select! {
             alive = resources.changed() => if !alive { return },
+            gate = leader.changed() => if gate.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
         tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS)).await;
     }
 }
 
-/// One level-triggered pass. Returns `false` if a write failed (retry soon).
+/// One level-triggered pass. Returns `false` if a write failed (retry soon). Stops writing the
+/// moment `leader` turns `false` (lease lost mid-pass).
 pub async fn reconcile(
     resources: &Resources,
     status: &dyn StatusWriter,
     settings: &Settings,
     reported_problems: &mut BTreeSet<String>,
+    leader: &watch::Receiver<bool>,
+    observe: &mut Observe,
 ) -> bool {
+    let started = std::time::Instant::now();
     let pools: Vec<Pool> = resources.pools.state().iter().map(|p| Pool::from_object(p)).collect();
     for pool in &pools {
         for problem in &pool.problems {
@@ -69,24 +98,31 @@ pub async fn reconcile(
     let services = resources.services.state();
     let views: Vec<ServiceView> = services.iter().map(|s| ServiceView::from_service(s, settings.class_less)).collect();
     let outcomes = allocate(&pools, &views);
+    observe.record_pools(&pools, &outcomes);
+    observe.retain_services(&services.iter().map(|s| service_key(s)).collect());
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut patches = Vec::new();
     for svc in &services {
-        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        let key = service_key(svc);
         let Some(outcome) = outcomes.get(&key) else { continue };
         if let Some(patch) = desired_patch(svc, outcome, &now) {
-            patches.push((matches!(outcome, Outcome::Allocated { .. }), key, outcome, patch));
+            patches.push((matches!(outcome, Outcome::Allocated { .. }), key, outcome, patch, svc.metadata.uid.clone()));
         }
     }
     // Free addresses before handing them to someone else.
     patches.sort_by_key(|(allocates, key, ..)| (*allocates, key.clone()));
 
     let mut ok = true;
-    for (_, (namespace, name), outcome, patch) in patches {
-        let result = status
-            .patch_status(ObjectKey::namespaced(Kind::Service, &namespace, &name), patch)
-            .await;
+    for (_, (namespace, name), outcome, patch, uid) in patches {
+        if !*leader.borrow() {
+            tracing::info!("lease lost; remaining status writes dropped");
+            observe.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+            return true;
+        }
+        let object = ObjectKey::namespaced(Kind::Service, &namespace, &name);
+        let result = status.patch_status(object.clone(), patch).await;
+        observe.status_written(object, uid, outcome, result.is_ok()).await;
         match (&result, outcome) {
             (Err(error), _) => {
                 ok = false;
@@ -101,5 +137,10 @@ pub async fn reconcile(
             (Ok(()), Outcome::Released) => tracing::info!(%namespace, %name, "external address released"),
         }
     }
+    observe.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     ok
+}
+
+fn service_key(svc: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
+    (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default())
 }

@@ -10,11 +10,13 @@
 //!
 //! Allocations are recovered from `status.loadBalancer.ingress` on restart (kept, never reshuffled).
 //! This is the end-to-end slice's version: one IPv4 or IPv6 address per Service; sharing,
-//! dual-stack, API-enforced uniqueness (claims), leader election and L2 announcement come with the
-//! lb-controller issue.
+//! dual-stack, API-enforced uniqueness (claims) and L2 announcement come with the lb-controller
+//! issue. With several replicas only the holder of a Lease writes ([`leader`]).
 #![forbid(unsafe_code)]
 
 pub mod allocate;
 pub mod controller;
+pub mod leader;
+pub mod observe;
 pub mod pool;
 pub mod status;

@@ -10,7 +10,9 @@
 //!                         │  resourceVersion   │─┘
 //!                         │  event log ────────┼──▶ broadcast ──▶ open watch streams
 //!                         └────────────────────┘
-//!                          requests() ◀── every HTTP request recorded (verb, path, query, body)
+//!                          requests() ◀── every HTTP request recorded (verb, path, query, body,
+//!                                         listener label: listen_as() tells clients apart)
+//!   /_double/... ◀── the same controls over HTTP, for the `api-double` binary (see below)
 //! ```
 //!
 //! ```no_run
@@ -24,6 +26,17 @@
 //! // point a kube::Client at double.url() (or write double.kubeconfig_yaml() to a file)
 //! # Ok(()) }
 //! ```
+//!
+//! # Control endpoints
+//!
+//! For multi-process tests every listener also answers (unrecorded; not Kubernetes paths):
+//!
+//! | request | effect |
+//! |---|---|
+//! | `POST /_double/expire-history` | [`ApiDouble::expire_history`] |
+//! | `POST /_double/close-watches` | [`ApiDouble::close_watches`] |
+//! | `GET /_double/requests` | every recorded request, one JSON object a line (`client`, `verb`, `group`, `resource`, `subresource`, `namespace`, `name`, `method`, `path`, `query`, `user_agent`) |
+//! | `GET /_double/open-watches` | `{"openWatches": N}` |
 //!
 //! # What is reproduced
 //!
@@ -138,6 +151,8 @@ pub struct RecordedRequest {
     pub verb: String,
     /// The resource plural (`services`), `None` for non-resource paths.
     pub resource: Option<String>,
+    /// The API group (`""` for core, `discovery.k8s.io`, ...), `None` for non-resource paths.
+    pub group: Option<String>,
     /// `status` for `/status` requests.
     pub subresource: Option<String>,
     pub namespace: Option<String>,
@@ -146,6 +161,11 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     /// The request body (lossy UTF-8).
     pub body: String,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// The label of the listener the request came in on ([`ApiDouble::listen_as`]); `None` for
+    /// the main listener.
+    pub client: Option<String>,
 }
 
 // === impl RecordedRequest ===
@@ -177,8 +197,19 @@ impl ApiDouble {
             close_watches: tokio::sync::watch::Sender::new(0),
             open_watches: Arc::new(AtomicUsize::new(0)),
         });
-        tokio::spawn(server::serve(listener, inner.clone()));
+        tokio::spawn(server::serve(listener, inner.clone(), None));
         Ok(ApiDouble { inner })
+    }
+
+    /// Serves the same state on one more address, recording every request that comes in there
+    /// with [`RecordedRequest::client`] = `label`: give each client under test its own listener
+    /// (its own kubeconfig, see [`kubeconfig_yaml_for`](Self::kubeconfig_yaml_for)) and its
+    /// API calls can be told apart. Returns the bound address.
+    pub async fn listen_as(&self, label: &str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        tokio::spawn(server::serve(listener, self.inner.clone(), Some(label.into())));
+        Ok(bound)
     }
 
     /// The bound address.
@@ -194,6 +225,12 @@ impl ApiDouble {
     /// A kubeconfig with one context pointing at [`url`](Self::url), no credentials, namespace
     /// `default`.
     pub fn kubeconfig_yaml(&self) -> String {
+        Self::kubeconfig_yaml_for(&self.url())
+    }
+
+    /// The same kubeconfig for another server URL (e.g. a [`listen_as`](Self::listen_as)
+    /// listener, or the address another network namespace reaches the double on).
+    pub fn kubeconfig_yaml_for(url: &str) -> String {
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
@@ -203,8 +240,7 @@ impl ApiDouble {
              - name: api-double\n  user: {{}}\n\
              contexts:\n\
              - name: api-double\n  context:\n    cluster: api-double\n    user: api-double\n    namespace: default\n\
-             current-context: api-double\n",
-            url = self.url()
+             current-context: api-double\n"
         )
     }
 

@@ -1,6 +1,8 @@
 //! `api-double`: the Kubernetes API server double as a process, for multi-process tests.
 //!
-//! Prints `listening on http://ADDR` once serving, then runs until interrupted.
+//! Prints `listening on http://ADDR` once serving (after any `listening as NAME on http://ADDR`
+//! lines for `--listen-as` listeners), then runs until interrupted. Control it over HTTP through
+//! the `/_double/...` endpoints (crate docs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +23,16 @@ struct Args {
     /// Multi-document YAML files of objects to create at start-up.
     #[arg(long, num_args = 1..)]
     load: Vec<PathBuf>,
+    /// Extra listener NAME=ADDR serving the same state; its requests are recorded with
+    /// `client: NAME` (one per component under test tells their API calls apart). Repeatable.
+    #[arg(long, value_parser = parse_listen_as)]
+    listen_as: Vec<(String, SocketAddr)>,
+}
+
+fn parse_listen_as(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s.split_once('=').ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[tokio::main]
@@ -35,6 +47,13 @@ async fn main() -> anyhow::Result<()> {
         double
             .load_yaml(&text)
             .with_context(|| format!("loading {}", file.display()))?;
+    }
+    for (name, addr) in &args.listen_as {
+        let bound = double
+            .listen_as(name, *addr)
+            .await
+            .with_context(|| format!("binding {addr} for {name}"))?;
+        println!("listening as {name} on http://{bound}");
     }
     if let Some(path) = &args.kubeconfig_out {
         std::fs::write(path, double.kubeconfig_yaml())

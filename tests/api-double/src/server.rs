@@ -57,8 +57,9 @@ impl From<Failure> for Reply {
     }
 }
 
-/// Accepts connections until the runtime shuts down.
-pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>) {
+/// Accepts connections until the runtime shuts down. `label` tags every request recorded from
+/// this listener ([`RecordedRequest::client`]).
+pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>, label: Option<Arc<str>>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
@@ -69,10 +70,12 @@ pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>) {
             }
         };
         let inner = inner.clone();
+        let label = label.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let inner = inner.clone();
-                async move { Ok::<_, Infallible>(handle(&inner, request).await) }
+                let label = label.clone();
+                async move { Ok::<_, Infallible>(handle(&inner, request, label.as_deref()).await) }
             });
             // A client hanging up mid-request is the client's business.
             let _ = hyper::server::conn::http1::Builder::new()
@@ -82,7 +85,10 @@ pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>) {
     }
 }
 
-async fn handle(inner: &Inner, request: Request<Incoming>) -> Response<Body> {
+async fn handle(inner: &Inner, request: Request<Incoming>, label: Option<&str>) -> Response<Body> {
+    if let Some(control) = parts_control(&request) {
+        return respond(control_request(inner, &control, request.method()));
+    }
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -100,6 +106,7 @@ async fn handle(inner: &Inner, request: Request<Incoming>) -> Response<Body> {
             .map(str::to_string)
     };
     let content_type = header(header::CONTENT_TYPE);
+    let user_agent = header(header::USER_AGENT);
     let accept = header(header::ACCEPT).unwrap_or_default();
     let route = Route::parse(parts.uri.path(), &inner.store().catalog);
 
@@ -113,11 +120,14 @@ async fn handle(inner: &Inner, request: Request<Incoming>) -> Response<Body> {
         query: raw_query,
         verb: route.verb(&parts.method, &query),
         resource: resource_path.map(|p| p.resource.plural.clone()),
+        group: resource_path.map(|p| p.resource.group().to_string()),
         subresource: resource_path.and_then(|p| p.subresource.clone()),
         namespace: resource_path.and_then(|p| p.namespace.clone()),
         name: resource_path.and_then(|p| p.name.clone()),
         content_type: content_type.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        user_agent,
+        client: label.map(str::to_string),
     };
 
     let request = ApiRequest {
@@ -145,6 +155,55 @@ async fn handle(inner: &Inner, request: Request<Incoming>) -> Response<Body> {
     // Recorded once handled, so a recorded watch is already subscribed to changes.
     inner.requests().push(record);
     respond(reply)
+}
+
+// === control endpoints (`/_double/...`) ===
+
+/// The control endpoint a request addresses, if its path is under `/_double/`.
+fn parts_control(request: &Request<Incoming>) -> Option<String> {
+    request
+        .uri()
+        .path()
+        .strip_prefix("/_double/")
+        .map(|rest| rest.trim_end_matches('/').to_string())
+}
+
+fn control_request(inner: &Inner, control: &str, method: &Method) -> Reply {
+    match (method, control) {
+        (&Method::POST, "expire-history") => {
+            inner.store().expire_history();
+            Reply::Json(StatusCode::OK, json!({"expired": true}))
+        }
+        (&Method::POST, "close-watches") => {
+            inner.close_watches.send_modify(|generation| *generation += 1);
+            Reply::Json(StatusCode::OK, json!({"closed": true}))
+        }
+        (&Method::GET, "open-watches") => Reply::Json(
+            StatusCode::OK,
+            json!({"openWatches": inner.open_watches.load(Ordering::SeqCst)}),
+        ),
+        (&Method::GET, "requests") => {
+            let mut lines = Vec::new();
+            for r in inner.requests().iter() {
+                lines.extend(json_bytes(&json!({
+                    "client": r.client, "verb": r.verb, "group": r.group, "resource": r.resource,
+                    "subresource": r.subresource, "namespace": r.namespace, "name": r.name,
+                    "method": r.method, "path": r.path, "query": r.query, "user_agent": r.user_agent,
+                })));
+                lines.push(b'\n');
+            }
+            let mut response = Response::new(Full::new(Bytes::from(lines)).boxed());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            Reply::Stream(response)
+        }
+        (_, "expire-history" | "close-watches" | "open-watches" | "requests") => {
+            Failure::method_not_allowed(method.as_str()).into()
+        }
+        _ => Failure::no_route().into(),
+    }
 }
 
 fn respond(reply: Reply) -> Response<Body> {
