@@ -49,9 +49,10 @@ async fn main() -> anyhow::Result<()> {
             source.status,
             settings,
             election.subscribe(),
-            Observe::new(metrics, source.events, health),
+            Observe::new(metrics, source.events, health.clone()),
         ) => {}
-        () = shutdown_signal() => tracing::info!("shutting down"),
+        // Mark the shutdown before `select!` drops the controller loop (and its liveness guard).
+        () = async { shutdown_signal().await; health.shutting_down() } => tracing::info!("shutting down"),
     }
     election.step_down().await;
     Ok(())

@@ -80,11 +80,17 @@ struct HealthInner {
     ready: AtomicBool,
     /// Cleared when any [`LivenessGuard`] is dropped (its loop ended or panicked).
     alive: AtomicBool,
+    /// Set by [`Health::shutting_down`]: loops ending now are expected, not failures.
+    stopping: AtomicBool,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Health { inner: Arc::new(HealthInner { ready: AtomicBool::new(false), alive: AtomicBool::new(true) }) }
+        Health { inner: Arc::new(HealthInner {
+            ready: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+        }) }
     }
 }
 
@@ -99,6 +105,12 @@ impl Health {
     /// Whether [`Health::set_ready`] was called.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Announces an orderly shutdown (SIGTERM): loops that end from now on are logged at `info`,
+    /// not as failures. `/healthz` still turns 503 when they end.
+    pub fn shutting_down(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Whether every loop holding a guard is still running.
@@ -123,7 +135,11 @@ pub struct LivenessGuard {
 impl Drop for LivenessGuard {
     fn drop(&mut self) {
         self.health.inner.alive.store(false, Ordering::Relaxed);
-        tracing::error!(r#loop = self.name, "loop ended; /healthz now fails");
+        if self.health.inner.stopping.load(Ordering::Relaxed) {
+            tracing::info!(r#loop = self.name, "loop stopped for shutdown");
+        } else {
+            tracing::error!(r#loop = self.name, "loop ended; /healthz now fails");
+        }
     }
 }
 

@@ -225,7 +225,11 @@ def code_calls(component):
             group, plural = KINDS[kind]
             out += [((v, group, plural, "", ""), f"Kind::{kind} in {rel}") for v in READ]
         if "patch_status" in text:
-            for kind in sorted(set(re.findall(r"ObjectKey::\w+\(\s*Kind::([A-Z]\w*)", text))):
+            # An ObjectKey that goes into an Event (`Event::warning(key, …)` right after it) names
+            # the object an Event is about, not a status target.
+            targets = {m.group(1) for m in re.finditer(r"ObjectKey::\w+\(\s*Kind::([A-Z]\w*)", text)
+                       if "Event::" not in text[m.end():m.end() + 250]}
+            for kind in sorted(targets):
                 if kind in KINDS:
                     group, plural = KINDS[kind]
                     out.append((("patch", group, plural, "status", ""), f"patch_status in {rel}"))
