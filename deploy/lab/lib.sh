@@ -141,3 +141,23 @@ answer_body() { [[ $1 == *$'\n'* ]] && printf '%s' "${1%$'\n'*}"; }
 
 # The `pod` field of an echo answer (empty when the body is not echo JSON).
 answer_pod() { answer_body "$1" | jq -r '.pod // empty' 2>/dev/null || true; }
+
+# A namespace with its loopback up.
+add_namespace() {
+    ip netns add "$1"
+    ip -n "$1" link set lo up
+}
+
+# Attaches pod namespace $1 to node namespace $2: address $3/32 on the pod's eth0, gateway $4/32 on
+# the node's end (veth $5), /32 routes both ways and the pod's default route via the node.
+attach_pod() {
+    local pod=$1 node=$2 addr=$3 gw=$4 veth=$5
+    ip -n "$node" link add "$veth" type veth peer name eth0 netns "$pod"
+    ip -n "$node" addr add "$gw/32" dev "$veth"
+    ip -n "$node" link set "$veth" up
+    ip -n "$node" route add "$addr/32" dev "$veth"
+    ip -n "$pod" addr add "$addr/32" dev eth0
+    ip -n "$pod" link set eth0 up
+    ip -n "$pod" route add "$gw" dev eth0
+    ip -n "$pod" route add default via "$gw"
+}

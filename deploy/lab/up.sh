@@ -66,11 +66,6 @@ build() {
 
 ns_sysctl() { ip netns exec "$1" sysctl -qw "$2"; }
 
-add_namespace() {
-    ip netns add "$1"
-    ip -n "$1" link set lo up
-}
-
 create_router() {
     add_namespace "$LAB_ROUTER_NS"
     ip -n "$LAB_ROUTER_NS" link add br0 type bridge
@@ -118,18 +113,9 @@ node_pod_gateway() { awk -v n="$1" '$1 == n {print $4}' <<<"$NODES"; }
 
 # Pod $1 on node $2 with address $3: eth0 in the pod, p-<pod> on the node, /32 routes both ways.
 create_pod() {
-    local pod=$1 node=$2 addr=$3 gw veth
-    gw=$(node_pod_gateway "$node")
-    veth="p-${pod#pod-}"
+    local pod=$1 node=$2 addr=$3
     add_namespace "$pod"
-    ip -n "$node" link add "$veth" type veth peer name eth0 netns "$pod"
-    ip -n "$node" addr add "$gw/32" dev "$veth"
-    ip -n "$node" link set "$veth" up
-    ip -n "$node" route add "$addr/32" dev "$veth"
-    ip -n "$pod" addr add "$addr/32" dev eth0
-    ip -n "$pod" link set eth0 up
-    ip -n "$pod" route add "$gw" dev eth0
-    ip -n "$pod" route add default via "$gw"
+    attach_pod "$pod" "$node" "$addr" "$(node_pod_gateway "$node")" "p-${pod#pod-}"
 }
 
 create_topology() {

@@ -106,17 +106,8 @@ ip -n "$NODE" addr add "$NODE_IP/24" dev eth0 && ip -n "$NODE" link set eth0 up
 ip -n "$CLIENT" addr add "$CLIENT_IP/24" dev eth0 && ip -n "$CLIENT" link set eth0 up
 ip -n "$CLIENT" route add 203.0.113.0/24 via "$NODE_IP"
 while read -r pod addr _role; do
-    veth="p-${pod#k8s-pod-}"
-    ip netns add "$pod"
-    ip -n "$pod" link set lo up
-    ip -n "$NODE" link add "$veth" type veth peer name eth0 netns "$pod"
-    ip -n "$NODE" addr add "$POD_GW/32" dev "$veth"
-    ip -n "$NODE" link set "$veth" up
-    ip -n "$NODE" route add "$addr/32" dev "$veth"
-    ip -n "$pod" addr add "$addr/32" dev eth0
-    ip -n "$pod" link set eth0 up
-    ip -n "$pod" route add "$POD_GW" dev eth0
-    ip -n "$pod" route add default via "$POD_GW"
+    add_namespace "$pod"
+    attach_pod "$pod" "$NODE" "$addr" "$POD_GW" "p-${pod#k8s-pod-}"
 done <<<"$K8S_PODS"
 
 # TLS Secret for app.example.test, signed by a throw-away CA.
