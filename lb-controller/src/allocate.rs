@@ -1,33 +1,97 @@
-//! Pure IPAM: Services + pools → the external IP (or the failure) each Service should have.
+//! Pure IPAM: Services + pools → the external IPs (or the failure) each Service should have.
 //!
 //! No I/O. Level-triggered: the input is everything observed now, including each Service's current
 //! `status.loadBalancer.ingress` — which is how allocations survive a controller restart (they are
 //! read back, never reshuffled).
 //!
+//! ```text
+//!   ServiceView (families, request, sharing key, ports, ETP, selector, current status)
+//!        │  oldest first
+//!        ├─ 1. keep    per family: the address in status while still valid for the Service
+//!        ├─ 2. assign  per family: requested address, else a shareable one, else lowest free
+//!        └─ 3. release what non-LoadBalancer Services still carry from our pools
+//!                      ──> Outcome::{Allocated{ips}, Failed{reason, message}, Released}
+//! ```
+//!
 //! Order of decisions (deterministic; oldest Service first, by `creationTimestamp` then
 //! namespace/name):
-//! 1. **keep**: an eligible Service keeps the address already in its status while that address is
-//!    still valid for it (a pool offers it and allows this Service; it matches the Service's
-//!    request, if any; no older Service holds it);
-//! 2. **assign**: every other eligible Service gets its requested address (`drawbridge.dev/load-balancer-ips`,
-//!    else `spec.loadBalancerIP`) if a pool offers it and it is free, or else the lowest free address
-//!    of the requested pool (`drawbridge.dev/address-pool`) or of the auto-assign pools in name order.
+//! 1. **keep**: for each IP family a Service wants, it keeps the address of that family already in
+//!    its status while that address is still valid for it (a pool offers it and allows this Service;
+//!    it matches the Service's request for that family, if any; every older holder may share it);
+//! 2. **assign**: every family still missing gets its requested address
+//!    (`drawbridge.dev/load-balancer-ips`, one per family, else `spec.loadBalancerIP`) if a pool
+//!    offers it and it is free or shareable, or else — with a sharing key — the lowest address
+//!    already used by Services it may share with, or else the lowest free address of the requested
+//!    pool (`drawbridge.dev/address-pool`) or of the auto-assign pools in name order.
 //!
-//! Never one address for two Services. Sharing, dual-stack and announcement come with the
-//! lb-controller issue.
+//! Families (`spec.ipFamilies`, `spec.ipFamilyPolicy`): `SingleStack` wants the first family;
+//! `PreferDualStack` wants both and settles for one when no pool can give the other;
+//! `RequireDualStack` gets both or fails. A Service that fails holds nothing, so what it kept is
+//! free for others in the same pass (the pass is recomputed without its status, so the result is
+//! the same as the next pass would compute: allocations are a fixed point).
+//!
+//! Sharing (MetalLB's `allow-shared-ip` rule): two Services may hold the same address only when both
+//! carry the same `drawbridge.dev/allow-shared-ip` key, no (protocol, port) overlaps, and both are
+//! `externalTrafficPolicy: Cluster` or their selectors are identical. Without a key, never.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use drawbridge_resources::names::{ANNOTATION_ADDRESS_POOL, ANNOTATION_LOAD_BALANCER_IPS, LOAD_BALANCER_CLASS};
+use drawbridge_resources::names::{
+    ANNOTATION_ADDRESS_POOL, ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_LOAD_BALANCER_IPS, LOAD_BALANCER_CLASS,
+};
 
 use crate::pool::Pool;
 
 /// `namespace/name` of a Service.
 pub type ServiceKey = (String, String);
+
+/// An IP family, as `spec.ipFamilies` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// `IPv4`.
+    V4,
+    /// `IPv6`.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> IpFamily {
+        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+    }
+
+    /// `IPv4` / `IPv6`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+
+    fn other(self) -> IpFamily {
+        match self {
+            IpFamily::V4 => IpFamily::V6,
+            IpFamily::V6 => IpFamily::V4,
+        }
+    }
+}
+
+/// `spec.ipFamilyPolicy` (absent means `SingleStack`, the Kubernetes default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IpFamilyPolicy {
+    /// One address, of the first family.
+    #[default]
+    SingleStack,
+    /// Both families if the pools can give them, else one.
+    PreferDualStack,
+    /// Both families, or fail.
+    RequireDualStack,
+}
 
 /// What the allocator needs to know about one Service.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,12 +104,24 @@ pub struct ServiceView {
     pub eligible: bool,
     /// `spec.loadBalancerClass` names another controller: never touched.
     pub foreign: bool,
-    /// Requested address (annotation, else `spec.loadBalancerIP`), or why the request is unusable.
-    pub requested: Option<Result<IpAddr, String>>,
+    /// Requested addresses, at most one per family (annotation, else `spec.loadBalancerIP`), or why
+    /// the request is unusable.
+    pub requested: Option<Result<Vec<IpAddr>, String>>,
     /// Pool requested by annotation.
     pub pool: Option<String>,
-    /// `true` for an IPv6 primary family (`spec.ipFamilies[0]`).
-    pub ipv6: bool,
+    /// Families wanted, primary first: `spec.ipFamilies` (absent: the first requested address's
+    /// family, else IPv4), completed with the other family for the dual-stack policies.
+    pub families: Vec<IpFamily>,
+    /// `spec.ipFamilyPolicy`.
+    pub family_policy: IpFamilyPolicy,
+    /// `drawbridge.dev/allow-shared-ip`: Services with the same key may share an address.
+    pub sharing_key: Option<String>,
+    /// `spec.ports[]` as (protocol, port); protocol defaults to `TCP`.
+    pub ports: BTreeSet<(String, i32)>,
+    /// `spec.externalTrafficPolicy: Local`.
+    pub etp_local: bool,
+    /// `spec.selector` (absent = empty).
+    pub selector: BTreeMap<String, String>,
     /// Addresses currently in `status.loadBalancer.ingress[].ip`.
     pub current: Vec<IpAddr>,
 }
@@ -63,15 +139,45 @@ impl ServiceView {
         let annotations = meta.annotations.clone().unwrap_or_default();
         let requested = match annotations.get(ANNOTATION_LOAD_BALANCER_IPS) {
             Some(list) => {
-                let first = list.split(',').map(str::trim).find(|s| !s.is_empty());
-                first.map(|s| s.parse::<IpAddr>().map_err(|e| format!("{ANNOTATION_LOAD_BALANCER_IPS}: {s:?}: {e}")))
+                let entries: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                (!entries.is_empty()).then(|| parse_requests(ANNOTATION_LOAD_BALANCER_IPS, &entries))
             }
             None => spec
                 .load_balancer_ip
                 .as_deref()
                 .filter(|s| !s.is_empty())
-                .map(|s| s.parse::<IpAddr>().map_err(|e| format!("spec.loadBalancerIP: {s:?}: {e}"))),
+                .map(|s| parse_requests("spec.loadBalancerIP", &[s])),
         };
+        let family_policy = match spec.ip_family_policy.as_deref() {
+            Some("PreferDualStack") => IpFamilyPolicy::PreferDualStack,
+            Some("RequireDualStack") => IpFamilyPolicy::RequireDualStack,
+            _ => IpFamilyPolicy::SingleStack,
+        };
+        let mut families: Vec<IpFamily> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(IpFamily::V4),
+                "IPv6" => Some(IpFamily::V6),
+                _ => None,
+            })
+            .collect();
+        families.dedup();
+        if families.is_empty() {
+            let from_request = match &requested {
+                Some(Ok(ips)) => ips.first().map(|ip| IpFamily::of(*ip)),
+                _ => None,
+            };
+            families.push(from_request.unwrap_or(IpFamily::V4));
+        }
+        families.truncate(match family_policy {
+            IpFamilyPolicy::SingleStack => 1,
+            _ => 2,
+        });
+        if family_policy != IpFamilyPolicy::SingleStack && families.len() == 1 {
+            families.push(families[0].other());
+        }
         let current = svc
             .status
             .as_ref()
@@ -79,6 +185,12 @@ impl ServiceView {
             .and_then(|lb| lb.ingress.as_ref())
             .map(|ingress| ingress.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
             .unwrap_or_default();
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".to_string()), p.port))
+            .collect();
         ServiceView {
             key: (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()),
             created: meta.creation_timestamp.clone(),
@@ -86,10 +198,31 @@ impl ServiceView {
             foreign: !ours,
             requested,
             pool: annotations.get(ANNOTATION_ADDRESS_POOL).cloned(),
-            ipv6: spec.ip_families.as_ref().and_then(|f| f.first()).is_some_and(|f| f == "IPv6"),
+            families,
+            family_policy,
+            sharing_key: annotations
+                .get(ANNOTATION_ALLOW_SHARED_IP)
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty()),
+            ports,
+            etp_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            selector: spec.selector.clone().unwrap_or_default(),
             current,
         }
     }
+}
+
+/// Parses a request list: addresses, at most one per family.
+fn parse_requests(source: &str, entries: &[&str]) -> Result<Vec<IpAddr>, String> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for entry in entries {
+        let ip: IpAddr = entry.parse().map_err(|e| format!("{source}: {entry:?}: {e}"))?;
+        if ips.iter().any(|other| IpAddr::is_ipv4(other) == ip.is_ipv4()) {
+            return Err(format!("{source}: more than one {} address", IpFamily::of(ip).as_str()));
+        }
+        ips.push(ip);
+    }
+    Ok(ips)
 }
 
 /// Why a Service got no address; the `reason` of condition `drawbridge.dev/AddressAllocated=False`.
@@ -97,9 +230,13 @@ impl ServiceView {
 pub enum FailureReason {
     /// Every pool the Service may use is full.
     PoolExhausted,
-    /// The requested address is in no pool that allows the Service, is taken, or does not parse.
+    /// The requested address is in no pool that allows the Service, is taken, is of a family the
+    /// Service does not use, or does not parse.
     RequestedAddressUnavailable,
-    /// No pool may serve the Service (the named pool does not exist, or no pool auto-assigns).
+    /// The requested address is used by a Service this one may not share it with.
+    SharingConflict,
+    /// No pool may serve the Service (the named pool does not exist, no pool auto-assigns, or none
+    /// has a range of a family the Service requires).
     NoMatchingPool,
 }
 
@@ -109,20 +246,40 @@ impl FailureReason {
         match self {
             FailureReason::PoolExhausted => "PoolExhausted",
             FailureReason::RequestedAddressUnavailable => "RequestedAddressUnavailable",
+            FailureReason::SharingConflict => "SharingConflict",
             FailureReason::NoMatchingPool => "NoMatchingPool",
         }
     }
 }
 
+/// One address of a Service and the pool it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The external address.
+    pub ip: IpAddr,
+    /// The pool it came from.
+    pub pool: String,
+}
+
+impl fmt::Display for Assignment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} from IPAddressPool {}", self.ip, self.pool)
+    }
+}
+
+/// `203.0.113.1 from IPAddressPool lab, 2001:db8::1 from IPAddressPool lab6`: for conditions,
+/// Events and logs.
+pub fn describe(ips: &[Assignment]) -> String {
+    ips.iter().map(Assignment::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// The decision for one Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The Service should carry `ip` (from `pool`).
+    /// The Service should carry these addresses, one per family, in the Service's family order.
     Allocated {
-        /// The external address.
-        ip: IpAddr,
-        /// The pool it came from.
-        pool: String,
+        /// Never empty.
+        ips: Vec<Assignment>,
     },
     /// The Service should carry no address, with this reason and message.
     Failed {
@@ -136,7 +293,87 @@ pub enum Outcome {
     Released,
 }
 
-/// Decides every Service's address. Services of other classes, and non-LoadBalancer Services that
+impl Outcome {
+    /// The addresses of an `Allocated` outcome; empty otherwise.
+    pub fn assignments(&self) -> &[Assignment] {
+        match self {
+            Outcome::Allocated { ips } => ips,
+            _ => &[],
+        }
+    }
+}
+
+// === impl ServiceView (sharing) ===
+
+impl ServiceView {
+    /// MetalLB's sharing rule: the same `drawbridge.dev/allow-shared-ip` key on both, no common
+    /// (protocol, port), and both `externalTrafficPolicy: Cluster` or identical selectors.
+    pub fn may_share(&self, other: &ServiceView) -> bool {
+        let same_key = matches!((&self.sharing_key, &other.sharing_key), (Some(a), Some(b)) if a == b);
+        same_key
+            && self.ports.is_disjoint(&other.ports)
+            && ((!self.etp_local && !other.etp_local) || self.selector == other.selector)
+    }
+}
+
+/// Message of a `SharingConflict`; deliberately independent of which holder refused, so the
+/// outcome does not depend on the order holders were found in.
+const SHARING_RULE: &str = "sharing needs the same drawbridge.dev/allow-shared-ip key, no common port and \
+                            protocol, and both externalTrafficPolicy Cluster or identical selectors";
+
+/// Addresses held so far in one pass, and by whom.
+#[derive(Default)]
+struct Holders<'a> {
+    /// Every held address (what `Pool::first_free` must skip).
+    used: BTreeSet<IpAddr>,
+    /// Who holds each address; more than one only for Services that may share.
+    by_ip: BTreeMap<IpAddr, Vec<&'a ServiceView>>,
+    /// Addresses held by Services with each sharing key.
+    by_key: BTreeMap<&'a str, BTreeSet<IpAddr>>,
+}
+
+impl<'a> Holders<'a> {
+    /// Whether `svc` may hold `ip` next to its current holders.
+    fn may_use(&self, ip: IpAddr, svc: &ServiceView) -> bool {
+        self.by_ip.get(&ip).is_none_or(|holders| holders.iter().all(|h| svc.may_share(h)))
+    }
+
+    fn add(&mut self, ip: IpAddr, svc: &'a ServiceView) {
+        self.used.insert(ip);
+        self.by_ip.entry(ip).or_default().push(svc);
+        if let Some(key) = &svc.sharing_key {
+            self.by_key.entry(key.as_str()).or_default().insert(ip);
+        }
+    }
+}
+
+/// Per wanted family (in the Service's order): the family and the address requested for it.
+type Plan = Vec<(IpFamily, Option<IpAddr>)>;
+type Failure = (FailureReason, String);
+
+fn plan(svc: &ServiceView) -> Result<Plan, Failure> {
+    let requested: &[IpAddr] = match &svc.requested {
+        None => &[],
+        Some(Err(problem)) => return Err((FailureReason::RequestedAddressUnavailable, problem.clone())),
+        Some(Ok(ips)) => ips,
+    };
+    if let Some(ip) = requested.iter().find(|ip| !svc.families.contains(&IpFamily::of(**ip))) {
+        let families: Vec<&str> = svc.families.iter().map(|f| f.as_str()).collect();
+        let message = format!(
+            "{ip} is {} but the Service's IP families are {}",
+            IpFamily::of(*ip).as_str(),
+            families.join(", ")
+        );
+        return Err((FailureReason::RequestedAddressUnavailable, message));
+    }
+    Ok(svc
+        .families
+        .iter()
+        .map(|f| (*f, requested.iter().copied().find(|ip| IpFamily::of(*ip) == *f)))
+        .collect())
+}
+
+/// Decides every Service's addresses. Services of other classes, and non-LoadBalancer Services that
 /// carry nothing of ours, are absent from the result.
 pub fn allocate(pools: &[Pool], services: &[ServiceView]) -> BTreeMap<ServiceKey, Outcome> {
     let mut order: Vec<&ServiceView> = services.iter().collect();
@@ -148,34 +385,87 @@ pub fn allocate(pools: &[Pool], services: &[ServiceView]) -> BTreeMap<ServiceKey
     let mut pools: Vec<&Pool> = pools.iter().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+    // A Service that fails after keeping an address has blocked it for younger Services in this
+    // pass; recompute without its status (what the next pass would see). Each round forgets at
+    // least one more Service, so this ends.
+    let mut forget: BTreeSet<ServiceKey> = BTreeSet::new();
+    loop {
+        match pass(&pools, &order, &forget) {
+            Ok(out) => return out,
+            Err(more) => forget.extend(more),
+        }
+    }
+}
+
+/// One keep → assign → release pass; `Err` lists Services that failed after keeping something.
+fn pass(
+    pools: &[&Pool],
+    order: &[&ServiceView],
+    forget: &BTreeSet<ServiceKey>,
+) -> Result<BTreeMap<ServiceKey, Outcome>, Vec<ServiceKey>> {
+    let mut holders = Holders::default();
+    let mut kept: BTreeMap<&ServiceKey, Vec<Option<Assignment>>> = BTreeMap::new();
     let mut out = BTreeMap::new();
 
     // 1. keep
-    for svc in order.iter().filter(|s| s.eligible) {
-        let Some(&ip) = svc.current.first() else { continue };
-        let wanted = match &svc.requested {
-            Some(Ok(req)) => *req == ip,
-            Some(Err(_)) => false,
-            None => true,
-        };
-        let pool = pools.iter().find(|p| p.offers(ip) && allows(p, svc));
-        if let (true, Some(pool), false) = (wanted, pool, used.contains(&ip)) {
-            used.insert(ip);
-            out.insert(svc.key.clone(), Outcome::Allocated { ip, pool: pool.name.clone() });
+    for svc in order.iter().filter(|s| s.eligible && !forget.contains(&s.key)) {
+        let Ok(plan) = plan(svc) else { continue };
+        let mut slots = vec![None; plan.len()];
+        for ((family, request), slot) in plan.iter().zip(slots.iter_mut()) {
+            let Some(&ip) = svc.current.iter().find(|ip| IpFamily::of(**ip) == *family) else { continue };
+            if request.is_some_and(|r| r != ip) || !holders.may_use(ip, svc) {
+                continue;
+            }
+            if let Some(pool) = pool_for(pools, ip, svc, request.is_some()) {
+                holders.add(ip, svc);
+                *slot = Some(Assignment { ip, pool: pool.name.clone() });
+            }
+        }
+        if slots.iter().any(Option::is_some) {
+            kept.insert(&svc.key, slots);
         }
     }
 
     // 2. assign
+    let mut failed_after_keeping = Vec::new();
     for svc in order.iter().filter(|s| s.eligible) {
-        if out.contains_key(&svc.key) {
-            continue;
-        }
-        let outcome = assign(&pools, svc, &used);
-        if let Outcome::Allocated { ip, .. } = &outcome {
-            used.insert(*ip);
-        }
+        let slots = kept.remove(&svc.key);
+        let had_kept = slots.is_some();
+        let result = plan(svc).and_then(|plan| {
+            let slots = slots.unwrap_or_else(|| vec![None; plan.len()]);
+            complete(pools, svc, &plan, slots, &holders)
+        });
+        let outcome = match result {
+            Ok(ips) => {
+                for a in &ips {
+                    if !holders.by_ip.get(&a.ip).is_some_and(|h| h.iter().any(|h| h.key == svc.key)) {
+                        holders.add(a.ip, svc);
+                    }
+                }
+                Outcome::Allocated { ips }
+            }
+            Err((reason, message)) => {
+                if had_kept {
+                    failed_after_keeping.push(svc.key.clone());
+                }
+                Outcome::Failed { reason, message }
+            }
+        };
         out.insert(svc.key.clone(), outcome);
+    }
+    if !failed_after_keeping.is_empty() {
+        return Err(failed_after_keeping);
+    }
+    // Say why against the final holders, not those seen at the Service's turn: a younger Service
+    // may since have taken what a failed dual-stack Service had found for its other family. The
+    // next pass (which sees those holders from the start) then reports exactly the same failure.
+    for svc in order.iter().filter(|s| s.eligible) {
+        if let Some(Outcome::Failed { reason, message }) = out.get_mut(&svc.key) {
+            let again = plan(svc).and_then(|plan| complete(pools, svc, &plan, vec![None; plan.len()], &holders));
+            if let Err((r, m)) = again {
+                (*reason, *message) = (r, m);
+            }
+        }
     }
 
     // 3. release what non-eligible Services still carry from our pools
@@ -184,52 +474,109 @@ pub fn allocate(pools: &[Pool], services: &[ServiceView]) -> BTreeMap<ServiceKey
             out.insert(svc.key.clone(), Outcome::Released);
         }
     }
-    out
+    Ok(out)
 }
 
-/// Whether `pool` may serve `svc`: the pool it named, or any auto-assign pool, or — for an explicit
-/// address request — any pool offering that address (MetalLB semantics).
-fn allows(pool: &Pool, svc: &ServiceView) -> bool {
+/// Whether `pool` may serve `svc`: the pool it named, or any auto-assign pool, or — for an
+/// explicitly requested address — any pool offering that address (MetalLB semantics).
+fn allows(pool: &Pool, svc: &ServiceView, explicit: bool) -> bool {
     match &svc.pool {
         Some(name) => *name == pool.name,
-        None => pool.auto_assign || matches!(svc.requested, Some(Ok(_))),
+        None => pool.auto_assign || explicit,
     }
 }
 
-fn assign(pools: &[&Pool], svc: &ServiceView, used: &BTreeSet<IpAddr>) -> Outcome {
-    let failed = |reason, message: String| Outcome::Failed { reason, message };
-    match &svc.requested {
-        Some(Err(problem)) => failed(FailureReason::RequestedAddressUnavailable, problem.clone()),
-        Some(Ok(ip)) => match pools.iter().find(|p| p.offers(*ip) && allows(p, svc)) {
-            None => failed(
-                FailureReason::RequestedAddressUnavailable,
-                format!("{ip} is in no IPAddressPool this Service may use"),
-            ),
-            Some(_) if used.contains(ip) => failed(
-                FailureReason::RequestedAddressUnavailable,
-                format!("{ip} is already allocated to another Service"),
-            ),
-            Some(pool) => Outcome::Allocated { ip: *ip, pool: pool.name.clone() },
-        },
-        None => {
-            let candidates: Vec<&&Pool> = pools.iter().filter(|p| allows(p, svc)).collect();
-            if candidates.is_empty() {
-                let message = match &svc.pool {
-                    Some(name) => format!("IPAddressPool {name:?} does not exist"),
-                    None => "no IPAddressPool has autoAssign enabled".to_string(),
-                };
-                return failed(FailureReason::NoMatchingPool, message);
+/// The first pool (by name) that offers `ip` and may serve `svc`: the pool an address is reported
+/// from, the same whether it was just assigned or kept.
+fn pool_for<'p>(pools: &[&'p Pool], ip: IpAddr, svc: &ServiceView, explicit: bool) -> Option<&'p Pool> {
+    pools.iter().copied().find(|p| p.offers(ip) && allows(p, svc, explicit))
+}
+
+/// Fills every family `slots` (what was kept) lacks. `PreferDualStack` settles for the families it
+/// can get, unless a requested address is unavailable (a request is never silently dropped).
+fn complete(
+    pools: &[&Pool],
+    svc: &ServiceView,
+    plan: &Plan,
+    slots: Vec<Option<Assignment>>,
+    holders: &Holders<'_>,
+) -> Result<Vec<Assignment>, Failure> {
+    let mut ips = Vec::new();
+    let mut first_failure = None;
+    for ((family, request), slot) in plan.iter().zip(slots) {
+        let result = match (slot, request) {
+            (Some(kept), _) => Ok(kept),
+            (None, Some(ip)) => take_requested(pools, svc, *ip, holders),
+            (None, None) => pick(pools, svc, *family, holders),
+        };
+        match result {
+            Ok(assignment) => ips.push(assignment),
+            Err(failure) if svc.family_policy == IpFamilyPolicy::PreferDualStack && request.is_none() => {
+                first_failure.get_or_insert(failure);
             }
-            for pool in &candidates {
-                if let Some(ip) = pool.first_free(!svc.ipv6, used) {
-                    return Outcome::Allocated { ip, pool: pool.name.clone() };
-                }
-            }
-            let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
-            let family = if svc.ipv6 { "IPv6" } else { "IPv4" };
-            failed(FailureReason::PoolExhausted, format!("no free {family} address in {}", names.join(", ")))
+            Err(failure) => return Err(failure),
         }
     }
+    match (ips.is_empty(), first_failure) {
+        (true, Some(failure)) => Err(failure),
+        _ => Ok(ips),
+    }
+}
+
+fn take_requested(
+    pools: &[&Pool],
+    svc: &ServiceView,
+    ip: IpAddr,
+    holders: &Holders<'_>,
+) -> Result<Assignment, Failure> {
+    let Some(pool) = pool_for(pools, ip, svc, true) else {
+        let message = format!("{ip} is in no IPAddressPool this Service may use");
+        return Err((FailureReason::RequestedAddressUnavailable, message));
+    };
+    if holders.may_use(ip, svc) {
+        Ok(Assignment { ip, pool: pool.name.clone() })
+    } else if svc.sharing_key.is_none() {
+        Err((FailureReason::RequestedAddressUnavailable, format!("{ip} is already allocated to another Service")))
+    } else {
+        let message = format!("{ip} is used by a Service this one may not share it with: {SHARING_RULE}");
+        Err((FailureReason::SharingConflict, message))
+    }
+}
+
+fn pick(pools: &[&Pool], svc: &ServiceView, family: IpFamily, holders: &Holders<'_>) -> Result<Assignment, Failure> {
+    let candidates: Vec<&Pool> = pools.iter().copied().filter(|p| allows(p, svc, false)).collect();
+    if candidates.is_empty() {
+        let message = match &svc.pool {
+            Some(name) => format!("IPAddressPool {name:?} does not exist"),
+            None => "no IPAddressPool has autoAssign enabled".to_string(),
+        };
+        return Err((FailureReason::NoMatchingPool, message));
+    }
+    let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
+    let v4 = family == IpFamily::V4;
+    let candidates: Vec<&Pool> =
+        candidates.into_iter().filter(|p| p.ranges.iter().any(|r| r.first.is_ipv4() == v4)).collect();
+    if candidates.is_empty() {
+        let message = format!("no {} addresses in {}", family.as_str(), names.join(", "));
+        return Err((FailureReason::NoMatchingPool, message));
+    }
+    // With a key: the lowest address already used by Services it may share with.
+    if let Some(shared) = svc.sharing_key.as_deref().and_then(|k| holders.by_key.get(k)) {
+        for ip in shared.iter().copied().filter(|ip| ip.is_ipv4() == v4) {
+            if holders.may_use(ip, svc)
+                && let Some(pool) = pool_for(pools, ip, svc, false)
+            {
+                return Ok(Assignment { ip, pool: pool.name.clone() });
+            }
+        }
+    }
+    for pool in &candidates {
+        if let Some(ip) = pool.first_free(v4, &holders.used) {
+            return Ok(Assignment { ip, pool: pool.name.clone() });
+        }
+    }
+    let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
+    Err((FailureReason::PoolExhausted, format!("no free {} address in {}", family.as_str(), names.join(", "))))
 }
 
 #[cfg(test)]

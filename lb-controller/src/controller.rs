@@ -20,7 +20,7 @@ use drawbridge_resources::{Kind, ObjectKey, Resources};
 use tokio::sync::watch;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate};
+use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate, describe};
 use crate::observe::Observe;
 use crate::pool::Pool;
 use crate::status::desired_patch;
@@ -128,8 +128,9 @@ pub async fn reconcile(
                 ok = false;
                 tracing::warn!(%namespace, %name, error = %error, "status write failed; will retry");
             }
-            (Ok(()), Outcome::Allocated { ip, pool }) => {
-                tracing::info!(%namespace, %name, %ip, %pool, "external address allocated");
+            (Ok(()), Outcome::Allocated { ips }) => {
+                let addresses = describe(ips);
+                tracing::info!(%namespace, %name, %addresses, "external address allocated");
             }
             (Ok(()), Outcome::Failed { reason, message }) => {
                 tracing::warn!(%namespace, %name, reason = reason.as_str(), %message, "no external address");

@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::allocate::{FailureReason, Outcome, ServiceKey};
+use crate::allocate::{FailureReason, Outcome, ServiceKey, describe};
 use crate::pool::Pool;
 
 /// Event reason: an address was written to the Service's status.
@@ -131,9 +131,14 @@ impl Observe {
         let mut allocations: BTreeMap<&str, i64> = BTreeMap::new();
         let mut assigned: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
         for outcome in outcomes.values() {
-            if let Outcome::Allocated { ip, pool } = outcome {
+            // A dual-stack Service counts once per pool it holds an address of; shared addresses
+            // count once in `assigned`.
+            let pools_of_service: BTreeSet<&str> = outcome.assignments().iter().map(|a| a.pool.as_str()).collect();
+            for pool in pools_of_service {
                 *allocations.entry(pool).or_default() += 1;
-                assigned.entry(pool).or_default().insert(*ip);
+            }
+            for a in outcome.assignments() {
+                assigned.entry(a.pool.as_str()).or_default().insert(a.ip);
             }
         }
         let m = &self.metrics;
@@ -163,9 +168,7 @@ impl Observe {
             return;
         }
         let event = match outcome {
-            Outcome::Allocated { ip, pool } => {
-                Event::normal(service, REASON_ALLOCATED, ACTION_ALLOCATE, format!("{ip} from IPAddressPool {pool}"))
-            }
+            Outcome::Allocated { ips } => Event::normal(service, REASON_ALLOCATED, ACTION_ALLOCATE, describe(ips)),
             Outcome::Failed { reason, message } => {
                 self.metrics.allocation_failures.get_or_create(&[("reason", reason.as_str())]).inc();
                 Event::warning(service, REASON_ALLOCATION_FAILED, ACTION_ALLOCATE, failure_note(*reason, message))
@@ -217,7 +220,7 @@ mod tests {
     use super::*;
     use crate::pool::AddressRange;
 
-    fn pool(name: &str, ranges: &[&str], avoid_buggy_ips: bool) -> Pool {
+    pub(super) fn pool(name: &str, ranges: &[&str], avoid_buggy_ips: bool) -> Pool {
         Pool {
             name: name.into(),
             ranges: ranges.iter().map(|r| AddressRange::parse(r).expect("range")).collect(),
@@ -315,4 +318,36 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
     }
+
+    #[test]
+    fn pool_gauges_count_every_assignment_and_shared_addresses_once() {
+        use crate::allocate::Assignment;
+        let a = |ip: &str, pool: &str| Assignment { ip: ip.parse().expect("ip"), pool: pool.into() };
+        let pool = super::tests::pool;
+        let pools = [pool("lab", &["203.0.113.1-203.0.113.4"], true), pool("lab6", &["2001:db8::1-2001:db8::2"], true)];
+        let key = |n: &str| ("default".to_string(), n.to_string());
+        let outcomes: BTreeMap<ServiceKey, Outcome> = [
+            (key("dual"), Outcome::Allocated { ips: vec![a("203.0.113.1", "lab"), a("2001:db8::1", "lab6")] }),
+            (key("shared"), Outcome::Allocated { ips: vec![a("203.0.113.1", "lab")] }),
+            (key("single"), Outcome::Allocated { ips: vec![a("203.0.113.2", "lab")] }),
+        ]
+        .into();
+        let (mut observe, _events) = Observe::test();
+        let mut registry = Registry::default();
+        observe.metrics = Metrics::register(&mut registry);
+        observe.record_pools(&pools, &outcomes);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode");
+        for line in [
+            r#"drawbridge_lb_allocations{pool="lab"} 3"#,
+            r#"drawbridge_lb_pool_addresses_assigned{pool="lab"} 2"#,
+            r#"drawbridge_lb_pool_addresses_available{pool="lab"} 2"#,
+            r#"drawbridge_lb_allocations{pool="lab6"} 1"#,
+            r#"drawbridge_lb_pool_addresses_assigned{pool="lab6"} 1"#,
+            r#"drawbridge_lb_pool_addresses_available{pool="lab6"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
 }
+

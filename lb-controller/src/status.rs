@@ -4,7 +4,8 @@
 //! outcome, so a resync costs no API writes.
 //!
 //! What a Service shows (Kubernetes `ServiceStatus`):
-//! - `status.loadBalancer.ingress: [{ip, ipMode: VIP}]` (KEP-1860 `ipMode`; VIP = nodes deliver
+//! - `status.loadBalancer.ingress: [{ip, ipMode: VIP}]`, one entry per family in the Service's
+//!   family order (KEP-1860 `ipMode`; VIP = nodes deliver
 //!   the traffic to the IP themselves);
 //! - condition `drawbridge.dev/AddressAllocated`: `True` (reason `Allocated`) or `False` with the
 //!   [`FailureReason`](crate::allocate::FailureReason); `lastTransitionTime` changes only when the
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
-use crate::allocate::Outcome;
+use crate::allocate::{Outcome, describe};
 
 /// Condition type lb-controller owns on Services.
 pub const CONDITION_ADDRESS_ALLOCATED: &str = "drawbridge.dev/AddressAllocated";
@@ -40,9 +41,10 @@ pub fn desired_patch(svc: &Service, outcome: &Outcome, now: &Time) -> Option<Val
         conditions.iter().filter(|c| c.type_ != CONDITION_ADDRESS_ALLOCATED).cloned().collect();
 
     let (ips, condition) = match outcome {
-        Outcome::Allocated { ip, pool } => {
-            (vec![ip.to_string()], Some(("True", "Allocated", format!("{ip} from IPAddressPool {pool}"))))
-        }
+        Outcome::Allocated { ips } => (
+            ips.iter().map(|a| a.ip.to_string()).collect(),
+            Some(("True", "Allocated", describe(ips))),
+        ),
         Outcome::Failed { reason, message } => (vec![], Some(("False", reason.as_str(), message.clone()))),
         Outcome::Released => (vec![], None),
     };
@@ -82,7 +84,11 @@ pub fn desired_patch(svc: &Service, outcome: &Outcome, now: &Time) -> Option<Val
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocate::FailureReason;
+    use crate::allocate::{Assignment, FailureReason};
+
+    fn assignment(ip: &str, pool: &str) -> Assignment {
+        Assignment { ip: ip.parse().expect("ip"), pool: pool.into() }
+    }
 
     fn now() -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"))
@@ -104,7 +110,7 @@ mod tests {
 
     #[test]
     fn writes_address_and_condition_once() {
-        let allocated = Outcome::Allocated { ip: "203.0.113.1".parse().expect("ip"), pool: "lab".into() };
+        let allocated = Outcome::Allocated { ips: vec![assignment("203.0.113.1", "lab")] };
         let svc = service(json!({}));
         let patch = desired_patch(&svc, &allocated, &now()).expect("a patch");
         assert_eq!(patch["loadBalancer"]["ingress"], json!([{"ip": "203.0.113.1", "ipMode": "VIP"}]));
@@ -132,5 +138,23 @@ mod tests {
         assert_eq!(desired_patch(&svc, &failed, &now()), None);
         let released = desired_patch(&svc, &Outcome::Released, &now()).expect("a patch");
         assert_eq!(released["conditions"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn dual_stack_lists_every_family_in_order() {
+        let allocated =
+            Outcome::Allocated { ips: vec![assignment("2001:db8::1", "lab6"), assignment("203.0.113.1", "lab")] };
+        let svc = service(json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "VIP"}]}}));
+        let patch = desired_patch(&svc, &allocated, &now()).expect("a patch");
+        assert_eq!(
+            patch["loadBalancer"]["ingress"],
+            json!([{"ip": "2001:db8::1", "ipMode": "VIP"}, {"ip": "203.0.113.1", "ipMode": "VIP"}])
+        );
+        assert_eq!(
+            patch["conditions"][0]["message"],
+            "2001:db8::1 from IPAddressPool lab6, 203.0.113.1 from IPAddressPool lab"
+        );
+        let svc = patched(&svc, &patch);
+        assert_eq!(desired_patch(&svc, &allocated, &now()), None);
     }
 }
