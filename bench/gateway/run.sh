@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
+#
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--profile] [--no-build]
+#
+# Layout (loopback only):
+#   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
+#          ingress-gateway --threads 1); all three run at once, idle unless addressed.
+#   CPU 1: the load generator (wrk -t1 / h2load -t1) and the shared backend
+#          (target/release/drawbridge-echo, one process, JSON body of ~190 bytes).
+# Scenarios, each run for every proxy back to back (interleaved, so drift hits all alike):
+#   h1        HTTP/1.1 keep-alive, wrk -t1 -c64 --latency
+#   https     the same over TLS 1.3 (ECDSA P-256 certificate, SNI localhost)
+#   handshake wrk -t1 -c64 over https with "Connection: close": every request is a new TCP
+#             connection with a full TLS handshake (wrk never resumes sessions) → req/s = handshakes/s
+#   h2        h2load -t1 -c64 -m10 over TLS (ALPN h2), percentiles from h2load --log-file
+# --profile: afterwards, `perf record -e cpu-clock -g` on the pinned gateway during an h1 run;
+#            writes the top symbols and a Pingora/rustls/malloc/kernel/our-code split.
+set -euo pipefail
+
+DURATION=10
+PROFILE=0
+TABLE=1
+BUILD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION="$2"; shift 2 ;;
+        --profile) PROFILE=1; shift ;;
+        --profile-only) PROFILE=1; TABLE=0; shift ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+CONNS=64
+WARMUP=2
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v perf >/dev/null || need+=(linux-perf)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+fi
+
+if [ "$BUILD" = 1 ]; then
+    (cd "$ROOT" && cargo build --release -p drawbridge-echo -p ingress-gateway)
+fi
+GW_BIN="$ROOT/target/release/ingress-gateway"
+ECHO_BIN="$ROOT/target/release/drawbridge-echo"
+
+TMP="$(mktemp -d /tmp/gateway-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    sleep 1
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    # nginx forks its worker from the master we started; stop it through its pid file too.
+    [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+BACKEND=127.0.0.1:18080
+declare -A HTTP=([nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [gateway]=127.0.0.1:18083)
+declare -A HTTPS=([nginx]=18441 [haproxy]=18442 [gateway]=18443)
+PROXIES=(nginx haproxy gateway)
+
+# --- certificate (ECDSA P-256, CN/SAN localhost: wrk and h2load send the URL host as SNI) ---
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
+
+# --- backend on CPU 1 ---
+taskset -c 1 "$ECHO_BIN" --listen "$BACKEND" --pod-name bench >"$TMP/echo.log" 2>&1 &
+PIDS+=($!)
+
+# --- nginx: one worker on CPU 0, upstream keep-alive ---
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    upstream echo { server $BACKEND; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen ${HTTP[nginx]} reuseport;
+        listen 127.0.0.1:${HTTPS[nginx]} ssl http2;
+        server_name localhost;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+taskset -c 0 nginx -c "$TMP/nginx.conf" -p "$TMP" >"$TMP/nginx.out" 2>&1 &
+PIDS+=($!)
+
+# --- haproxy: one thread on CPU 0, server-side connection reuse (http-reuse safe, the default) ---
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option forwardfor
+    http-reuse safe
+frontend fe
+    bind ${HTTP[haproxy]}
+    bind 127.0.0.1:${HTTPS[haproxy]} ssl crt $TMP/combined.pem alpn h2,http/1.1
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    default_backend be
+backend be
+    server echo $BACKEND
+EOF
+taskset -c 0 haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+PIDS+=($!)
+
+# --- ingress-gateway: --threads 1 on CPU 0 (the whole process: Pingora + discovery thread) ---
+mkdir -p "$TMP/manifests" "$TMP/state"
+python3 - "$TMP" "$BACKEND" <<'PY'
+import json, sys
+tmp, backend = sys.argv[1], sys.argv[2]
+ip, port = backend.split(":")
+crt, key = open(f"{tmp}/cert.pem").read(), open(f"{tmp}/key.pem").read()
+items = [
+    {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "drawbridge"},
+     "spec": {"controller": "drawbridge.dev/ingress-gateway"}},
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "echo"},
+     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}},
+    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+     "metadata": {"namespace": "default", "name": "echo-0", "labels": {"kubernetes.io/service-name": "echo"}},
+     "addressType": "IPv4", "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
+     "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
+    {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+     "metadata": {"namespace": "default", "name": "bench-cert"}, "stringData": {"tls.crt": crt, "tls.key": key}},
+    {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"namespace": "default", "name": "bench"},
+     "spec": {"ingressClassName": "drawbridge", "tls": [{"hosts": ["localhost"], "secretName": "bench-cert"}],
+              "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
+                                              "backend": {"service": {"name": "echo", "port": {"number": 80}}}}]}}]}},
+]
+json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(f"{tmp}/manifests/objects.yaml", "w"))
+PY
+RUST_LOG="${RUST_LOG:-warn}" taskset -c 0 "$GW_BIN" --manifests "$TMP/manifests" --state-dir "$TMP/state" \
+    --http-addr "${HTTP[gateway]}" --https-addr "127.0.0.1:${HTTPS[gateway]}" \
+    --metrics-addr off --threads 1 >"$TMP/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=($GW_PID)
+
+# --- wait until every proxy answers 200 through to the backend, over HTTP and HTTPS ---
+for p in "${PROXIES[@]}"; do
+    ok=0
+    for _ in $(seq 1 100); do
+        if curl -fsS -o /dev/null "http://${HTTP[$p]}/" 2>/dev/null &&
+           curl -fsS -o /dev/null -k "https://localhost:${HTTPS[$p]}/" 2>/dev/null; then ok=1; break; fi
+        sleep 0.1
+    done
+    if [ "$ok" != 1 ]; then
+        echo "$p does not answer; logs:" >&2; tail -n 20 "$TMP"/*.log "$TMP"/*.out >&2 2>/dev/null || true; exit 1
+    fi
+    h2=$(curl -sk --http2 -o /dev/null -w '%{http_version}' "https://localhost:${HTTPS[$p]}/")
+    tls=$(echo | openssl s_client -connect "127.0.0.1:${HTTPS[$p]}" -servername localhost 2>/dev/null |
+          grep -m1 '^New,' || true)
+    echo "ready: $p (HTTP/$h2 over TLS; $tls)" >&2
+done
+
+# --- helpers: numbers out of wrk / h2load output, latency in ms ---
+to_ms() { # 1.23ms | 456.00us | 1.20s
+    awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 }
+                          else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v }
+                          else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 }
+                          else print "?" }'
+}
+declare -A RPS P50 P99 ERR CPU
+cpu_snap() { awk '/^cpu[01] /{busy=$2+$3+$4+$7+$8; tot=busy+$5+$6; printf "%s %s ", busy, tot}' /proc/stat; }
+cpu_busy() { # snapshot-before snapshot-after → "cpu0%/cpu1%"
+    awk -v a="$1" -v b="$2" 'BEGIN{ split(a,x," "); split(b,y," ");
+        printf "%.0f/%.0f", 100*(y[1]-x[1])/(y[2]-x[2]), 100*(y[3]-x[3])/(y[4]-x[4]) }'
+}
+run_wrk() { # key url [extra wrk args...]
+    local key="$1" url="$2"; shift 2
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
+    local c0; c0=$(cpu_snap)
+    local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" 2>&1)
+    CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)")
+    echo "$out" >"$TMP/wrk-$key.txt"
+    RPS[$key]=$(awk '/^Requests\/sec:/{printf "%.0f", $2}' <<<"$out")
+    P50[$key]=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")
+    P99[$key]=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
+    ERR[$key]=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%" >&2
+}
+run_h2() { # key port
+    local key="$1" port="$2"
+    local c0; c0=$(cpu_snap)
+    local out; out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --warm-up-time="$WARMUP" \
+        --log-file="$TMP/h2-$key.log" "https://localhost:$port/" 2>&1)
+    CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)") # includes the warm-up second(s)
+    echo "$out" >"$TMP/h2load-$key.txt"
+    RPS[$key]=$(awk '/^finished in/{gsub(/,/,""); printf "%.0f", $4}' <<<"$out")
+    # log file: start time, status, duration in µs (one line per request)
+    read -r p50 p99 < <(awk '{print $3}' "$TMP/h2-$key.log" | sort -n |
+        awk '{a[NR]=$1} END{ if (NR==0) {print "? ?"; exit} i=int(NR*0.5); if(i<1)i=1; j=int(NR*0.99); if(j<1)j=1;
+                             printf "%.3f %.3f\n", a[i]/1000, a[j]/1000 }')
+    P50[$key]=$p50; P99[$key]=$p99
+    ERR[$key]=$(awk '/^requests:/{gsub(/,/,""); print $10+0}' <<<"$out") # "N failed"
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%" >&2
+}
+
+START=$(date +%s)
+if [ "$TABLE" = 1 ]; then
+echo "== direct to backend (no proxy), HTTP/1.1" >&2
+run_wrk direct-h1 "http://$BACKEND/"
+echo "== HTTP/1.1 keep-alive" >&2
+for p in "${PROXIES[@]}"; do run_wrk "$p-h1" "http://${HTTP[$p]}/"; done
+echo "== HTTPS keep-alive" >&2
+for p in "${PROXIES[@]}"; do run_wrk "$p-https" "https://localhost:${HTTPS[$p]}/"; done
+echo "== new TLS handshakes (Connection: close)" >&2
+for p in "${PROXIES[@]}"; do run_wrk "$p-handshake" "https://localhost:${HTTPS[$p]}/" -H "Connection: close"; done
+echo "== HTTP/2 over TLS" >&2
+for p in "${PROXIES[@]}"; do run_h2 "$p-h2" "${HTTPS[$p]}"; done
+END=$(date +%s)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0==0 || a=="?" || b=="?") print "—"; else printf "%.2f×", a/b }'; }
+echo
+echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — |"
+for s in h1 https handshake h2; do
+    case $s in
+        h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
+        handshake) name="new TLS handshake per request" ;; h2) name="HTTP/2 (TLS, -m10)" ;;
+    esac
+    for p in "${PROXIES[@]}"; do
+        k="$p-$s"
+        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") |"
+    done
+done
+echo
+echo "measured in $((END-START)) s; $CONNS connections; ${DURATION} s per cell after ${WARMUP} s warm-up"
+fi
+
+if [ "$PROFILE" = 1 ]; then
+    echo "== perf: ingress-gateway (pid $GW_PID), HTTP/1.1 keep-alive" >&2
+    OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile}"
+    mkdir -p "$OUT"
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[gateway]}/" >/dev/null 2>&1 &
+    WRK=$!
+    sleep 1
+    perf record -e cpu-clock -g -p "$GW_PID" -o "$TMP/perf.data" -- sleep "$DURATION" >/dev/null 2>&1
+    ps -L -o tid=,comm=,pcpu=,psr= -p "$GW_PID" >"$OUT/threads.txt"
+    wait "$WRK" || true
+    # who calls the top kernel symbols (callers, from the -g call chains)
+    perf report -i "$TMP/perf.data" --no-children --stdio --sort sym -G --percent-limit 3 2>/dev/null |
+        grep -v '^$' | head -150 >"$OUT/callers.txt"
+    perf report -i "$TMP/perf.data" --no-children --sort sym --stdio --percent-limit 0.01 -g none 2>/dev/null |
+        grep -E '^ +[0-9.]+%' >"$OUT/symbols.txt"
+    perf report -i "$TMP/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9.]+%' >"$OUT/dso.txt"
+    # per thread, and the top symbols of each thread
+    perf report -i "$TMP/perf.data" --no-children --sort pid --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9.]+%' >>"$OUT/threads.txt" || true
+    perf report -i "$TMP/perf.data" --no-children --sort pid,sym --stdio -g none --percent-limit 0.7 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | cut -c1-200 >"$OUT/thread-symbols.txt" || true
+    [ -n "${KEEP_PERF:-}" ] && cp "$TMP/perf.data" "$KEEP_PERF"
+    echo
+    echo "Top 15 symbols (self time, ingress-gateway on CPU 0, HTTP/1.1 keep-alive):"
+    echo '```'
+    head -15 "$OUT/symbols.txt" | cut -c1-150
+    echo '```'
+    echo
+    echo "Split of self time by symbol (patterns in run.sh):"
+    awk '{ pct=$1; sub(/%/,"",pct); $1=""; s=$0
+           if (s ~ /\[k\]/) c="kernel (syscalls, TCP loopback, epoll)"
+           else if (s ~ /malloc|free|realloc|calloc|_int_|tcache|memalign|cfree/) c="malloc/free (glibc)"
+           else if (s ~ /memcpy|memmove|memset|memcmp|strlen|__memchr|memchr/) c="libc mem*/str*"
+           else if (s ~ /rustls|aws_lc|ring_core|ring::|aes_|gcm_|ChaCha|chacha|poly1305|sha256|p256|ecp_nistz|x25519|bn_/) c="rustls + crypto"
+           else if (s ~ /pingora/) c="pingora"
+           else if (s ~ /tokio|mio::/) c="tokio/mio"
+           else if (s ~ /ingress_gateway|drawbridge/) c="ingress_gateway (our code)"
+           else if (s ~ /http::|httparse|bytes::|hashbrown|core::|alloc::|std::/) c="http/httparse/bytes/std"
+           else c="other"
+           sum[c]+=pct }
+         END { for (c in sum) printf "| %s | %.1f%% |\n", c, sum[c] }' "$OUT/symbols.txt" | sort -t'|' -k3 -rn
+    echo "(full lists: $OUT/symbols.txt, $OUT/dso.txt; call chains of symbols ≥ 3%: $OUT/callers.txt; threads: $OUT/threads.txt)"
+fi
