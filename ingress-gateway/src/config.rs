@@ -395,7 +395,13 @@ impl<'a> BackendResolver<'a> {
             (_, Some(name)) if !name.is_empty() => PortRef::Name(name.to_string()),
             _ => return Err(incomplete()),
         };
-        let cache_key = (namespace.to_string(), service.name.clone(), port, ingress(), host.to_string());
+        let cache_key = (
+            namespace.to_string(),
+            service.name.clone(),
+            port,
+            ingress(),
+            host.to_string(),
+        );
         if let Some(b) = self.cache.get(&cache_key) {
             return Ok(b.clone());
         }

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use drawbridge_resources::source::{Kind, ObjectKey, Resources};
 use drawbridge_resources::events::{Event, EventRecorder, EventSet};
 use drawbridge_resources::observe::{Health, unix_now};
+use drawbridge_resources::source::{Kind, ObjectKey, Resources};
 use drawbridge_resources::status::StatusWriter;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
@@ -147,7 +147,9 @@ impl Discovery {
     pub async fn reconcile(&mut self) {
         let served = self.publish();
         let events = std::mem::take(&mut self.events);
-        self.published_events.publish(self.observe.events.as_ref(), events).await;
+        self.published_events
+            .publish(self.observe.events.as_ref(), events)
+            .await;
         let ingresses = self.resources.ingresses.state();
         let service = self.resources.services.state().into_iter().find(|s| {
             s.metadata.namespace.as_deref() == Some(&self.publish_service.0)
@@ -223,19 +225,30 @@ impl Discovery {
         let now = unix_now();
         let mut expiry_series = BTreeSet::new();
         for ((namespace, name), key) in certs.secrets() {
-            let Some(not_after) = tls::not_after(key) else { continue };
+            let Some(not_after) = tls::not_after(key) else {
+                continue;
+            };
             let secret = format!("{namespace}/{name}");
-            self.observe.metrics.certificate_expiry.get_or_create(&[("secret", secret.clone())]).set(not_after);
+            self.observe
+                .metrics
+                .certificate_expiry
+                .get_or_create(&[("secret", secret.clone())])
+                .set(not_after);
             expiry_series.insert(secret);
             if (not_after as f64) < now {
                 let expired = k8s_openapi::jiff::Timestamp::from_second(not_after)
                     .map_or_else(|_| not_after.to_string(), |t| t.to_string());
                 let note = format!("Secret {namespace}/{name}: certificate expired at {expired}");
-                self.events.extend(certificate_events(&ingresses, &secrets, namespace, name, true, &note));
+                self.events.extend(certificate_events(
+                    &ingresses, &secrets, namespace, name, true, &note,
+                ));
             }
         }
         for gone in self.expiry_series.difference(&expiry_series) {
-            self.observe.metrics.certificate_expiry.remove(&[("secret", gone.clone())]);
+            self.observe
+                .metrics
+                .certificate_expiry
+                .remove(&[("secret", gone.clone())]);
         }
         self.expiry_series = expiry_series;
 
@@ -261,24 +274,35 @@ pub fn problem_events(
         .iter()
         .filter_map(|i| {
             let m = &i.metadata;
-            Some(((m.namespace.as_deref()?, m.name.as_deref()?), m.uid.as_deref()?))
+            Some((
+                (m.namespace.as_deref()?, m.name.as_deref()?),
+                m.uid.as_deref()?,
+            ))
         })
         .collect();
     let mut events = Vec::new();
     for problem in problems {
-        let Some((namespace, name)) = problem.ingress().split_once('/') else { continue };
+        let Some((namespace, name)) = problem.ingress().split_once('/') else {
+            continue;
+        };
         let key = ObjectKey::namespaced(Kind::Ingress, namespace, name);
         let uid = uids.get(&(namespace, name)).map(|u| u.to_string());
-        events.push(Event::warning(key, REASON_REJECTED, "Translate", problem.to_string()).with_uid(uid));
+        events.push(
+            Event::warning(key, REASON_REJECTED, "Translate", problem.to_string()).with_uid(uid),
+        );
     }
     for error in cert_errors {
         let (namespace, name, on_secret) = match error {
             tls::Error::SecretNotFound { namespace, name } => (namespace, name, false),
-            tls::Error::InvalidSecret { namespace, name, .. } => (namespace, name, true),
+            tls::Error::InvalidSecret {
+                namespace, name, ..
+            } => (namespace, name, true),
             _ => continue,
         };
         let note = format!("{error}; its hosts get the default certificate");
-        events.extend(certificate_events(ingresses, secrets, namespace, name, on_secret, &note));
+        events.extend(certificate_events(
+            ingresses, secrets, namespace, name, on_secret, &note,
+        ));
     }
     events
 }
@@ -296,10 +320,15 @@ fn certificate_events(
     if on_secret {
         let uid = secrets
             .iter()
-            .find(|s| s.metadata.namespace.as_deref() == Some(namespace) && s.metadata.name.as_deref() == Some(name))
+            .find(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace)
+                    && s.metadata.name.as_deref() == Some(name)
+            })
             .and_then(|s| s.metadata.uid.clone());
         let key = ObjectKey::namespaced(Kind::Secret, namespace, name);
-        events.push(Event::warning(key, REASON_CERTIFICATE_INVALID, "LoadCertificate", note).with_uid(uid));
+        events.push(
+            Event::warning(key, REASON_CERTIFICATE_INVALID, "LoadCertificate", note).with_uid(uid),
+        );
     }
     for ingress in ingresses {
         let m = &ingress.metadata;
@@ -311,7 +340,10 @@ fn certificate_events(
                 .is_some_and(|tls| tls.iter().any(|t| t.secret_name.as_deref() == Some(name)));
         if let (true, Some(ingress_name)) = (names_it, m.name.as_deref()) {
             let key = ObjectKey::namespaced(Kind::Ingress, namespace, ingress_name);
-            events.push(Event::warning(key, REASON_CERTIFICATE_INVALID, "LoadCertificate", note).with_uid(m.uid.clone()));
+            events.push(
+                Event::warning(key, REASON_CERTIFICATE_INVALID, "LoadCertificate", note)
+                    .with_uid(m.uid.clone()),
+            );
         }
     }
     events

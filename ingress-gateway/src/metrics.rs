@@ -161,20 +161,36 @@ impl Metrics {
     /// New metrics, registered in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let m = Metrics::default();
-        registry.register("drawbridge_gateway_requests", "Requests, by Ingress, rule host, method and status class", m.requests.clone());
+        registry.register(
+            "drawbridge_gateway_requests",
+            "Requests, by Ingress, rule host, method and status class",
+            m.requests.clone(),
+        );
         registry.register(
             "drawbridge_gateway_request_duration_seconds",
             "Request duration, header received to response finished",
             m.request_duration.clone(),
         );
-        registry.register("drawbridge_gateway_request_bytes", "Request body bytes received", m.request_bytes.clone());
-        registry.register("drawbridge_gateway_response_bytes", "Response body bytes sent", m.response_bytes.clone());
+        registry.register(
+            "drawbridge_gateway_request_bytes",
+            "Request body bytes received",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "drawbridge_gateway_response_bytes",
+            "Response body bytes sent",
+            m.response_bytes.clone(),
+        );
         registry.register(
             "drawbridge_gateway_upstream_connect_duration_seconds",
             "Time to open a new connection to an endpoint",
             m.upstream_connect_duration.clone(),
         );
-        registry.register("drawbridge_gateway_config_syncs", "Route tables published", m.config_syncs.clone());
+        registry.register(
+            "drawbridge_gateway_config_syncs",
+            "Route tables published",
+            m.config_syncs.clone(),
+        );
         registry.register(
             "drawbridge_gateway_last_config_sync_timestamp_seconds",
             "When the last route table was published",
@@ -207,7 +223,10 @@ impl RouteStats {
     /// Handles for requests matched by a rule of `ingress` (`namespace/name`) with `host`.
     pub fn new(ingress: &str, host: &str) -> Self {
         RouteStats {
-            labels: RouteLabels { ingress: Label(ingress.into()), host: Label(host.into()) },
+            labels: RouteLabels {
+                ingress: Label(ingress.into()),
+                host: Label(host.into()),
+            },
             requests: Default::default(),
             duration: OnceLock::new(),
             request_bytes: OnceLock::new(),
@@ -221,7 +240,15 @@ impl RouteStats {
     }
 
     /// Records one finished request.
-    pub fn record(&self, metrics: &Metrics, method: Method, status: StatusClass, seconds: f64, bytes_in: u64, bytes_out: u64) {
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        method: Method,
+        status: StatusClass,
+        seconds: f64,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
         let class = usize::from(status.0.clamp(1, 5)) - 1;
         self.requests[method as usize][class]
             .get_or_init(|| {
@@ -237,10 +264,14 @@ impl RouteStats {
             .get_or_init(|| metrics.request_duration.get_or_create_owned(&self.labels))
             .observe(seconds);
         if bytes_in > 0 {
-            self.request_bytes.get_or_init(|| metrics.request_bytes.get_or_create_owned(&self.labels)).inc_by(bytes_in);
+            self.request_bytes
+                .get_or_init(|| metrics.request_bytes.get_or_create_owned(&self.labels))
+                .inc_by(bytes_in);
         }
         if bytes_out > 0 {
-            self.response_bytes.get_or_init(|| metrics.response_bytes.get_or_create_owned(&self.labels)).inc_by(bytes_out);
+            self.response_bytes
+                .get_or_init(|| metrics.response_bytes.get_or_create_owned(&self.labels))
+                .inc_by(bytes_out);
         }
     }
 }
@@ -265,7 +296,14 @@ mod tests {
         for _ in 0..3 {
             stats.record(&metrics, Method::GET, StatusClass::of(200), 0.01, 0, 12);
         }
-        stats.record(&metrics, Method::of(&http::Method::from_bytes(b"PURGE").expect("method")), StatusClass::of(404), 0.01, 5, 0);
+        stats.record(
+            &metrics,
+            Method::of(&http::Method::from_bytes(b"PURGE").expect("method")),
+            StatusClass::of(404),
+            0.01,
+            5,
+            0,
+        );
         let mut text = String::new();
         encode(&mut text, &registry).expect("encode");
         for line in [

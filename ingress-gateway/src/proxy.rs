@@ -22,8 +22,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{ProxyHttp, Session};
 use pingora::protocols::Digest;
+use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
@@ -47,7 +47,11 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway reading `routes`, counting into `metrics`.
     pub fn new(routes: Arc<ArcSwap<RouteTable>>, metrics: Arc<Metrics>) -> Self {
-        Gateway { routes, metrics, no_route: RouteStats::default() }
+        Gateway {
+            routes,
+            metrics,
+            no_route: RouteStats::default(),
+        }
     }
 }
 
@@ -92,7 +96,11 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { backend: None, started: Instant::now(), connecting: None }
+        RequestCtx {
+            backend: None,
+            started: Instant::now(),
+            connecting: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -147,7 +155,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (false, Some(started)) = (reused, ctx.connecting.take()) {
-            self.metrics.upstream_connect_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .upstream_connect_duration
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
     }

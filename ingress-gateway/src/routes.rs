@@ -105,7 +105,11 @@ impl Backend {
     }
 
     /// A backend whose requests are counted under `stats`.
-    pub fn for_route(name: impl Into<String>, endpoints: Vec<SocketAddr>, stats: RouteStats) -> Self {
+    pub fn for_route(
+        name: impl Into<String>,
+        endpoints: Vec<SocketAddr>,
+        stats: RouteStats,
+    ) -> Self {
         Backend {
             name: name.into(),
             stats,

@@ -57,7 +57,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let (mut registry, health) = (observe::registry("ingress-gateway"), Health::default());
     let metrics = Metrics::register(&mut registry);
     let _metrics_server = runtime
-        .block_on(observe::serve_if(settings.metrics_addr, registry, health.clone()))
+        .block_on(observe::serve_if(
+            settings.metrics_addr,
+            registry,
+            health.clone(),
+        ))
         .context("cannot start the metrics endpoint")?;
 
     let kinds = [
@@ -83,7 +87,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         source.status,
         settings.publish_service.clone(),
         published.clone(),
-        Observers { metrics: metrics.clone(), events: source.events, health },
+        Observers {
+            metrics: metrics.clone(),
+            events: source.events,
+            health,
+        },
     );
     // Routes and certificates only; status writes (API calls) happen in the task, off the start path.
     info_span!("discovery").in_scope(|| discovery.publish());

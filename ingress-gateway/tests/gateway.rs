@@ -229,33 +229,86 @@ async fn routes_tls_headers_and_status() {
     .await;
     let m = scrape(&gw, "/metrics").await;
     let text = m.body.as_str().expect("metrics text");
-    assert!(counted, "six GETs to a.example.test via Ingress site:\n{text}");
+    assert!(
+        counted,
+        "six GETs to a.example.test via Ingress site:\n{text}"
+    );
     for (series, at_least) in [
-        (r#"drawbridge_gateway_requests_total{ingress="default/site-extra",host="a.example.test",method="GET",status="2xx"}"#, 1.0),
-        (r#"drawbridge_gateway_requests_total{ingress="default/site",host="*.wild.test",method="GET",status="2xx"}"#, 2.0),
-        (r#"drawbridge_gateway_requests_total{ingress="default/site",host="empty.test",method="GET",status="5xx"}"#, 1.0),
-        (r#"drawbridge_gateway_requests_total{ingress="",host="",method="GET",status="4xx"}"#, 4.0),
-        (r#"drawbridge_gateway_response_bytes_total{ingress="default/site",host="a.example.test"}"#, 100.0),
-        (r#"drawbridge_gateway_request_duration_seconds_count{ingress="default/site",host="a.example.test"}"#, 6.0),
-        ("drawbridge_gateway_upstream_connect_duration_seconds_count", 1.0),
+        (
+            r#"drawbridge_gateway_requests_total{ingress="default/site-extra",host="a.example.test",method="GET",status="2xx"}"#,
+            1.0,
+        ),
+        (
+            r#"drawbridge_gateway_requests_total{ingress="default/site",host="*.wild.test",method="GET",status="2xx"}"#,
+            2.0,
+        ),
+        (
+            r#"drawbridge_gateway_requests_total{ingress="default/site",host="empty.test",method="GET",status="5xx"}"#,
+            1.0,
+        ),
+        (
+            r#"drawbridge_gateway_requests_total{ingress="",host="",method="GET",status="4xx"}"#,
+            4.0,
+        ),
+        (
+            r#"drawbridge_gateway_response_bytes_total{ingress="default/site",host="a.example.test"}"#,
+            100.0,
+        ),
+        (
+            r#"drawbridge_gateway_request_duration_seconds_count{ingress="default/site",host="a.example.test"}"#,
+            6.0,
+        ),
+        (
+            "drawbridge_gateway_upstream_connect_duration_seconds_count",
+            1.0,
+        ),
         ("drawbridge_gateway_config_syncs_total", 1.0),
         ("drawbridge_gateway_last_config_sync_timestamp_seconds", 1.0),
-        (r#"drawbridge_gateway_certificate_expiry_timestamp_seconds{secret="default/site-cert"}"#, 1.0),
+        (
+            r#"drawbridge_gateway_certificate_expiry_timestamp_seconds{secret="default/site-cert"}"#,
+            1.0,
+        ),
     ] {
         let value = sample(text, series);
-        assert!(value.is_some_and(|v| v >= at_least), "{series} = {value:?} (want >= {at_least}) in\n{text}");
+        assert!(
+            value.is_some_and(|v| v >= at_least),
+            "{series} = {value:?} (want >= {at_least}) in\n{text}"
+        );
     }
     assert!(sample(text, r#"drawbridge_gateway_certificate_expiry_timestamp_seconds{secret="default/broken-cert"}"#).is_none());
 
-    let events = std::fs::read_to_string(gw.state.join("events.log")).expect("events.log in the state dir");
-    let events: Vec<Value> = events.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let events =
+        std::fs::read_to_string(gw.state.join("events.log")).expect("events.log in the state dir");
+    let events: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     let has = |reason: &str, kind: &str, name: &str| {
-        events.iter().filter(|e| e["reason"] == reason && e["regarding"]["kind"] == kind && e["regarding"]["name"] == name).count()
+        events
+            .iter()
+            .filter(|e| {
+                e["reason"] == reason
+                    && e["regarding"]["kind"] == kind
+                    && e["regarding"]["name"] == name
+            })
+            .count()
     };
     assert_eq!(has("Rejected", "Ingress", "malformed"), 1, "{events:#?}");
-    assert_eq!(has("CertificateInvalid", "Secret", "broken-cert"), 1, "{events:#?}");
-    assert_eq!(has("CertificateInvalid", "Ingress", "site"), 1, "{events:#?}");
-    assert_eq!(events.len(), 3, "each problem once, however many passes: {events:#?}");
+    assert_eq!(
+        has("CertificateInvalid", "Secret", "broken-cert"),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        has("CertificateInvalid", "Ingress", "site"),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        events.len(),
+        3,
+        "each problem once, however many passes: {events:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use drawbridge_resources::names::{
-    ANNOTATION_ADDRESS_POOL, ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_LOAD_BALANCER_IPS, LOAD_BALANCER_CLASS,
+    ANNOTATION_ADDRESS_POOL, ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_LOAD_BALANCER_IPS,
+    LOAD_BALANCER_CLASS,
 };
 
 use crate::pool::Pool;
@@ -62,7 +63,11 @@ pub enum IpFamily {
 impl IpFamily {
     /// The family of `ip`.
     pub fn of(ip: IpAddr) -> IpFamily {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 
     /// `IPv4` / `IPv6`.
@@ -139,8 +144,13 @@ impl ServiceView {
         let annotations = meta.annotations.clone().unwrap_or_default();
         let requested = match annotations.get(ANNOTATION_LOAD_BALANCER_IPS) {
             Some(list) => {
-                let entries: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-                (!entries.is_empty()).then(|| parse_requests(ANNOTATION_LOAD_BALANCER_IPS, &entries))
+                let entries: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                (!entries.is_empty())
+                    .then(|| parse_requests(ANNOTATION_LOAD_BALANCER_IPS, &entries))
             }
             None => spec
                 .load_balancer_ip
@@ -183,16 +193,29 @@ impl ServiceView {
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref())
-            .map(|ingress| ingress.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
+            .map(|ingress| {
+                ingress
+                    .iter()
+                    .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let ports = spec
             .ports
             .iter()
             .flatten()
-            .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".to_string()), p.port))
+            .map(|p| {
+                (
+                    p.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
+                    p.port,
+                )
+            })
             .collect();
         ServiceView {
-            key: (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()),
+            key: (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            ),
             created: meta.creation_timestamp.clone(),
             eligible: spec.type_.as_deref() == Some("LoadBalancer") && ours,
             foreign: !ours,
@@ -216,9 +239,17 @@ impl ServiceView {
 fn parse_requests(source: &str, entries: &[&str]) -> Result<Vec<IpAddr>, String> {
     let mut ips: Vec<IpAddr> = Vec::new();
     for entry in entries {
-        let ip: IpAddr = entry.parse().map_err(|e| format!("{source}: {entry:?}: {e}"))?;
-        if ips.iter().any(|other| IpAddr::is_ipv4(other) == ip.is_ipv4()) {
-            return Err(format!("{source}: more than one {} address", IpFamily::of(ip).as_str()));
+        let ip: IpAddr = entry
+            .parse()
+            .map_err(|e| format!("{source}: {entry:?}: {e}"))?;
+        if ips
+            .iter()
+            .any(|other| IpAddr::is_ipv4(other) == ip.is_ipv4())
+        {
+            return Err(format!(
+                "{source}: more than one {} address",
+                IpFamily::of(ip).as_str()
+            ));
         }
         ips.push(ip);
     }
@@ -270,7 +301,10 @@ impl fmt::Display for Assignment {
 /// `203.0.113.1 from IPAddressPool lab, 2001:db8::1 from IPAddressPool lab6`: for conditions,
 /// Events and logs.
 pub fn describe(ips: &[Assignment]) -> String {
-    ips.iter().map(Assignment::to_string).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(Assignment::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The decision for one Service.
@@ -309,7 +343,8 @@ impl ServiceView {
     /// MetalLB's sharing rule: the same `drawbridge.dev/allow-shared-ip` key on both, no common
     /// (protocol, port), and both `externalTrafficPolicy: Cluster` or identical selectors.
     pub fn may_share(&self, other: &ServiceView) -> bool {
-        let same_key = matches!((&self.sharing_key, &other.sharing_key), (Some(a), Some(b)) if a == b);
+        let same_key =
+            matches!((&self.sharing_key, &other.sharing_key), (Some(a), Some(b)) if a == b);
         same_key
             && self.ports.is_disjoint(&other.ports)
             && ((!self.etp_local && !other.etp_local) || self.selector == other.selector)
@@ -335,7 +370,9 @@ struct Holders<'a> {
 impl<'a> Holders<'a> {
     /// Whether `svc` may hold `ip` next to its current holders.
     fn may_use(&self, ip: IpAddr, svc: &ServiceView) -> bool {
-        self.by_ip.get(&ip).is_none_or(|holders| holders.iter().all(|h| svc.may_share(h)))
+        self.by_ip
+            .get(&ip)
+            .is_none_or(|holders| holders.iter().all(|h| svc.may_share(h)))
     }
 
     fn add(&mut self, ip: IpAddr, svc: &'a ServiceView) {
@@ -354,10 +391,15 @@ type Failure = (FailureReason, String);
 fn plan(svc: &ServiceView) -> Result<Plan, Failure> {
     let requested: &[IpAddr] = match &svc.requested {
         None => &[],
-        Some(Err(problem)) => return Err((FailureReason::RequestedAddressUnavailable, problem.clone())),
+        Some(Err(problem)) => {
+            return Err((FailureReason::RequestedAddressUnavailable, problem.clone()));
+        }
         Some(Ok(ips)) => ips,
     };
-    if let Some(ip) = requested.iter().find(|ip| !svc.families.contains(&IpFamily::of(**ip))) {
+    if let Some(ip) = requested
+        .iter()
+        .find(|ip| !svc.families.contains(&IpFamily::of(**ip)))
+    {
         let families: Vec<&str> = svc.families.iter().map(|f| f.as_str()).collect();
         let message = format!(
             "{ip} is {} but the Service's IP families are {}",
@@ -369,7 +411,12 @@ fn plan(svc: &ServiceView) -> Result<Plan, Failure> {
     Ok(svc
         .families
         .iter()
-        .map(|f| (*f, requested.iter().copied().find(|ip| IpFamily::of(*ip) == *f)))
+        .map(|f| {
+            (
+                *f,
+                requested.iter().copied().find(|ip| IpFamily::of(*ip) == *f),
+            )
+        })
         .collect())
 }
 
@@ -408,17 +455,25 @@ fn pass(
     let mut out = BTreeMap::new();
 
     // 1. keep
-    for svc in order.iter().filter(|s| s.eligible && !forget.contains(&s.key)) {
+    for svc in order
+        .iter()
+        .filter(|s| s.eligible && !forget.contains(&s.key))
+    {
         let Ok(plan) = plan(svc) else { continue };
         let mut slots = vec![None; plan.len()];
         for ((family, request), slot) in plan.iter().zip(slots.iter_mut()) {
-            let Some(&ip) = svc.current.iter().find(|ip| IpFamily::of(**ip) == *family) else { continue };
+            let Some(&ip) = svc.current.iter().find(|ip| IpFamily::of(**ip) == *family) else {
+                continue;
+            };
             if request.is_some_and(|r| r != ip) || !holders.may_use(ip, svc) {
                 continue;
             }
             if let Some(pool) = pool_for(pools, ip, svc, request.is_some()) {
                 holders.add(ip, svc);
-                *slot = Some(Assignment { ip, pool: pool.name.clone() });
+                *slot = Some(Assignment {
+                    ip,
+                    pool: pool.name.clone(),
+                });
             }
         }
         if slots.iter().any(Option::is_some) {
@@ -438,7 +493,11 @@ fn pass(
         let outcome = match result {
             Ok(ips) => {
                 for a in &ips {
-                    if !holders.by_ip.get(&a.ip).is_some_and(|h| h.iter().any(|h| h.key == svc.key)) {
+                    if !holders
+                        .by_ip
+                        .get(&a.ip)
+                        .is_some_and(|h| h.iter().any(|h| h.key == svc.key))
+                    {
                         holders.add(a.ip, svc);
                     }
                 }
@@ -461,7 +520,8 @@ fn pass(
     // next pass (which sees those holders from the start) then reports exactly the same failure.
     for svc in order.iter().filter(|s| s.eligible) {
         if let Some(Outcome::Failed { reason, message }) = out.get_mut(&svc.key) {
-            let again = plan(svc).and_then(|plan| complete(pools, svc, &plan, vec![None; plan.len()], &holders));
+            let again = plan(svc)
+                .and_then(|plan| complete(pools, svc, &plan, vec![None; plan.len()], &holders));
             if let Err((r, m)) = again {
                 (*reason, *message) = (r, m);
             }
@@ -470,7 +530,11 @@ fn pass(
 
     // 3. release what non-eligible Services still carry from our pools
     for svc in order.iter().filter(|s| !s.eligible && !s.foreign) {
-        if svc.current.iter().any(|ip| pools.iter().any(|p| p.offers(*ip))) {
+        if svc
+            .current
+            .iter()
+            .any(|ip| pools.iter().any(|p| p.offers(*ip)))
+        {
             out.insert(svc.key.clone(), Outcome::Released);
         }
     }
@@ -488,8 +552,16 @@ fn allows(pool: &Pool, svc: &ServiceView, explicit: bool) -> bool {
 
 /// The first pool (by name) that offers `ip` and may serve `svc`: the pool an address is reported
 /// from, the same whether it was just assigned or kept.
-fn pool_for<'p>(pools: &[&'p Pool], ip: IpAddr, svc: &ServiceView, explicit: bool) -> Option<&'p Pool> {
-    pools.iter().copied().find(|p| p.offers(ip) && allows(p, svc, explicit))
+fn pool_for<'p>(
+    pools: &[&'p Pool],
+    ip: IpAddr,
+    svc: &ServiceView,
+    explicit: bool,
+) -> Option<&'p Pool> {
+    pools
+        .iter()
+        .copied()
+        .find(|p| p.offers(ip) && allows(p, svc, explicit))
 }
 
 /// Fills every family `slots` (what was kept) lacks. `PreferDualStack` settles for the families it
@@ -511,7 +583,9 @@ fn complete(
         };
         match result {
             Ok(assignment) => ips.push(assignment),
-            Err(failure) if svc.family_policy == IpFamilyPolicy::PreferDualStack && request.is_none() => {
+            Err(failure)
+                if svc.family_policy == IpFamilyPolicy::PreferDualStack && request.is_none() =>
+            {
                 first_failure.get_or_insert(failure);
             }
             Err(failure) => return Err(failure),
@@ -534,17 +608,33 @@ fn take_requested(
         return Err((FailureReason::RequestedAddressUnavailable, message));
     };
     if holders.may_use(ip, svc) {
-        Ok(Assignment { ip, pool: pool.name.clone() })
+        Ok(Assignment {
+            ip,
+            pool: pool.name.clone(),
+        })
     } else if svc.sharing_key.is_none() {
-        Err((FailureReason::RequestedAddressUnavailable, format!("{ip} is already allocated to another Service")))
+        Err((
+            FailureReason::RequestedAddressUnavailable,
+            format!("{ip} is already allocated to another Service"),
+        ))
     } else {
-        let message = format!("{ip} is used by a Service this one may not share it with: {SHARING_RULE}");
+        let message =
+            format!("{ip} is used by a Service this one may not share it with: {SHARING_RULE}");
         Err((FailureReason::SharingConflict, message))
     }
 }
 
-fn pick(pools: &[&Pool], svc: &ServiceView, family: IpFamily, holders: &Holders<'_>) -> Result<Assignment, Failure> {
-    let candidates: Vec<&Pool> = pools.iter().copied().filter(|p| allows(p, svc, false)).collect();
+fn pick(
+    pools: &[&Pool],
+    svc: &ServiceView,
+    family: IpFamily,
+    holders: &Holders<'_>,
+) -> Result<Assignment, Failure> {
+    let candidates: Vec<&Pool> = pools
+        .iter()
+        .copied()
+        .filter(|p| allows(p, svc, false))
+        .collect();
     if candidates.is_empty() {
         let message = match &svc.pool {
             Some(name) => format!("IPAddressPool {name:?} does not exist"),
@@ -554,29 +644,48 @@ fn pick(pools: &[&Pool], svc: &ServiceView, family: IpFamily, holders: &Holders<
     }
     let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
     let v4 = family == IpFamily::V4;
-    let candidates: Vec<&Pool> =
-        candidates.into_iter().filter(|p| p.ranges.iter().any(|r| r.first.is_ipv4() == v4)).collect();
+    let candidates: Vec<&Pool> = candidates
+        .into_iter()
+        .filter(|p| p.ranges.iter().any(|r| r.first.is_ipv4() == v4))
+        .collect();
     if candidates.is_empty() {
         let message = format!("no {} addresses in {}", family.as_str(), names.join(", "));
         return Err((FailureReason::NoMatchingPool, message));
     }
     // With a key: the lowest address already used by Services it may share with.
-    if let Some(shared) = svc.sharing_key.as_deref().and_then(|k| holders.by_key.get(k)) {
+    if let Some(shared) = svc
+        .sharing_key
+        .as_deref()
+        .and_then(|k| holders.by_key.get(k))
+    {
         for ip in shared.iter().copied().filter(|ip| ip.is_ipv4() == v4) {
             if holders.may_use(ip, svc)
                 && let Some(pool) = pool_for(pools, ip, svc, false)
             {
-                return Ok(Assignment { ip, pool: pool.name.clone() });
+                return Ok(Assignment {
+                    ip,
+                    pool: pool.name.clone(),
+                });
             }
         }
     }
     for pool in &candidates {
         if let Some(ip) = pool.first_free(v4, &holders.used) {
-            return Ok(Assignment { ip, pool: pool.name.clone() });
+            return Ok(Assignment {
+                ip,
+                pool: pool.name.clone(),
+            });
         }
     }
     let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
-    Err((FailureReason::PoolExhausted, format!("no free {} address in {}", family.as_str(), names.join(", "))))
+    Err((
+        FailureReason::PoolExhausted,
+        format!(
+            "no free {} address in {}",
+            family.as_str(),
+            names.join(", ")
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use drawbridge_resources::status::StatusWriter;
 use drawbridge_resources::{Kind, ObjectKey, Resources};
-use tokio::sync::watch;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::watch;
 
 use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate, describe};
 use crate::observe::Observe;
@@ -63,7 +63,15 @@ pub async fn run(
             }
             tracing::info!("leader; allocating");
         }
-        let ok = reconcile(&resources, status.as_ref(), &settings, &mut reported_problems, &leader, &mut observe).await;
+        let ok = reconcile(
+            &resources,
+            status.as_ref(),
+            &settings,
+            &mut reported_problems,
+            &leader,
+            &mut observe,
+        )
+        .await;
         observe.health.set_ready();
         let wait = Duration::from_secs(if ok { RESYNC_SECS } else { RETRY_SECS });
         tokio::select! {
@@ -86,7 +94,12 @@ pub async fn reconcile(
     observe: &mut Observe,
 ) -> bool {
     let started = std::time::Instant::now();
-    let pools: Vec<Pool> = resources.pools.state().iter().map(|p| Pool::from_object(p)).collect();
+    let pools: Vec<Pool> = resources
+        .pools
+        .state()
+        .iter()
+        .map(|p| Pool::from_object(p))
+        .collect();
     for pool in &pools {
         for problem in &pool.problems {
             let line = format!("{}: {problem}", pool.name);
@@ -96,7 +109,10 @@ pub async fn reconcile(
         }
     }
     let services = resources.services.state();
-    let views: Vec<ServiceView> = services.iter().map(|s| ServiceView::from_service(s, settings.class_less)).collect();
+    let views: Vec<ServiceView> = services
+        .iter()
+        .map(|s| ServiceView::from_service(s, settings.class_less))
+        .collect();
     let outcomes = allocate(&pools, &views);
     observe.record_pools(&pools, &outcomes);
     observe.retain_services(&services.iter().map(|s| service_key(s)).collect());
@@ -105,9 +121,17 @@ pub async fn reconcile(
     let mut patches = Vec::new();
     for svc in &services {
         let key = service_key(svc);
-        let Some(outcome) = outcomes.get(&key) else { continue };
+        let Some(outcome) = outcomes.get(&key) else {
+            continue;
+        };
         if let Some(patch) = desired_patch(svc, outcome, &now) {
-            patches.push((matches!(outcome, Outcome::Allocated { .. }), key, outcome, patch, svc.metadata.uid.clone()));
+            patches.push((
+                matches!(outcome, Outcome::Allocated { .. }),
+                key,
+                outcome,
+                patch,
+                svc.metadata.uid.clone(),
+            ));
         }
     }
     // Free addresses before handing them to someone else.
@@ -117,12 +141,17 @@ pub async fn reconcile(
     for (_, (namespace, name), outcome, patch, uid) in patches {
         if !*leader.borrow() {
             tracing::info!("lease lost; remaining status writes dropped");
-            observe.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+            observe
+                .metrics
+                .reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
             return true;
         }
         let object = ObjectKey::namespaced(Kind::Service, &namespace, &name);
         let result = status.patch_status(object.clone(), patch).await;
-        observe.status_written(object, uid, outcome, result.is_ok()).await;
+        observe
+            .status_written(object, uid, outcome, result.is_ok())
+            .await;
         match (&result, outcome) {
             (Err(error), _) => {
                 ok = false;
@@ -135,13 +164,21 @@ pub async fn reconcile(
             (Ok(()), Outcome::Failed { reason, message }) => {
                 tracing::warn!(%namespace, %name, reason = reason.as_str(), %message, "no external address");
             }
-            (Ok(()), Outcome::Released) => tracing::info!(%namespace, %name, "external address released"),
+            (Ok(()), Outcome::Released) => {
+                tracing::info!(%namespace, %name, "external address released")
+            }
         }
     }
-    observe.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    observe
+        .metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     ok
 }
 
 fn service_key(svc: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
-    (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default())
+    (
+        svc.metadata.namespace.clone().unwrap_or_default(),
+        svc.metadata.name.clone().unwrap_or_default(),
+    )
 }

@@ -53,7 +53,11 @@ pub struct LeaderArgs {
     #[arg(long, env = "DRAWBRIDGE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
     /// Name of the Lease.
-    #[arg(long, env = "DRAWBRIDGE_LEASE_NAME", default_value = "drawbridge-lb-controller")]
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_LEASE_NAME",
+        default_value = "drawbridge-lb-controller"
+    )]
     pub lease_name: String,
     /// Namespace of the Lease (the Pod's own namespace through the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "drawbridge-system")]
@@ -107,7 +111,9 @@ pub struct ManualLeadership {
 impl ManualLeadership {
     /// Starts as `leader`.
     pub fn new(leader: bool) -> Self {
-        ManualLeadership { tx: watch::Sender::new(leader) }
+        ManualLeadership {
+            tx: watch::Sender::new(leader),
+        }
     }
 
     /// Becomes (or stops being) the leader.
@@ -143,7 +149,10 @@ pub async fn start(args: &LeaderArgs, standalone: bool) -> Result<Election> {
         namespace: args.lease_namespace.clone(),
         identity: args.identity(),
     };
-    Ok(Election::Lease(LeaseElection::start(lease_client().await?, settings)))
+    Ok(Election::Lease(LeaseElection::start(
+        lease_client().await?,
+        settings,
+    )))
 }
 
 impl Election {
@@ -222,8 +231,17 @@ impl Leadership for LeaseElection {
     }
 }
 
-async fn campaign(client: Client, settings: LeaseSettings, tx: Arc<watch::Sender<bool>>, shutdown: CancellationToken) {
-    let LeaseSettings { name, namespace, identity } = &settings;
+async fn campaign(
+    client: Client,
+    settings: LeaseSettings,
+    tx: Arc<watch::Sender<bool>>,
+    shutdown: CancellationToken,
+) {
+    let LeaseSettings {
+        name,
+        namespace,
+        identity,
+    } = &settings;
     tracing::info!(lease = %name, %namespace, %identity, duration_secs = LEASE_DURATION_SECS, "campaigning for the lease");
     loop {
         let manager = tokio::select! {
@@ -279,7 +297,10 @@ async fn campaign(client: Client, settings: LeaseSettings, tx: Arc<watch::Sender
     }
 }
 
-async fn build(client: Client, settings: &LeaseSettings) -> kube_lease_manager::Result<LeaseManager> {
+async fn build(
+    client: Client,
+    settings: &LeaseSettings,
+) -> kube_lease_manager::Result<LeaseManager> {
     LeaseManagerBuilder::new(client, &settings.name)
         .with_namespace(&settings.namespace)
         .with_identity(&settings.identity)
@@ -312,8 +333,14 @@ mod tests {
             lease_namespace: "y".into(),
             lease_identity: None,
         };
-        assert!(args.identity().ends_with(&format!("-{}", std::process::id())));
-        let args = LeaderArgs { lease_identity: Some("pod-1".into()), ..args };
+        assert!(
+            args.identity()
+                .ends_with(&format!("-{}", std::process::id()))
+        );
+        let args = LeaderArgs {
+            lease_identity: Some("pod-1".into()),
+            ..args
+        };
         assert_eq!(args.identity(), "pod-1");
     }
 }

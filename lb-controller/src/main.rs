@@ -41,8 +41,12 @@ async fn main() -> anyhow::Result<()> {
     let source = source::start(&args.source, &[Kind::Service, Kind::IPAddressPool])
         .await
         .context("starting the resource source")?;
-    let election = leader::start(&args.leader, source.standalone).await.context("starting leader election")?;
-    let settings = Settings { class_less: args.class_less };
+    let election = leader::start(&args.leader, source.standalone)
+        .await
+        .context("starting leader election")?;
+    let settings = Settings {
+        class_less: args.class_less,
+    };
     tokio::select! {
         () = controller::run(
             source.resources,

@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use drawbridge_resources::ObjectKey;
 use drawbridge_resources::events::{Event, EventRecorder, LastEvents, RecordingEventRecorder};
 use drawbridge_resources::observe::Health;
-use drawbridge_resources::ObjectKey;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -73,13 +73,21 @@ impl Metrics {
     /// New metrics, registered in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics::default();
-        registry.register("drawbridge_lb_allocations", "Services holding an external address, by pool", m.allocations.clone());
+        registry.register(
+            "drawbridge_lb_allocations",
+            "Services holding an external address, by pool",
+            m.allocations.clone(),
+        );
         registry.register(
             "drawbridge_lb_pool_addresses_available",
             "Addresses a pool can still hand out (avoidBuggyIPs honoured)",
             m.addresses_available.clone(),
         );
-        registry.register("drawbridge_lb_pool_addresses_assigned", "Distinct addresses of a pool in use", m.addresses_assigned.clone());
+        registry.register(
+            "drawbridge_lb_pool_addresses_assigned",
+            "Distinct addresses of a pool in use",
+            m.addresses_assigned.clone(),
+        );
         registry.register(
             "drawbridge_lb_allocation_failures",
             "Allocation failures written to a Service's status, by reason",
@@ -90,7 +98,11 @@ impl Metrics {
             "Duration of one reconcile pass, status writes included",
             m.reconcile_duration.clone(),
         );
-        registry.register("drawbridge_lb_status_writes", "Service status writes, by result", m.status_writes.clone());
+        registry.register(
+            "drawbridge_lb_status_writes",
+            "Service status writes, by result",
+            m.status_writes.clone(),
+        );
         m
     }
 }
@@ -133,7 +145,11 @@ impl Observe {
         for outcome in outcomes.values() {
             // A dual-stack Service counts once per pool it holds an address of; shared addresses
             // count once in `assigned`.
-            let pools_of_service: BTreeSet<&str> = outcome.assignments().iter().map(|a| a.pool.as_str()).collect();
+            let pools_of_service: BTreeSet<&str> = outcome
+                .assignments()
+                .iter()
+                .map(|a| a.pool.as_str())
+                .collect();
             for pool in pools_of_service {
                 *allocations.entry(pool).or_default() += 1;
             }
@@ -151,37 +167,74 @@ impl Observe {
         }
         for pool in pools {
             let label = [("pool", pool.name.clone())];
-            let used = assigned.get(pool.name.as_str()).map_or(0, |s| s.len() as u128);
-            m.allocations.get_or_create(&label).set(allocations.get(pool.name.as_str()).copied().unwrap_or(0));
-            m.addresses_assigned.get_or_create(&label).set(saturate(used));
-            m.addresses_available.get_or_create(&label).set(saturate(usable_addresses(pool).saturating_sub(used)));
+            let used = assigned
+                .get(pool.name.as_str())
+                .map_or(0, |s| s.len() as u128);
+            m.allocations
+                .get_or_create(&label)
+                .set(allocations.get(pool.name.as_str()).copied().unwrap_or(0));
+            m.addresses_assigned
+                .get_or_create(&label)
+                .set(saturate(used));
+            m.addresses_available
+                .get_or_create(&label)
+                .set(saturate(usable_addresses(pool).saturating_sub(used)));
         }
         self.known_pools = current;
     }
 
     /// Counts one status write and, when it succeeded, publishes the outcome's Event (once per
     /// change per Service) and counts a failure.
-    pub async fn status_written(&mut self, service: ObjectKey, uid: Option<String>, outcome: &Outcome, ok: bool) {
+    pub async fn status_written(
+        &mut self,
+        service: ObjectKey,
+        uid: Option<String>,
+        outcome: &Outcome,
+        ok: bool,
+    ) {
         let result = if ok { "success" } else { "error" };
-        self.metrics.status_writes.get_or_create(&[("result", result)]).inc();
+        self.metrics
+            .status_writes
+            .get_or_create(&[("result", result)])
+            .inc();
         if !ok {
             return;
         }
         let event = match outcome {
-            Outcome::Allocated { ips } => Event::normal(service, REASON_ALLOCATED, ACTION_ALLOCATE, describe(ips)),
-            Outcome::Failed { reason, message } => {
-                self.metrics.allocation_failures.get_or_create(&[("reason", reason.as_str())]).inc();
-                Event::warning(service, REASON_ALLOCATION_FAILED, ACTION_ALLOCATE, failure_note(*reason, message))
+            Outcome::Allocated { ips } => {
+                Event::normal(service, REASON_ALLOCATED, ACTION_ALLOCATE, describe(ips))
             }
-            Outcome::Released => Event::normal(service, REASON_RELEASED, ACTION_ALLOCATE, "external address released"),
+            Outcome::Failed { reason, message } => {
+                self.metrics
+                    .allocation_failures
+                    .get_or_create(&[("reason", reason.as_str())])
+                    .inc();
+                Event::warning(
+                    service,
+                    REASON_ALLOCATION_FAILED,
+                    ACTION_ALLOCATE,
+                    failure_note(*reason, message),
+                )
+            }
+            Outcome::Released => Event::normal(
+                service,
+                REASON_RELEASED,
+                ACTION_ALLOCATE,
+                "external address released",
+            ),
         };
-        self.last_events.publish(self.events.as_ref(), event.with_uid(uid)).await;
+        self.last_events
+            .publish(self.events.as_ref(), event.with_uid(uid))
+            .await;
     }
 
     /// Forgets Event history of Services that no longer exist.
     pub fn retain_services(&mut self, existing: &BTreeSet<ServiceKey>) {
-        self.last_events
-            .retain(|k| k.namespace.as_ref().is_some_and(|ns| existing.contains(&(ns.clone(), k.name.clone()))));
+        self.last_events.retain(|k| {
+            k.namespace
+                .as_ref()
+                .is_some_and(|ns| existing.contains(&(ns.clone(), k.name.clone())))
+        });
     }
 }
 
@@ -206,7 +259,9 @@ pub fn usable_addresses(pool: &Pool) -> u128 {
                     let (first, last) = (u32::from(first) as u128, u32::from(last) as u128);
                     // Addresses n in [first, last] with n % 256 == 0 or 255.
                     let upto = |n: u128, rem: u128| if n < rem { 0 } else { (n - rem) / 256 + 1 };
-                    let count = |rem: u128| upto(last, rem) - if first == 0 { 0 } else { upto(first - 1, rem) };
+                    let count = |rem: u128| {
+                        upto(last, rem) - if first == 0 { 0 } else { upto(first - 1, rem) }
+                    };
                     size - count(0) - count(255)
                 }
                 _ => size,
@@ -223,7 +278,10 @@ mod tests {
     pub(super) fn pool(name: &str, ranges: &[&str], avoid_buggy_ips: bool) -> Pool {
         Pool {
             name: name.into(),
-            ranges: ranges.iter().map(|r| AddressRange::parse(r).expect("range")).collect(),
+            ranges: ranges
+                .iter()
+                .map(|r| AddressRange::parse(r).expect("range"))
+                .collect(),
             auto_assign: true,
             avoid_buggy_ips,
             problems: vec![],
@@ -235,7 +293,10 @@ mod tests {
         assert_eq!(usable_addresses(&pool("p", &["192.0.2.0/24"], false)), 256);
         assert_eq!(usable_addresses(&pool("p", &["192.0.2.0/24"], true)), 254);
         assert_eq!(usable_addresses(&pool("p", &["192.0.2.0/23"], true)), 508);
-        assert_eq!(usable_addresses(&pool("p", &["192.0.2.1-192.0.2.10"], true)), 10);
+        assert_eq!(
+            usable_addresses(&pool("p", &["192.0.2.1-192.0.2.10"], true)),
+            10
+        );
         assert_eq!(usable_addresses(&pool("p", &["2001:db8::/120"], true)), 256);
     }
 }
@@ -272,9 +333,13 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
     async fn exhausted_pool_emits_allocation_failed_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("world.yaml"), WORLD).expect("write");
-        let source = manifests::start(dir.path().to_path_buf(), None, &[Kind::Service, Kind::IPAddressPool])
-            .await
-            .expect("source");
+        let source = manifests::start(
+            dir.path().to_path_buf(),
+            None,
+            &[Kind::Service, Kind::IPAddressPool],
+        )
+        .await
+        .expect("source");
         source.resources.wait_synced().await;
         // The fake does not feed status back into the stores, so every pass writes again: the
         // Events must still come once.
@@ -286,7 +351,17 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
         let settings = Settings { class_less: true };
         for _ in 0..3 {
             let mut problems = BTreeSet::new();
-            assert!(reconcile(&source.resources, &status, &settings, &mut problems, &leader, &mut observe).await);
+            assert!(
+                reconcile(
+                    &source.resources,
+                    &status,
+                    &settings,
+                    &mut problems,
+                    &leader,
+                    &mut observe
+                )
+                .await
+            );
         }
         assert_eq!(status.patches().len(), 6, "two Services, three passes");
         let got: Vec<(String, &str, String, Option<String>)> = events
@@ -322,14 +397,35 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
     #[test]
     fn pool_gauges_count_every_assignment_and_shared_addresses_once() {
         use crate::allocate::Assignment;
-        let a = |ip: &str, pool: &str| Assignment { ip: ip.parse().expect("ip"), pool: pool.into() };
+        let a = |ip: &str, pool: &str| Assignment {
+            ip: ip.parse().expect("ip"),
+            pool: pool.into(),
+        };
         let pool = super::tests::pool;
-        let pools = [pool("lab", &["203.0.113.1-203.0.113.4"], true), pool("lab6", &["2001:db8::1-2001:db8::2"], true)];
+        let pools = [
+            pool("lab", &["203.0.113.1-203.0.113.4"], true),
+            pool("lab6", &["2001:db8::1-2001:db8::2"], true),
+        ];
         let key = |n: &str| ("default".to_string(), n.to_string());
         let outcomes: BTreeMap<ServiceKey, Outcome> = [
-            (key("dual"), Outcome::Allocated { ips: vec![a("203.0.113.1", "lab"), a("2001:db8::1", "lab6")] }),
-            (key("shared"), Outcome::Allocated { ips: vec![a("203.0.113.1", "lab")] }),
-            (key("single"), Outcome::Allocated { ips: vec![a("203.0.113.2", "lab")] }),
+            (
+                key("dual"),
+                Outcome::Allocated {
+                    ips: vec![a("203.0.113.1", "lab"), a("2001:db8::1", "lab6")],
+                },
+            ),
+            (
+                key("shared"),
+                Outcome::Allocated {
+                    ips: vec![a("203.0.113.1", "lab")],
+                },
+            ),
+            (
+                key("single"),
+                Outcome::Allocated {
+                    ips: vec![a("203.0.113.2", "lab")],
+                },
+            ),
         ]
         .into();
         let (mut observe, _events) = Observe::test();
@@ -350,4 +446,3 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
         }
     }
 }
-

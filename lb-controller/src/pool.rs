@@ -33,10 +33,16 @@ impl AddressRange {
         }
         if entry.contains('/') {
             let net: ipnet::IpNet = entry.parse().map_err(|e| format!("{entry:?}: {e}"))?;
-            return Ok(AddressRange { first: net.network(), last: net.broadcast() });
+            return Ok(AddressRange {
+                first: net.network(),
+                last: net.broadcast(),
+            });
         }
         let ip: IpAddr = entry.parse().map_err(|e| format!("{entry:?}: {e}"))?;
-        Ok(AddressRange { first: ip, last: ip })
+        Ok(AddressRange {
+            first: ip,
+            last: ip,
+        })
     }
 
     /// Whether `ip` lies inside the range.
@@ -143,8 +149,17 @@ mod tests {
     use super::*;
 
     fn pool(addresses: &[&str], avoid: bool) -> Pool {
-        let ranges = addresses.iter().map(|a| AddressRange::parse(a).expect("valid")).collect();
-        Pool { name: "p".into(), ranges, auto_assign: true, avoid_buggy_ips: avoid, problems: vec![] }
+        let ranges = addresses
+            .iter()
+            .map(|a| AddressRange::parse(a).expect("valid"))
+            .collect();
+        Pool {
+            name: "p".into(),
+            ranges,
+            auto_assign: true,
+            avoid_buggy_ips: avoid,
+            problems: vec![],
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -154,10 +169,16 @@ mod tests {
     #[test]
     fn parses_cidrs_ranges_and_single_addresses() {
         let r = AddressRange::parse("203.0.113.0/30").expect("cidr");
-        assert_eq!((r.first, r.last, r.size()), (ip("203.0.113.0"), ip("203.0.113.3"), 4));
+        assert_eq!(
+            (r.first, r.last, r.size()),
+            (ip("203.0.113.0"), ip("203.0.113.3"), 4)
+        );
         let r = AddressRange::parse("198.51.100.10 - 198.51.100.20").expect("range");
         assert_eq!(r.size(), 11);
-        assert_eq!(AddressRange::parse("2001:db8::/120").expect("v6").size(), 256);
+        assert_eq!(
+            AddressRange::parse("2001:db8::/120").expect("v6").size(),
+            256
+        );
         assert_eq!(AddressRange::parse("192.0.2.7").expect("single").size(), 1);
         assert!(AddressRange::parse("203.0.113.9-203.0.113.1").is_err());
         assert!(AddressRange::parse("203.0.113.1-2001:db8::1").is_err());

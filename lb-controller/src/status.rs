@@ -36,16 +36,23 @@ pub fn desired_patch(svc: &Service, outcome: &Outcome, now: &Time) -> Option<Val
         .and_then(|lb| lb.ingress.as_ref())
         .is_none_or(|ingress| ingress.iter().all(|i| i.ip_mode.as_deref() == Some("VIP")));
     let conditions = status.conditions.unwrap_or_default();
-    let ours = conditions.iter().find(|c| c.type_ == CONDITION_ADDRESS_ALLOCATED);
-    let mut others: Vec<Condition> =
-        conditions.iter().filter(|c| c.type_ != CONDITION_ADDRESS_ALLOCATED).cloned().collect();
+    let ours = conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_ADDRESS_ALLOCATED);
+    let mut others: Vec<Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != CONDITION_ADDRESS_ALLOCATED)
+        .cloned()
+        .collect();
 
     let (ips, condition) = match outcome {
         Outcome::Allocated { ips } => (
             ips.iter().map(|a| a.ip.to_string()).collect(),
             Some(("True", "Allocated", describe(ips))),
         ),
-        Outcome::Failed { reason, message } => (vec![], Some(("False", reason.as_str(), message.clone()))),
+        Outcome::Failed { reason, message } => {
+            (vec![], Some(("False", reason.as_str(), message.clone())))
+        }
         Outcome::Released => (vec![], None),
     };
 
@@ -75,9 +82,15 @@ pub fn desired_patch(svc: &Service, outcome: &Outcome, now: &Time) -> Option<Val
     let ingress: Value = if ips.is_empty() {
         Value::Null
     } else {
-        ips.iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"})).collect()
+        ips.iter()
+            .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
+            .collect()
     };
-    let conditions = if others.is_empty() { Value::Null } else { json!(others) };
+    let conditions = if others.is_empty() {
+        Value::Null
+    } else {
+        json!(others)
+    };
     Some(json!({ "loadBalancer": { "ingress": ingress }, "conditions": conditions }))
 }
 
@@ -87,7 +100,10 @@ mod tests {
     use crate::allocate::{Assignment, FailureReason};
 
     fn assignment(ip: &str, pool: &str) -> Assignment {
-        Assignment { ip: ip.parse().expect("ip"), pool: pool.into() }
+        Assignment {
+            ip: ip.parse().expect("ip"),
+            pool: pool.into(),
+        }
     }
 
     fn now() -> Time {
@@ -95,8 +111,10 @@ mod tests {
     }
 
     fn service(status: Value) -> Service {
-        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"}, "status": status}))
-            .expect("service")
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "default"}, "status": status}),
+        )
+        .expect("service")
     }
 
     /// Applies a merge patch the way the API server does, for round-trip checks.
@@ -110,14 +128,23 @@ mod tests {
 
     #[test]
     fn writes_address_and_condition_once() {
-        let allocated = Outcome::Allocated { ips: vec![assignment("203.0.113.1", "lab")] };
+        let allocated = Outcome::Allocated {
+            ips: vec![assignment("203.0.113.1", "lab")],
+        };
         let svc = service(json!({}));
         let patch = desired_patch(&svc, &allocated, &now()).expect("a patch");
-        assert_eq!(patch["loadBalancer"]["ingress"], json!([{"ip": "203.0.113.1", "ipMode": "VIP"}]));
+        assert_eq!(
+            patch["loadBalancer"]["ingress"],
+            json!([{"ip": "203.0.113.1", "ipMode": "VIP"}])
+        );
         assert_eq!(patch["conditions"][0]["type"], CONDITION_ADDRESS_ALLOCATED);
         assert_eq!(patch["conditions"][0]["status"], "True");
         let svc = patched(&svc, &patch);
-        assert_eq!(desired_patch(&svc, &allocated, &now()), None, "second pass writes nothing");
+        assert_eq!(
+            desired_patch(&svc, &allocated, &now()),
+            None,
+            "second pass writes nothing"
+        );
     }
 
     #[test]
@@ -127,11 +154,18 @@ mod tests {
             "conditions": [{"type": "example.com/Other", "status": "True", "reason": "X", "message": "",
                             "lastTransitionTime": "2020-01-01T00:00:00Z"}]
         }));
-        let failed = Outcome::Failed { reason: FailureReason::PoolExhausted, message: "full".into() };
+        let failed = Outcome::Failed {
+            reason: FailureReason::PoolExhausted,
+            message: "full".into(),
+        };
         let patch = desired_patch(&svc, &failed, &now()).expect("a patch");
         assert_eq!(patch["loadBalancer"]["ingress"], Value::Null);
-        let types: Vec<&str> = patch["conditions"].as_array().expect("list").iter()
-            .map(|c| c["type"].as_str().expect("type")).collect();
+        let types: Vec<&str> = patch["conditions"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|c| c["type"].as_str().expect("type"))
+            .collect();
         assert_eq!(types, ["example.com/Other", CONDITION_ADDRESS_ALLOCATED]);
         assert_eq!(patch["conditions"][1]["reason"], "PoolExhausted");
         let svc = patched(&svc, &patch);
@@ -142,9 +176,14 @@ mod tests {
 
     #[test]
     fn dual_stack_lists_every_family_in_order() {
-        let allocated =
-            Outcome::Allocated { ips: vec![assignment("2001:db8::1", "lab6"), assignment("203.0.113.1", "lab")] };
-        let svc = service(json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "VIP"}]}}));
+        let allocated = Outcome::Allocated {
+            ips: vec![
+                assignment("2001:db8::1", "lab6"),
+                assignment("203.0.113.1", "lab"),
+            ],
+        };
+        let svc =
+            service(json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "VIP"}]}}));
         let patch = desired_patch(&svc, &allocated, &now()).expect("a patch");
         assert_eq!(
             patch["loadBalancer"]["ingress"],

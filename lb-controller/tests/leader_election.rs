@@ -6,14 +6,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use drawbridge_api_double::ApiDouble;
+use drawbridge_resources::Kind;
+use drawbridge_resources::observe::Health;
 use drawbridge_resources::source::kubernetes;
 use drawbridge_resources::status::RecordingStatusWriter;
-use drawbridge_resources::Kind;
 use kube::{Client, Config};
-use drawbridge_resources::observe::Health;
 use lb_controller::controller::{self, Settings};
+use lb_controller::leader::{
+    LEASE_REQUEST_TIMEOUT, Leadership, LeaseElection, LeaseSettings, ManualLeadership,
+};
 use lb_controller::observe::{Metrics, Observe};
-use lb_controller::leader::{LEASE_REQUEST_TIMEOUT, LeaseElection, LeaseSettings, Leadership, ManualLeadership};
 use serde_json::{Value, json};
 
 const LEASE: &str = "drawbridge-lb-controller";
@@ -54,7 +56,10 @@ struct Replica {
 
 impl Replica {
     async fn start(double: &ApiDouble, name: &str) -> Replica {
-        let addr = double.listen_as(name, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("listener");
+        let addr = double
+            .listen_as(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("listener");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -63,18 +68,36 @@ impl Replica {
         let identity = name.to_string();
         let election = runtime
             .spawn(async move {
-                let source = kubernetes::start(client_for(addr, None), &[Kind::Service, Kind::IPAddressPool]);
-                let settings = LeaseSettings { name: LEASE.into(), namespace: NAMESPACE.into(), identity };
-                let election = LeaseElection::start(client_for(addr, Some(LEASE_REQUEST_TIMEOUT)), settings);
+                let source = kubernetes::start(
+                    client_for(addr, None),
+                    &[Kind::Service, Kind::IPAddressPool],
+                );
+                let settings = LeaseSettings {
+                    name: LEASE.into(),
+                    namespace: NAMESPACE.into(),
+                    identity,
+                };
+                let election =
+                    LeaseElection::start(client_for(addr, Some(LEASE_REQUEST_TIMEOUT)), settings);
                 let gate = election.subscribe();
                 let observe = Observe::new(Metrics::default(), source.events, Health::default());
                 let settings = Settings { class_less: true };
-                tokio::spawn(controller::run(source.resources, source.status, settings, gate, observe));
+                tokio::spawn(controller::run(
+                    source.resources,
+                    source.status,
+                    settings,
+                    gate,
+                    observe,
+                ));
                 election
             })
             .await
             .expect("replica starts");
-        Replica { name: name.to_string(), runtime: Some(runtime), election: Some(election) }
+        Replica {
+            name: name.to_string(),
+            runtime: Some(runtime),
+            election: Some(election),
+        }
     }
 
     /// A crash: every task of the replica stops at once, the Lease is not released.
@@ -88,7 +111,10 @@ impl Replica {
     /// A clean stop (SIGTERM): step down (release the Lease), then stop.
     async fn stop(&mut self) {
         if let (Some(election), Some(runtime)) = (self.election.take(), self.runtime.as_ref()) {
-            runtime.spawn(election.step_down()).await.expect("step down");
+            runtime
+                .spawn(election.step_down())
+                .await
+                .expect("step down");
         }
         self.kill();
     }
@@ -102,7 +128,9 @@ impl Drop for Replica {
 
 fn lb_ip(double: &ApiDouble, name: &str) -> Option<String> {
     let svc = double.get("v1", "Service", Some("default"), name)?;
-    svc["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().map(str::to_string)
+    svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .map(str::to_string)
 }
 
 async fn wait_lb_ip(double: &ApiDouble, name: &str, limit: Duration) -> Option<String> {
@@ -126,7 +154,9 @@ fn status_writers(double: &ApiDouble) -> Vec<String> {
     let mut writers: Vec<String> = double
         .requests()
         .into_iter()
-        .filter(|r| r.resource.as_deref() == Some("services") && r.subresource.as_deref() == Some("status"))
+        .filter(|r| {
+            r.resource.as_deref() == Some("services") && r.subresource.as_deref() == Some("status")
+        })
         .filter(|r| matches!(r.verb.as_str(), "patch" | "update"))
         .filter_map(|r| r.client)
         .collect();
@@ -142,7 +172,9 @@ async fn two_replicas() -> (ApiDouble, Replica, Replica, String) {
     double.create(mk_service("web"));
     let a = Replica::start(&double, "replica-a").await;
     let b = Replica::start(&double, "replica-b").await;
-    let ip = wait_lb_ip(&double, "web", Duration::from_secs(10)).await.expect("web allocated by the leader");
+    let ip = wait_lb_ip(&double, "web", Duration::from_secs(10))
+        .await
+        .expect("web allocated by the leader");
     (double, a, b, ip)
 }
 
@@ -150,41 +182,68 @@ async fn two_replicas() -> (ApiDouble, Replica, Replica, String) {
 async fn only_the_holder_writes_and_a_follower_takes_over_after_a_crash() {
     let (double, mut a, mut b, web_ip) = two_replicas().await;
     let leader = holder(&double).expect("a holder");
-    assert_eq!(status_writers(&double), vec![leader.clone()], "only the Lease holder wrote status");
+    assert_eq!(
+        status_writers(&double),
+        vec![leader.clone()],
+        "only the Lease holder wrote status"
+    );
 
     double.create(mk_service("web2"));
-    wait_lb_ip(&double, "web2", Duration::from_secs(5)).await.expect("web2 allocated");
+    wait_lb_ip(&double, "web2", Duration::from_secs(5))
+        .await
+        .expect("web2 allocated");
     // Let a few renewals pass with both replicas watching: still one writer.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(status_writers(&double), vec![leader.clone()]);
 
-    let (dead, survivor) = if leader == a.name { (&mut a, &b) } else { (&mut b, &a) };
+    let (dead, survivor) = if leader == a.name {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
     let killed = Instant::now();
     dead.kill();
     double.create(mk_service("web3"));
     let ip = wait_lb_ip(&double, "web3", TAKEOVER_LIMIT).await;
     let takeover = killed.elapsed();
-    println!("takeover after killing the leader: {:.2} s", takeover.as_secs_f64());
-    assert!(ip.is_some(), "the follower allocated web3 within {TAKEOVER_LIMIT:?}");
+    println!(
+        "takeover after killing the leader: {:.2} s",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        ip.is_some(),
+        "the follower allocated web3 within {TAKEOVER_LIMIT:?}"
+    );
     assert_eq!(holder(&double).as_deref(), Some(survivor.name.as_str()));
     assert_eq!(status_writers(&double), {
         let mut both = vec![leader.clone(), survivor.name.clone()];
         both.sort();
         both
     });
-    assert_eq!(lb_ip(&double, "web").as_deref(), Some(web_ip.as_str()), "allocations are kept, never reshuffled");
+    assert_eq!(
+        lb_ip(&double, "web").as_deref(),
+        Some(web_ip.as_str()),
+        "allocations are kept, never reshuffled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_steps_down_releases_the_lease() {
     let (double, mut a, mut b, _) = two_replicas().await;
     let leader = holder(&double).expect("a holder");
-    let (stopping, survivor) = if leader == a.name { (&mut a, &b) } else { (&mut b, &a) };
+    let (stopping, survivor) = if leader == a.name {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
     let stopped = Instant::now();
     stopping.stop().await;
     double.create(mk_service("web2"));
     let ip = wait_lb_ip(&double, "web2", TAKEOVER_LIMIT).await;
-    println!("takeover after the leader stepped down: {:.2} s", stopped.elapsed().as_secs_f64());
+    println!(
+        "takeover after the leader stepped down: {:.2} s",
+        stopped.elapsed().as_secs_f64()
+    );
     assert!(ip.is_some());
     assert_eq!(holder(&double).as_deref(), Some(survivor.name.as_str()));
 }
@@ -195,7 +254,10 @@ async fn a_follower_keeps_its_cache_warm_but_never_writes() {
     let double = ApiDouble::start().await.expect("double");
     double.create(mk_pool());
     double.create(mk_service("web"));
-    let source = kubernetes::start(client_for(double.addr(), None), &[Kind::Service, Kind::IPAddressPool]);
+    let source = kubernetes::start(
+        client_for(double.addr(), None),
+        &[Kind::Service, Kind::IPAddressPool],
+    );
     let resources = source.resources.clone();
     let writer = std::sync::Arc::new(RecordingStatusWriter::default());
     let leadership = ManualLeadership::new(false);
@@ -214,7 +276,11 @@ async fn a_follower_keeps_its_cache_warm_but_never_writes() {
     }
     double.create(mk_service("web2"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(resources.services.state().len(), 2, "the follower's store follows the API");
+    assert_eq!(
+        resources.services.state().len(),
+        2,
+        "the follower's store follows the API"
+    );
     assert!(writer.patches().is_empty(), "a follower writes nothing");
 
     leadership.set(true);
@@ -222,17 +288,29 @@ async fn a_follower_keeps_its_cache_warm_but_never_writes() {
     while writer.patches().len() < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut written: Vec<String> = writer.patches().into_iter().map(|(key, _)| key.name).collect();
+    let mut written: Vec<String> = writer
+        .patches()
+        .into_iter()
+        .map(|(key, _)| key.name)
+        .collect();
     written.sort();
     written.dedup();
-    assert_eq!(written, ["web", "web2"], "the new leader allocates both Services at once");
+    assert_eq!(
+        written,
+        ["web", "web2"],
+        "the new leader allocates both Services at once"
+    );
 
     leadership.set(false);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = writer.patches().len();
     double.create(mk_service("web3"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(writer.patches().len(), before, "no writes after losing the lease");
+    assert_eq!(
+        writer.patches().len(),
+        before,
+        "no writes after losing the lease"
+    );
 
     drop(leadership);
     tokio::time::timeout(Duration::from_secs(2), task)

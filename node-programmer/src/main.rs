@@ -84,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the resource source")?;
     let span = info_span!("sync", node = %node_name, standalone = source.standalone);
-    let observers = Observers { events: source.events, health };
+    let observers = Observers {
+        events: source.events,
+        health,
+    };
     let programmer = Programmer::new(node_name, NftCli::new()).with_metrics(metrics);
     sync::run(source.resources, programmer, observers)
         .instrument(span)

@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use drawbridge_resources::events::{Event, EventRecorder, EventSet};
 use drawbridge_resources::observe::{Health, unix_now};
 use drawbridge_resources::{Kind, ObjectKey, Resources};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::ObjectRef;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, Apply};
@@ -48,7 +48,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// EndpointSlice annotation: when the change this slice reflects happened (set by the
 /// EndpointSlice controller; kube-proxy's network-programming latency SLI).
-pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str =
+    "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Event reason for a Service or EndpointSlice that was left out of the rules.
 pub const REASON_SKIPPED: &str = "SkippedService";
@@ -205,7 +206,9 @@ impl<A: Apply> Programmer<A> {
         let started = Instant::now();
         let slices: Vec<&EndpointSlice> = slices.into_iter().collect();
         let outcome = self.sync_inner(services, &slices, started);
-        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Failed(_) => {
                 self.metrics.nftables_sync_failures.inc();
@@ -224,15 +227,27 @@ impl<A: Apply> Programmer<A> {
     fn observe_programming(&mut self, slices: &[&EndpointSlice], now: f64) {
         let mut seen = HashMap::with_capacity(self.trigger_times.len());
         for slice in slices {
-            let Some(value) = slice.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME))
+            let Some(value) = slice
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME))
             else {
                 continue;
             };
-            let key = (slice.metadata.namespace.clone().unwrap_or_default(), slice.metadata.name.clone().unwrap_or_default());
+            let key = (
+                slice.metadata.namespace.clone().unwrap_or_default(),
+                slice.metadata.name.clone().unwrap_or_default(),
+            );
             if self.trigger_times.get(&key) != Some(value) {
-                let at = value.parse::<k8s_openapi::jiff::Timestamp>().ok().map(|t| t.as_nanosecond() as f64 / 1e9);
+                let at = value
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .ok()
+                    .map(|t| t.as_nanosecond() as f64 / 1e9);
                 if let Some(at) = at.filter(|at| *at >= self.started_at) {
-                    self.metrics.network_programming_duration.observe((now - at).max(0.0));
+                    self.metrics
+                        .network_programming_duration
+                        .observe((now - at).max(0.0));
                 }
             }
             seen.insert(key, value.clone());
@@ -246,7 +261,8 @@ impl<A: Apply> Programmer<A> {
         slices: &[&'a EndpointSlice],
         started: Instant,
     ) -> Outcome {
-        let (table, skipped) = ServiceTable::build(services, slices.iter().copied(), &self.node_name);
+        let (table, skipped) =
+            ServiceTable::build(services, slices.iter().copied(), &self.node_name);
         if skipped != self.last_skipped {
             for s in &skipped {
                 warn!(kind = s.kind, namespace = %s.namespace, name = %s.name, error = %s.error, "skipping malformed object");
@@ -333,7 +349,12 @@ pub async fn run<A: Apply + Send + 'static>(
         .await
         .map_err(Error::SyncTaskFailed)?;
         programmer = returned;
-        events.publish(observe.events.as_ref(), skipped_events(&resources, programmer.skipped())).await;
+        events
+            .publish(
+                observe.events.as_ref(),
+                skipped_events(&resources, programmer.skipped()),
+            )
+            .await;
 
         if let Outcome::Failed(e) = outcome {
             let delay = backoff.next_delay();
@@ -367,16 +388,27 @@ fn skipped_events(resources: &Resources, skipped: &[Skipped]) -> Vec<Event> {
             let (kind, uid) = match s.kind {
                 "EndpointSlice" => (
                     Kind::EndpointSlice,
-                    resources.endpoint_slices.get(&ObjectRef::new(&s.name).within(&s.namespace)).and_then(|o| o.metadata.uid.clone()),
+                    resources
+                        .endpoint_slices
+                        .get(&ObjectRef::new(&s.name).within(&s.namespace))
+                        .and_then(|o| o.metadata.uid.clone()),
                 ),
                 _ => (
                     Kind::Service,
-                    resources.services.get(&ObjectRef::new(&s.name).within(&s.namespace)).and_then(|o| o.metadata.uid.clone()),
+                    resources
+                        .services
+                        .get(&ObjectRef::new(&s.name).within(&s.namespace))
+                        .and_then(|o| o.metadata.uid.clone()),
                 ),
             };
             let key = ObjectKey::namespaced(kind, &s.namespace, &s.name);
-            Event::warning(key, REASON_SKIPPED, "Program", format!("left out of the node's service rules: {}", s.error))
-                .with_uid(uid)
+            Event::warning(
+                key,
+                REASON_SKIPPED,
+                "Program",
+                format!("left out of the node's service rules: {}", s.error),
+            )
+            .with_uid(uid)
         })
         .collect()
 }
@@ -456,18 +488,39 @@ mod tests {
 
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let mut p = Programmer::new("node-a", RecordingApply { fail_next: 1, ..Default::default() })
-            .with_metrics(metrics);
-        let services = [mk_service("ns", "web").cluster_ip("198.18.0.10").port("http", 80).build()];
-        let mut slice = mk_slice("ns", "web-1", "web").port("http", 8080).ready("192.0.2.10", "node-a").build();
+        let mut p = Programmer::new(
+            "node-a",
+            RecordingApply {
+                fail_next: 1,
+                ..Default::default()
+            },
+        )
+        .with_metrics(metrics);
+        let services = [mk_service("ns", "web")
+            .cluster_ip("198.18.0.10")
+            .port("http", 80)
+            .build()];
+        let mut slice = mk_slice("ns", "web-1", "web")
+            .port("http", 8080)
+            .ready("192.0.2.10", "node-a")
+            .build();
         let triggered = k8s_openapi::jiff::Timestamp::now().to_string();
-        slice.metadata.annotations =
-            Some([(ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(), triggered)].into_iter().collect());
-        let mut old = mk_slice("ns", "web-2", "web").port("http", 8080).ready("192.0.2.11", "node-b").build();
-        old.metadata.annotations = Some(
-            [(ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(), "2020-01-01T00:00:00Z".to_string())]
+        slice.metadata.annotations = Some(
+            [(ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(), triggered)]
                 .into_iter()
                 .collect(),
+        );
+        let mut old = mk_slice("ns", "web-2", "web")
+            .port("http", 8080)
+            .ready("192.0.2.11", "node-b")
+            .build();
+        old.metadata.annotations = Some(
+            [(
+                ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(),
+                "2020-01-01T00:00:00Z".to_string(),
+            )]
+            .into_iter()
+            .collect(),
         );
         let slices = [slice, old];
         assert!(matches!(p.sync(&services, &slices), Outcome::Failed(_)));
@@ -484,7 +537,10 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        assert!(!text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 0.0"), "{text}");
+        assert!(
+            !text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 0.0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -499,9 +555,13 @@ mod tests {
              spec: {clusterIP: not-an-ip, ports: [{port: 80}]}\n",
         )
         .expect("write");
-        let source = manifests::start(dir.path().to_path_buf(), None, &[Kind::Service, Kind::EndpointSlice])
-            .await
-            .expect("source");
+        let source = manifests::start(
+            dir.path().to_path_buf(),
+            None,
+            &[Kind::Service, Kind::EndpointSlice],
+        )
+        .await
+        .expect("source");
         source.resources.wait_synced().await;
         let mut p = Programmer::new("node-a", RecordingApply::default());
         let recorder = RecordingEventRecorder::default();
@@ -509,12 +569,16 @@ mod tests {
         for _ in 0..2 {
             let services = source.resources.services.state();
             p.sync(services.iter().map(Arc::as_ref), []);
-            set.publish(&recorder, skipped_events(&source.resources, p.skipped())).await;
+            set.publish(&recorder, skipped_events(&source.resources, p.skipped()))
+                .await;
         }
         let events = recorder.events();
         assert_eq!(events.len(), 1, "{events:#?}");
         assert_eq!(events[0].reason, REASON_SKIPPED);
-        assert_eq!(events[0].regarding, ObjectKey::namespaced(Kind::Service, "ns", "bad"));
+        assert_eq!(
+            events[0].regarding,
+            ObjectKey::namespaced(Kind::Service, "ns", "bad")
+        );
         assert_eq!(events[0].uid.as_deref(), Some("u-1"));
     }
 

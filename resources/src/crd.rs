@@ -91,10 +91,14 @@ mod tests {
              spec: {addresses: [203.0.113.0/24], avoidBuggyIPs: true}\n",
         )
         .expect("pool");
-        assert!(pool.spec.avoid_buggy_ips, "avoidBuggyIPs (MetalLB's spelling) is read");
+        assert!(
+            pool.spec.avoid_buggy_ips,
+            "avoidBuggyIPs (MetalLB's spelling) is read"
+        );
         assert!(pool.spec.auto_assign, "autoAssign defaults to true");
         let example = include_str!("../../deploy/examples/pool.yaml");
-        let example: IPAddressPool = serde_yaml::from_str(example).expect("deploy/examples/pool.yaml");
+        let example: IPAddressPool =
+            serde_yaml::from_str(example).expect("deploy/examples/pool.yaml");
         assert!(example.spec.avoid_buggy_ips);
     }
 }

@@ -70,13 +70,37 @@ pub struct Event {
 
 impl Event {
     /// A `Warning` Event.
-    pub fn warning(regarding: ObjectKey, reason: &'static str, action: &'static str, note: impl Into<String>) -> Self {
-        Event { regarding, uid: None, type_: EventType::Warning, reason, action, note: note.into() }
+    pub fn warning(
+        regarding: ObjectKey,
+        reason: &'static str,
+        action: &'static str,
+        note: impl Into<String>,
+    ) -> Self {
+        Event {
+            regarding,
+            uid: None,
+            type_: EventType::Warning,
+            reason,
+            action,
+            note: note.into(),
+        }
     }
 
     /// A `Normal` Event.
-    pub fn normal(regarding: ObjectKey, reason: &'static str, action: &'static str, note: impl Into<String>) -> Self {
-        Event { regarding, uid: None, type_: EventType::Normal, reason, action, note: note.into() }
+    pub fn normal(
+        regarding: ObjectKey,
+        reason: &'static str,
+        action: &'static str,
+        note: impl Into<String>,
+    ) -> Self {
+        Event {
+            regarding,
+            uid: None,
+            type_: EventType::Normal,
+            reason,
+            action,
+            note: note.into(),
+        }
     }
 
     /// The same Event with the object's uid.
@@ -117,7 +141,11 @@ pub fn reporting_instance() -> Option<String> {
     std::env::var("POD_NAME")
         .ok()
         .filter(|s| !s.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
         .filter(|s| !s.is_empty())
 }
 
@@ -132,8 +160,13 @@ pub struct KubeEventRecorder {
 impl KubeEventRecorder {
     /// A recorder on `client` reporting as [`reporting_controller`] / [`reporting_instance`].
     pub fn new(client: Client) -> Self {
-        let reporter = Reporter { controller: reporting_controller(), instance: reporting_instance() };
-        KubeEventRecorder { recorder: Recorder::new(client, reporter) }
+        let reporter = Reporter {
+            controller: reporting_controller(),
+            instance: reporting_instance(),
+        };
+        KubeEventRecorder {
+            recorder: Recorder::new(client, reporter),
+        }
     }
 }
 
@@ -187,7 +220,9 @@ pub struct LogEventRecorder {
 impl LogEventRecorder {
     /// Logs only, or also appends to `state_dir/events.log`.
     pub fn new(state_dir: Option<PathBuf>) -> Self {
-        LogEventRecorder { file: state_dir.map(|d| d.join("events.log")) }
+        LogEventRecorder {
+            file: state_dir.map(|d| d.join("events.log")),
+        }
     }
 }
 
@@ -255,7 +290,11 @@ pub struct EventSet {
 
 impl EventSet {
     /// Publishes what is new in `current` (in a stable order) and remembers `current`.
-    pub async fn publish(&mut self, recorder: &dyn EventRecorder, current: impl IntoIterator<Item = Event>) {
+    pub async fn publish(
+        &mut self,
+        recorder: &dyn EventRecorder,
+        current: impl IntoIterator<Item = Event>,
+    ) {
         let current: HashSet<Event> = current.into_iter().collect();
         let mut new: Vec<&Event> = current.difference(&self.last).collect();
         new.sort();
@@ -306,7 +345,11 @@ mod tests {
     }
 
     fn reasons(recorder: &RecordingEventRecorder) -> Vec<(String, &'static str, String)> {
-        recorder.events().into_iter().map(|e| (e.regarding.name, e.reason, e.note)).collect()
+        recorder
+            .events()
+            .into_iter()
+            .map(|e| (e.regarding.name, e.reason, e.note))
+            .collect()
     }
 
     #[tokio::test]
@@ -314,13 +357,26 @@ mod tests {
         let recorder = RecordingEventRecorder::default();
         let mut set = EventSet::default();
         for _ in 0..3 {
-            set.publish(&recorder, [rejected("a", "bad path"), rejected("b", "bad host")]).await;
+            set.publish(
+                &recorder,
+                [rejected("a", "bad path"), rejected("b", "bad host")],
+            )
+            .await;
         }
-        assert_eq!(recorder.events().len(), 2, "three passes, two problems, two Events");
+        assert_eq!(
+            recorder.events().len(),
+            2,
+            "three passes, two problems, two Events"
+        );
         // `a` changes its note; `b` is fixed.
-        set.publish(&recorder, [rejected("a", "bad pathType")]).await;
+        set.publish(&recorder, [rejected("a", "bad pathType")])
+            .await;
         // `b` breaks again the same way: published again.
-        set.publish(&recorder, [rejected("a", "bad pathType"), rejected("b", "bad host")]).await;
+        set.publish(
+            &recorder,
+            [rejected("a", "bad pathType"), rejected("b", "bad host")],
+        )
+        .await;
         assert_eq!(
             reasons(&recorder),
             [
@@ -337,7 +393,14 @@ mod tests {
         let recorder = RecordingEventRecorder::default();
         let mut last = LastEvents::default();
         let svc = ObjectKey::namespaced(Kind::Service, "ns", "web");
-        let failed = || Event::warning(svc.clone(), "AllocationFailed", "Allocate", "PoolExhausted: full");
+        let failed = || {
+            Event::warning(
+                svc.clone(),
+                "AllocationFailed",
+                "Allocate",
+                "PoolExhausted: full",
+            )
+        };
         let allocated = || Event::normal(svc.clone(), "IPAllocated", "Allocate", "203.0.113.1");
         last.publish(&recorder, failed()).await;
         last.publish(&recorder, failed()).await;
@@ -348,7 +411,11 @@ mod tests {
         assert_eq!(got, ["AllocationFailed", "IPAllocated", "AllocationFailed"]);
         last.retain(|_| false);
         last.publish(&recorder, failed()).await;
-        assert_eq!(recorder.events().len(), 4, "a forgotten object starts afresh");
+        assert_eq!(
+            recorder.events().len(),
+            4,
+            "a forgotten object starts afresh"
+        );
     }
 
     #[tokio::test]
@@ -356,10 +423,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let recorder = LogEventRecorder::new(Some(dir.path().to_path_buf()));
         recorder.publish(rejected("a", &"x".repeat(2000))).await;
-        recorder.publish(Event::normal(ObjectKey::cluster(Kind::IPAddressPool, "lab"), "Ok", "Check", "fine")).await;
+        recorder
+            .publish(Event::normal(
+                ObjectKey::cluster(Kind::IPAddressPool, "lab"),
+                "Ok",
+                "Check",
+                "fine",
+            ))
+            .await;
         let text = std::fs::read_to_string(dir.path().join("events.log")).expect("events.log");
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["reason"], "Rejected");
         assert_eq!(lines[0]["type"], "Warning");

@@ -59,10 +59,18 @@ impl FromStr for MetricsAddr {
 /// components add their own metrics before handing it to [`serve`].
 pub fn registry(component: &str) -> Registry {
     let mut registry = Registry::default();
-    let info = prometheus_client::metrics::family::Family::<[(&'static str, String); 2], Gauge>::default();
-    info.get_or_create(&[("component", component.to_string()), ("version", env!("CARGO_PKG_VERSION").to_string())])
-        .set(1);
-    registry.register("drawbridge_build_info", "drawbridge component and version; always 1", info);
+    let info =
+        prometheus_client::metrics::family::Family::<[(&'static str, String); 2], Gauge>::default();
+    info.get_or_create(&[
+        ("component", component.to_string()),
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+    ])
+    .set(1);
+    registry.register(
+        "drawbridge_build_info",
+        "drawbridge component and version; always 1",
+        info,
+    );
     registry
 }
 
@@ -86,11 +94,13 @@ struct HealthInner {
 
 impl Default for Health {
     fn default() -> Self {
-        Health { inner: Arc::new(HealthInner {
-            ready: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-            stopping: AtomicBool::new(false),
-        }) }
+        Health {
+            inner: Arc::new(HealthInner {
+                ready: AtomicBool::new(false),
+                alive: AtomicBool::new(true),
+                stopping: AtomicBool::new(false),
+            }),
+        }
     }
 }
 
@@ -121,7 +131,10 @@ impl Health {
     /// A guard for a loop named `name`: hold it for as long as the loop runs. Dropping it (the loop
     /// returned, or its task panicked and unwound) makes `/healthz` fail from then on.
     pub fn liveness_guard(&self, name: &'static str) -> LivenessGuard {
-        LivenessGuard { health: self.clone(), name }
+        LivenessGuard {
+            health: self.clone(),
+            name,
+        }
     }
 }
 
@@ -162,7 +175,11 @@ impl Server {
 
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` on it from a task on the current
 /// tokio runtime. Only binding can fail; connection errors are logged at `debug` and dropped.
-pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, health: Health) -> std::io::Result<Server> {
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: Health,
+) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     tracing::info!(addr = %local_addr, "serving /metrics, /healthz and /readyz");
@@ -195,7 +212,11 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, health: Health) ->
 }
 
 /// [`serve`] when `addr` is set; a bind failure is returned so `main` can fail loudly at start.
-pub async fn serve_if(addr: MetricsAddr, registry: Registry, health: Health) -> std::io::Result<Option<Server>> {
+pub async fn serve_if(
+    addr: MetricsAddr,
+    registry: Registry,
+    health: Health,
+) -> std::io::Result<Option<Server>> {
     match addr.0 {
         Some(addr) => serve(addr, Arc::new(registry), health).await.map(Some),
         None => Ok(None),
@@ -206,7 +227,10 @@ fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Res
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
-        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -217,10 +241,16 @@ fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Res
             let mut body = String::with_capacity(4096);
             if let Err(error) = prometheus_client::encoding::text::encode(&mut body, registry) {
                 tracing::warn!(%error, "encoding metrics failed");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding metrics failed\n",
+                );
             }
             let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+            );
             r
         }
         "/healthz" | "/livez" => match health.is_alive() {
@@ -237,7 +267,9 @@ fn respond(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Res
 
 /// Seconds since the Unix epoch, for `*_timestamp_seconds` gauges.
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -252,15 +284,26 @@ mod tests {
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut raw = String::new();
-        tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_string(&mut raw))
-            .await
-            .expect("answer within 5 s")
-            .expect("read");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_string(&mut raw),
+        )
+        .await
+        .expect("answer within 5 s")
+        .expect("read");
         let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
         let content_type = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type: ")
+                    .map(str::to_string)
+            })
             .unwrap_or_default();
         (status, content_type, body.to_string())
     }
@@ -272,20 +315,31 @@ mod tests {
         registry.register("drawbridge_test_things", "things", counter.clone());
         counter.inc_by(3);
         let health = Health::default();
-        let server = serve("127.0.0.1:0".parse().expect("addr"), Arc::new(registry), health.clone())
-            .await
-            .expect("bind");
+        let server = serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            Arc::new(registry),
+            health.clone(),
+        )
+        .await
+        .expect("bind");
         let addr = server.local_addr;
 
         let (status, content_type, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert_eq!(content_type, METRICS_CONTENT_TYPE);
         assert!(body.contains("drawbridge_test_things_total 3"), "{body}");
-        assert!(body.contains(r#"drawbridge_build_info{component="test-component""#), "{body}");
+        assert!(
+            body.contains(r#"drawbridge_build_info{component="test-component""#),
+            "{body}"
+        );
         assert!(body.ends_with("# EOF\n"), "{body}");
 
         assert_eq!(get(addr, "/healthz").await.0, 200);
-        assert_eq!(get(addr, "/readyz").await.0, 503, "not ready before the first sync");
+        assert_eq!(
+            get(addr, "/readyz").await.0,
+            503,
+            "not ready before the first sync"
+        );
         health.set_ready();
         assert_eq!(get(addr, "/readyz").await.0, 200);
         assert_eq!(get(addr, "/nope").await.0, 404);
@@ -311,7 +365,10 @@ mod tests {
 
     #[test]
     fn metrics_addr_parses_off_and_addresses() {
-        assert_eq!("off".parse::<MetricsAddr>().expect("off"), MetricsAddr(None));
+        assert_eq!(
+            "off".parse::<MetricsAddr>().expect("off"),
+            MetricsAddr(None)
+        );
         assert_eq!("".parse::<MetricsAddr>().expect("empty"), MetricsAddr(None));
         assert_eq!(
             LB_CONTROLLER_ADDR.parse::<MetricsAddr>().expect("addr"),

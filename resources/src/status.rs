@@ -8,8 +8,8 @@
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 
 use crate::names::FIELD_MANAGER;
 use crate::source::ObjectKey;
@@ -87,7 +87,10 @@ impl StatusWriter for KubeStatusWriter {
                 None => Api::all_with(self.client.clone(), &resource),
             };
             let patch = Patch::Merge(serde_json::json!({ "status": status }));
-            match api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER), &patch).await {
+            match api
+                .patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER), &patch)
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(source) => Err(StatusError::PatchStatusFailed { key, source }),
             }
@@ -116,7 +119,10 @@ impl StatusWriter for RecordingStatusWriter {
         key: ObjectKey,
         status: serde_json::Value,
     ) -> BoxFuture<'_, Result<(), StatusError>> {
-        self.patches.lock().expect("lock poisoned").push((key, status));
+        self.patches
+            .lock()
+            .expect("lock poisoned")
+            .push((key, status));
         Box::pin(async { Ok(()) })
     }
 }

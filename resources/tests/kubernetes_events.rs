@@ -15,8 +15,13 @@ async fn publishes_events_k8s_io_v1_events_once_per_change() {
     let mut last = LastEvents::default();
 
     let service = ObjectKey::namespaced(Kind::Service, "shop", "web");
-    let failed = Event::warning(service, "AllocationFailed", "Allocate", "PoolExhausted: pool lab has no free address")
-        .with_uid(Some("uid-web".into()));
+    let failed = Event::warning(
+        service,
+        "AllocationFailed",
+        "Allocate",
+        "PoolExhausted: pool lab has no free address",
+    )
+    .with_uid(Some("uid-web".into()));
     for _ in 0..3 {
         last.publish(&recorder, failed.clone()).await;
     }
@@ -33,7 +38,13 @@ async fn publishes_events_k8s_io_v1_events_once_per_change() {
     assert_eq!(e["regarding"]["apiVersion"], "v1");
     assert_eq!(e["regarding"]["name"], "web");
     assert_eq!(e["regarding"]["uid"], "uid-web");
-    let controller = e["reportingController"].as_str().expect("reportingController");
+    let controller = e["reportingController"]
+        .as_str()
+        .expect("reportingController");
     assert!(controller.starts_with("drawbridge.dev/"), "{controller}");
-    assert!(e["reportingInstance"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        e["reportingInstance"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
 }

@@ -43,7 +43,11 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn port(r: &Resources, name: &str) -> Option<i32> {
-    let svc = r.services.state().into_iter().find(|s| s.metadata.name.as_deref() == Some(name))?;
+    let svc = r
+        .services
+        .state()
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))?;
     svc.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port)
 }
 
@@ -56,13 +60,29 @@ async fn lists_then_follows_adds_modifies_and_deletes() {
     let source = start(&double, &[Kind::Service, Kind::Secret]).await;
     let mut r = source.resources.clone();
     assert_eq!(port(&r, "web"), Some(80), "listed");
-    let secrets: Vec<String> = r.secrets.state().iter().filter_map(|s| s.metadata.name.clone()).collect();
-    assert_eq!(secrets, ["tls"], "only kubernetes.io/tls Secrets are watched");
-    assert!(r.endpoint_slices.state().is_empty(), "kinds not asked for stay empty");
+    let secrets: Vec<String> = r
+        .secrets
+        .state()
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        secrets,
+        ["tls"],
+        "only kubernetes.io/tls Secrets are watched"
+    );
+    assert!(
+        r.endpoint_slices.state().is_empty(),
+        "kinds not asked for stay empty"
+    );
 
     double.create(service("api", 81));
     eventually("ADDED", || port(&r, "api") == Some(81)).await;
-    assert!(tokio::time::timeout(Duration::from_secs(1), r.changed()).await.expect("a change tick"));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), r.changed())
+            .await
+            .expect("a change tick")
+    );
     double.update(service("web", 8080));
     eventually("MODIFIED", || port(&r, "web") == Some(8080)).await;
     double.delete("v1", "Service", Some("default"), "api");
@@ -74,11 +94,24 @@ async fn lists_then_follows_adds_modifies_and_deletes() {
     double.close_watches();
     double.delete("v1", "Service", Some("default"), "web");
     double.create(service("late", 82));
-    eventually("relist after 410", || port(&r, "late") == Some(82) && port(&r, "web").is_none()).await;
+    eventually("relist after 410", || {
+        port(&r, "late") == Some(82) && port(&r, "web").is_none()
+    })
+    .await;
 
-    let watched: Vec<String> = double.requests().iter().map(|q| format!("{} {}", q.verb, q.resource.clone().unwrap_or_default())).collect();
-    assert!(watched.contains(&"list services".to_string()), "{watched:?}");
-    assert!(watched.contains(&"watch services".to_string()), "{watched:?}");
+    let watched: Vec<String> = double
+        .requests()
+        .iter()
+        .map(|q| format!("{} {}", q.verb, q.resource.clone().unwrap_or_default()))
+        .collect();
+    assert!(
+        watched.contains(&"list services".to_string()),
+        "{watched:?}"
+    );
+    assert!(
+        watched.contains(&"watch services".to_string()),
+        "{watched:?}"
+    );
 }
 
 #[tokio::test]
@@ -96,17 +129,38 @@ async fn patches_status_and_sees_its_own_write() {
 
     let key = ObjectKey::namespaced(Kind::Service, "default", "web");
     let status = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "VIP"}]}});
-    source.status.patch_status(key, status).await.expect("patch");
-    let stored = double.get("v1", "Service", Some("default"), "web").expect("exists");
-    assert_eq!(stored["status"]["loadBalancer"]["ingress"][0]["ip"], "203.0.113.1");
-    let patch = double.requests().into_iter().find(|q| q.verb == "patch").expect("a patch request");
+    source
+        .status
+        .patch_status(key, status)
+        .await
+        .expect("patch");
+    let stored = double
+        .get("v1", "Service", Some("default"), "web")
+        .expect("exists");
+    assert_eq!(
+        stored["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "203.0.113.1"
+    );
+    let patch = double
+        .requests()
+        .into_iter()
+        .find(|q| q.verb == "patch")
+        .expect("a patch request");
     assert_eq!(patch.subresource.as_deref(), Some("status"));
-    assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
 
     let r = source.resources.clone();
     eventually("status arrives through the watch", || {
-        r.services.state().first().and_then(|s| s.status.clone()).and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress).is_some_and(|i| i[0].ip.as_deref() == Some("203.0.113.1"))
+        r.services
+            .state()
+            .first()
+            .and_then(|s| s.status.clone())
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .is_some_and(|i| i[0].ip.as_deref() == Some("203.0.113.1"))
     })
     .await;
 }

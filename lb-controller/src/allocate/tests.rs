@@ -4,7 +4,10 @@ use crate::pool::AddressRange;
 fn pool(name: &str, addresses: &[&str], auto_assign: bool) -> Pool {
     Pool {
         name: name.into(),
-        ranges: addresses.iter().map(|a| AddressRange::parse(a).expect("valid")).collect(),
+        ranges: addresses
+            .iter()
+            .map(|a| AddressRange::parse(a).expect("valid"))
+            .collect(),
         auto_assign,
         avoid_buggy_ips: true,
         problems: vec![],
@@ -19,7 +22,9 @@ fn ip(s: &str) -> IpAddr {
 fn svc(name: &str, age: i64) -> ServiceView {
     ServiceView {
         key: ("default".into(), name.into()),
-        created: Some(Time(k8s_openapi::jiff::Timestamp::from_second(age).expect("time"))),
+        created: Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(age).expect("time"),
+        )),
         eligible: true,
         foreign: false,
         requested: None,
@@ -105,7 +110,11 @@ fn allocates_lowest_free_addresses_oldest_first() {
     let pools = [pool("lab", &["203.0.113.0/30"], true)];
     // Younger "a" listed first: age decides, not order or name.
     let out = allocate(&pools, &[svc("a", 20), svc("b", 10)]);
-    assert_eq!(ip_of(&out, "b"), Some(ip("203.0.113.1")), ".0 skipped (avoidBuggyIPs)");
+    assert_eq!(
+        ip_of(&out, "b"),
+        Some(ip("203.0.113.1")),
+        ".0 skipped (avoidBuggyIPs)"
+    );
     assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.2")));
 }
 
@@ -114,10 +123,17 @@ fn keeps_existing_addresses_across_restarts() {
     let pools = [pool("lab", &["203.0.113.0/24"], true)];
     let services = [svc("a", 1).with_current("203.0.113.77"), svc("b", 2)];
     let out = allocate(&pools, &services);
-    assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.77")), "kept, not reshuffled");
+    assert_eq!(
+        ip_of(&out, "a"),
+        Some(ip("203.0.113.77")),
+        "kept, not reshuffled"
+    );
     assert_eq!(ip_of(&out, "b"), Some(ip("203.0.113.1")));
     // Recomputing from the written result changes nothing.
-    let services = [svc("a", 1).with_current("203.0.113.77"), svc("b", 2).with_current("203.0.113.1")];
+    let services = [
+        svc("a", 1).with_current("203.0.113.77"),
+        svc("b", 2).with_current("203.0.113.1"),
+    ];
     assert_eq!(allocate(&pools, &services), out);
 }
 
@@ -125,33 +141,59 @@ fn keeps_existing_addresses_across_restarts() {
 fn never_gives_one_address_to_two_services() {
     let pools = [pool("lab", &["203.0.113.0/24"], true)];
     // Both claim the same address in status (e.g. after a split brain): the older keeps it.
-    let services = [svc("young", 9).with_current("203.0.113.5"), svc("old", 1).with_current("203.0.113.5")];
+    let services = [
+        svc("young", 9).with_current("203.0.113.5"),
+        svc("old", 1).with_current("203.0.113.5"),
+    ];
     let out = allocate(&pools, &services);
     assert_eq!(ip_of(&out, "old"), Some(ip("203.0.113.5")));
     assert_eq!(ip_of(&out, "young"), Some(ip("203.0.113.1")));
     // A request for a taken address fails instead of duplicating.
-    let services = [svc("a", 1).with_current("203.0.113.5"), svc("b", 2).with_request("203.0.113.5")];
+    let services = [
+        svc("a", 1).with_current("203.0.113.5"),
+        svc("b", 2).with_request("203.0.113.5"),
+    ];
     let out = allocate(&pools, &services);
-    assert_eq!(reason_of(&out, "b"), Some(FailureReason::RequestedAddressUnavailable));
+    assert_eq!(
+        reason_of(&out, "b"),
+        Some(FailureReason::RequestedAddressUnavailable)
+    );
 }
 
 #[test]
 fn honours_requests_and_moves_when_the_request_changes() {
-    let pools = [pool("lab", &["203.0.113.0/24"], true), pool("manual", &["198.51.100.0/28"], false)];
-    let out = allocate(&pools, &[svc("a", 1).with_current("203.0.113.1").with_request("203.0.113.50")]);
+    let pools = [
+        pool("lab", &["203.0.113.0/24"], true),
+        pool("manual", &["198.51.100.0/28"], false),
+    ];
+    let out = allocate(
+        &pools,
+        &[svc("a", 1)
+            .with_current("203.0.113.1")
+            .with_request("203.0.113.50")],
+    );
     assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.50")));
     // Explicit requests may use a pool without autoAssign.
     let out = allocate(&pools, &[svc("a", 1).with_request("198.51.100.3")]);
     assert_eq!(ip_of(&out, "a"), Some(ip("198.51.100.3")));
     let out = allocate(&pools, &[svc("a", 1).with_request("192.0.2.1")]);
-    assert_eq!(reason_of(&out, "a"), Some(FailureReason::RequestedAddressUnavailable));
+    assert_eq!(
+        reason_of(&out, "a"),
+        Some(FailureReason::RequestedAddressUnavailable)
+    );
     let out = allocate(&pools, &[svc("a", 1).with_request("not-an-ip")]);
-    assert_eq!(reason_of(&out, "a"), Some(FailureReason::RequestedAddressUnavailable));
+    assert_eq!(
+        reason_of(&out, "a"),
+        Some(FailureReason::RequestedAddressUnavailable)
+    );
 }
 
 #[test]
 fn pool_selection_by_annotation_and_auto_assign() {
-    let pools = [pool("lab", &["203.0.113.0/24"], true), pool("manual", &["198.51.100.0/28"], false)];
+    let pools = [
+        pool("lab", &["203.0.113.0/24"], true),
+        pool("manual", &["198.51.100.0/28"], false),
+    ];
     let out = allocate(&pools, &[svc("a", 1).with_pool("manual")]);
     assert_eq!(ip_of(&out, "a"), Some(ip("198.51.100.1")));
     let out = allocate(&pools, &[svc("a", 1).with_pool("missing")]);
@@ -159,7 +201,10 @@ fn pool_selection_by_annotation_and_auto_assign() {
     // An address from a non-auto-assign pool is not kept without a request.
     let out = allocate(&pools, &[svc("a", 1).with_current("198.51.100.4")]);
     assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.1")));
-    let out = allocate(&[pool("manual", &["198.51.100.0/28"], false)], &[svc("a", 1)]);
+    let out = allocate(
+        &[pool("manual", &["198.51.100.0/28"], false)],
+        &[svc("a", 1)],
+    );
     assert_eq!(reason_of(&out, "a"), Some(FailureReason::NoMatchingPool));
 }
 
@@ -170,9 +215,22 @@ fn reports_exhaustion_and_releases_non_load_balancers() {
     assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.1")));
     assert_eq!(reason_of(&out, "b"), Some(FailureReason::PoolExhausted));
 
-    let out = allocate(&pools, &[svc("a", 1).with_current("203.0.113.1").not_eligible(), svc("b", 2)]);
-    assert_eq!(out.get(&("default".into(), "a".into())), Some(&Outcome::Released));
-    assert_eq!(ip_of(&out, "b"), Some(ip("203.0.113.1")), "the released address is reusable at once");
+    let out = allocate(
+        &pools,
+        &[
+            svc("a", 1).with_current("203.0.113.1").not_eligible(),
+            svc("b", 2),
+        ],
+    );
+    assert_eq!(
+        out.get(&("default".into(), "a".into())),
+        Some(&Outcome::Released)
+    );
+    assert_eq!(
+        ip_of(&out, "b"),
+        Some(ip("203.0.113.1")),
+        "the released address is reusable at once"
+    );
 }
 
 #[test]
@@ -191,9 +249,16 @@ fn reads_services() {
         Some(Ok(vec![ip("203.0.113.9"), ip("2001:db8::9")])),
         "annotation wins over spec.loadBalancerIP"
     );
-    assert_eq!(view.families, vec![IpFamily::V4], "SingleStack by default, family of the first request");
+    assert_eq!(
+        view.families,
+        vec![IpFamily::V4],
+        "SingleStack by default, family of the first request"
+    );
     assert_eq!(view.current, vec![ip("203.0.113.9")]);
-    assert!(!ServiceView::from_service(&svc, false).eligible, "class-less handling off");
+    assert!(
+        !ServiceView::from_service(&svc, false).eligible,
+        "class-less handling off"
+    );
 
     let mut other = svc.clone();
     other.spec.as_mut().expect("spec").load_balancer_class = Some("example.com/other".into());
@@ -209,7 +274,10 @@ use IpFamily::{V4, V6};
 use IpFamilyPolicy::{PreferDualStack, RequireDualStack, SingleStack};
 
 fn dual_pools() -> [Pool; 2] {
-    [pool("lab", &["203.0.113.0/24"], true), pool("lab6", &["2001:db8::10-2001:db8::1f"], true)]
+    [
+        pool("lab", &["203.0.113.0/24"], true),
+        pool("lab6", &["2001:db8::10-2001:db8::1f"], true),
+    ]
 }
 
 #[test]
@@ -220,7 +288,11 @@ fn family_policies() {
         (SingleStack, &[V6], &["2001:db8::10"]),
         (PreferDualStack, &[V4, V6], &["203.0.113.1", "2001:db8::10"]),
         (PreferDualStack, &[V6, V4], &["2001:db8::10", "203.0.113.1"]),
-        (RequireDualStack, &[V6, V4], &["2001:db8::10", "203.0.113.1"]),
+        (
+            RequireDualStack,
+            &[V6, V4],
+            &["2001:db8::10", "203.0.113.1"],
+        ),
     ];
     for (policy, families, want) in cases {
         let out = allocate(&pools, &[svc("a", 1).with_families(*policy, families)]);
@@ -233,13 +305,26 @@ fn family_policies() {
 fn prefer_dual_stack_settles_for_one_family_require_fails() {
     // No IPv6 pool at all.
     let v4_only = [pool("lab", &["203.0.113.0/24"], true)];
-    let out = allocate(&v4_only, &[svc("a", 1).with_families(PreferDualStack, &[V6, V4])]);
-    assert_eq!(ips_of(&out, "a"), vec![ip("203.0.113.1")], "the other family when the first cannot be had");
-    let out = allocate(&v4_only, &[svc("a", 1).with_families(RequireDualStack, &[V4, V6])]);
+    let out = allocate(
+        &v4_only,
+        &[svc("a", 1).with_families(PreferDualStack, &[V6, V4])],
+    );
+    assert_eq!(
+        ips_of(&out, "a"),
+        vec![ip("203.0.113.1")],
+        "the other family when the first cannot be had"
+    );
+    let out = allocate(
+        &v4_only,
+        &[svc("a", 1).with_families(RequireDualStack, &[V4, V6])],
+    );
     assert_eq!(reason_of(&out, "a"), Some(FailureReason::NoMatchingPool));
 
     // The IPv6 pool is full.
-    let pools = [pool("lab", &["203.0.113.0/24"], true), pool("lab6", &["2001:db8::10"], true)];
+    let pools = [
+        pool("lab", &["203.0.113.0/24"], true),
+        pool("lab6", &["2001:db8::10"], true),
+    ];
     let services = [
         svc("old", 1).with_families(SingleStack, &[V6]),
         svc("prefer", 2).with_families(PreferDualStack, &[V4, V6]),
@@ -248,52 +333,105 @@ fn prefer_dual_stack_settles_for_one_family_require_fails() {
     let out = allocate(&pools, &services);
     assert_eq!(ips_of(&out, "old"), vec![ip("2001:db8::10")]);
     assert_eq!(ips_of(&out, "prefer"), vec![ip("203.0.113.1")]);
-    assert_eq!(reason_of(&out, "require"), Some(FailureReason::PoolExhausted));
+    assert_eq!(
+        reason_of(&out, "require"),
+        Some(FailureReason::PoolExhausted)
+    );
     // A failed RequireDualStack Service holds nothing: .2 is not reserved for it.
-    let out = allocate(&pools, &[services[0].clone(), services[2].clone(), svc("v4", 4)]);
+    let out = allocate(
+        &pools,
+        &[services[0].clone(), services[2].clone(), svc("v4", 4)],
+    );
     assert_eq!(ips_of(&out, "v4"), vec![ip("203.0.113.1")]);
 
     // Once IPv6 frees up, the PreferDualStack Service keeps its IPv4 and gains IPv6.
     let out = allocate(&pools, &[services[1].clone().with_current("203.0.113.1")]);
-    assert_eq!(ips_of(&out, "prefer"), vec![ip("203.0.113.1"), ip("2001:db8::10")]);
+    assert_eq!(
+        ips_of(&out, "prefer"),
+        vec![ip("203.0.113.1"), ip("2001:db8::10")]
+    );
 }
 
 #[test]
 fn require_dual_stack_that_fails_releases_what_it_kept() {
-    let pools = [pool("lab", &["203.0.113.1-203.0.113.2"], true), pool("lab6", &["2001:db8::10"], true)];
+    let pools = [
+        pool("lab", &["203.0.113.1-203.0.113.2"], true),
+        pool("lab6", &["2001:db8::10"], true),
+    ];
     let services = [
         // Held IPv4 .2 and IPv6, but its IPv6 is now taken by an older Service's status.
-        svc("r", 2).with_families(RequireDualStack, &[V4, V6]).with_currents(&["203.0.113.2", "2001:db8::10"]),
-        svc("old6", 1).with_families(SingleStack, &[V6]).with_current("2001:db8::10"),
+        svc("r", 2)
+            .with_families(RequireDualStack, &[V4, V6])
+            .with_currents(&["203.0.113.2", "2001:db8::10"]),
+        svc("old6", 1)
+            .with_families(SingleStack, &[V6])
+            .with_current("2001:db8::10"),
         svc("x", 3).with_current("203.0.113.1"),
         svc("y", 4),
     ];
     let out = allocate(&pools, &services);
     assert_eq!(reason_of(&out, "r"), Some(FailureReason::PoolExhausted));
-    assert_eq!(ips_of(&out, "y"), vec![ip("203.0.113.2")], "r's old IPv4 is free for others in the same pass");
+    assert_eq!(
+        ips_of(&out, "y"),
+        vec![ip("203.0.113.2")],
+        "r's old IPv4 is free for others in the same pass"
+    );
 }
 
 #[test]
 fn requested_addresses_one_per_family() {
     let pools = dual_pools();
     let dual = |name, age| svc(name, age).with_families(RequireDualStack, &[V4, V6]);
-    let out = allocate(&pools, &[dual("a", 1).with_request("2001:db8::15, 203.0.113.50")]);
-    assert_eq!(ips_of(&out, "a"), vec![ip("203.0.113.50"), ip("2001:db8::15")], "family order, not request order");
+    let out = allocate(
+        &pools,
+        &[dual("a", 1).with_request("2001:db8::15, 203.0.113.50")],
+    );
+    assert_eq!(
+        ips_of(&out, "a"),
+        vec![ip("203.0.113.50"), ip("2001:db8::15")],
+        "family order, not request order"
+    );
     let out = allocate(&pools, &[dual("a", 1).with_request("2001:db8::15")]);
-    assert_eq!(ips_of(&out, "a"), vec![ip("203.0.113.1"), ip("2001:db8::15")], "the other family auto-assigned");
+    assert_eq!(
+        ips_of(&out, "a"),
+        vec![ip("203.0.113.1"), ip("2001:db8::15")],
+        "the other family auto-assigned"
+    );
 
     let out = allocate(&pools, &[svc("a", 1).with_request("2001:db8::15")]);
-    assert_eq!(reason_of(&out, "a"), Some(FailureReason::RequestedAddressUnavailable), "IPv6 on an IPv4 Service");
-    let out = allocate(&pools, &[dual("a", 1).with_request("203.0.113.50, 203.0.113.51")]);
-    assert_eq!(reason_of(&out, "a"), Some(FailureReason::RequestedAddressUnavailable), "two IPv4 addresses");
+    assert_eq!(
+        reason_of(&out, "a"),
+        Some(FailureReason::RequestedAddressUnavailable),
+        "IPv6 on an IPv4 Service"
+    );
+    let out = allocate(
+        &pools,
+        &[dual("a", 1).with_request("203.0.113.50, 203.0.113.51")],
+    );
+    assert_eq!(
+        reason_of(&out, "a"),
+        Some(FailureReason::RequestedAddressUnavailable),
+        "two IPv4 addresses"
+    );
     // PreferDualStack never drops an unavailable request silently.
-    let prefer = svc("a", 1).with_families(PreferDualStack, &[V4, V6]).with_request("2001:db8:1::1");
-    assert_eq!(reason_of(&allocate(&pools, &[prefer]), "a"), Some(FailureReason::RequestedAddressUnavailable));
+    let prefer = svc("a", 1)
+        .with_families(PreferDualStack, &[V4, V6])
+        .with_request("2001:db8:1::1");
+    assert_eq!(
+        reason_of(&allocate(&pools, &[prefer]), "a"),
+        Some(FailureReason::RequestedAddressUnavailable)
+    );
 
     // Changing one family's request moves that family only.
     let current = dual("a", 1).with_currents(&["203.0.113.50", "2001:db8::15"]);
-    let out = allocate(&pools, &[current.with_request("203.0.113.60, 2001:db8::15")]);
-    assert_eq!(ips_of(&out, "a"), vec![ip("203.0.113.60"), ip("2001:db8::15")]);
+    let out = allocate(
+        &pools,
+        &[current.with_request("203.0.113.60, 2001:db8::15")],
+    );
+    assert_eq!(
+        ips_of(&out, "a"),
+        vec![ip("203.0.113.60"), ip("2001:db8::15")]
+    );
 }
 
 #[test]
@@ -308,15 +446,29 @@ fn reads_families_sharing_and_ports() {
     }))
     .expect("service");
     let view = ServiceView::from_service(&svc, true);
-    assert_eq!(view.families, vec![V6, V4], "completed with the other family");
+    assert_eq!(
+        view.families,
+        vec![V6, V4],
+        "completed with the other family"
+    );
     assert_eq!(view.family_policy, PreferDualStack);
     assert_eq!(view.sharing_key.as_deref(), Some("dns"));
-    assert_eq!(view.ports, [("TCP".to_string(), 53), ("UDP".to_string(), 53)].into());
+    assert_eq!(
+        view.ports,
+        [("TCP".to_string(), 53), ("UDP".to_string(), 53)].into()
+    );
     assert!(view.etp_local);
-    assert_eq!(view.selector, [("app".to_string(), "dns".to_string())].into());
+    assert_eq!(
+        view.selector,
+        [("app".to_string(), "dns".to_string())].into()
+    );
     assert_eq!(view.current, vec![ip("2001:db8::10"), ip("203.0.113.1")]);
     let out = allocate(&dual_pools(), &[view]);
-    assert_eq!(ips_of(&out, "dns"), vec![ip("2001:db8::10"), ip("203.0.113.1")], "kept, family order");
+    assert_eq!(
+        ips_of(&out, "dns"),
+        vec![ip("2001:db8::10"), ip("203.0.113.1")],
+        "kept, family order"
+    );
 }
 
 // === sharing ===
@@ -328,8 +480,12 @@ fn sharing_needs_the_same_key_and_disjoint_ports() {
         svc("a", 1).with_key("k").with_ports(&[("TCP", 80)]),
         svc("b", 2).with_key("k").with_ports(&[("TCP", 443)]),
         svc("udp", 3).with_key("k").with_ports(&[("UDP", 80)]),
-        svc("overlap", 4).with_key("k").with_ports(&[("TCP", 443), ("TCP", 8443)]),
-        svc("other-key", 5).with_key("j").with_ports(&[("TCP", 9000)]),
+        svc("overlap", 4)
+            .with_key("k")
+            .with_ports(&[("TCP", 443), ("TCP", 8443)]),
+        svc("other-key", 5)
+            .with_key("j")
+            .with_ports(&[("TCP", 9000)]),
         svc("no-key", 6).with_ports(&[("TCP", 9001)]),
         svc("no-key-2", 7).with_ports(&[("TCP", 9002)]),
     ];
@@ -337,7 +493,7 @@ fn sharing_needs_the_same_key_and_disjoint_ports() {
     let table = [
         ("a", "203.0.113.1"),
         ("b", "203.0.113.1"),
-        ("udp", "203.0.113.1"),  // UDP/80 does not overlap TCP/80
+        ("udp", "203.0.113.1"),     // UDP/80 does not overlap TCP/80
         ("overlap", "203.0.113.2"), // 443 taken on .1: another address, no failure
         ("other-key", "203.0.113.3"),
         ("no-key", "203.0.113.4"),
@@ -349,7 +505,10 @@ fn sharing_needs_the_same_key_and_disjoint_ports() {
     // A later Service with key k and a free port joins the lowest shareable address.
     let mut more = services.to_vec();
     more.push(svc("late", 8).with_key("k").with_ports(&[("TCP", 8080)]));
-    assert_eq!(ip_of(&allocate(&pools, &more), "late"), Some(ip("203.0.113.1")));
+    assert_eq!(
+        ip_of(&allocate(&pools, &more), "late"),
+        Some(ip("203.0.113.1"))
+    );
 }
 
 #[test]
@@ -377,27 +536,53 @@ fn sharing_with_etp_local_needs_identical_selectors() {
             b = b.etp_local();
         }
         let out = allocate(&pools, &[a, b]);
-        assert_eq!(ip_of(&out, "a") == ip_of(&out, "b"), shared, "{local_a} {local_b} {same_selector}");
+        assert_eq!(
+            ip_of(&out, "a") == ip_of(&out, "b"),
+            shared,
+            "{local_a} {local_b} {same_selector}"
+        );
     }
 }
 
 #[test]
 fn sharing_conflict_for_a_request() {
     let pools = [pool("lab", &["203.0.113.0/24"], true)];
-    let holder = svc("a", 1).with_key("k").with_ports(&[("TCP", 80)]).with_current("203.0.113.5");
+    let holder = svc("a", 1)
+        .with_key("k")
+        .with_ports(&[("TCP", 80)])
+        .with_current("203.0.113.5");
     let cases = [
-        (svc("b", 2).with_key("k").with_ports(&[("TCP", 80)]), Some(FailureReason::SharingConflict)),
-        (svc("b", 2).with_key("j").with_ports(&[("TCP", 443)]), Some(FailureReason::SharingConflict)),
         (
-            svc("b", 2).with_key("k").with_ports(&[("TCP", 443)]).etp_local(),
+            svc("b", 2).with_key("k").with_ports(&[("TCP", 80)]),
             Some(FailureReason::SharingConflict),
         ),
-        (svc("b", 2).with_ports(&[("TCP", 443)]), Some(FailureReason::RequestedAddressUnavailable)),
+        (
+            svc("b", 2).with_key("j").with_ports(&[("TCP", 443)]),
+            Some(FailureReason::SharingConflict),
+        ),
+        (
+            svc("b", 2)
+                .with_key("k")
+                .with_ports(&[("TCP", 443)])
+                .etp_local(),
+            Some(FailureReason::SharingConflict),
+        ),
+        (
+            svc("b", 2).with_ports(&[("TCP", 443)]),
+            Some(FailureReason::RequestedAddressUnavailable),
+        ),
         (svc("b", 2).with_key("k").with_ports(&[("TCP", 443)]), None),
     ];
     for (b, want) in cases {
-        let out = allocate(&pools, &[holder.clone(), b.clone().with_request("203.0.113.5")]);
-        assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.5")), "the holder is never disturbed");
+        let out = allocate(
+            &pools,
+            &[holder.clone(), b.clone().with_request("203.0.113.5")],
+        );
+        assert_eq!(
+            ip_of(&out, "a"),
+            Some(ip("203.0.113.5")),
+            "the holder is never disturbed"
+        );
         assert_eq!(reason_of(&out, "b"), want, "{b:?}");
         if want.is_none() {
             assert_eq!(ip_of(&out, "b"), Some(ip("203.0.113.5")));
@@ -408,24 +593,45 @@ fn sharing_conflict_for_a_request() {
 #[test]
 fn keeps_shared_addresses_across_restarts() {
     let pools = [pool("lab", &["203.0.113.0/24"], true)];
-    let a = svc("a", 1).with_key("k").with_ports(&[("TCP", 80)]).with_current("203.0.113.7");
-    let b = svc("b", 2).with_key("k").with_ports(&[("TCP", 443)]).with_current("203.0.113.7");
+    let a = svc("a", 1)
+        .with_key("k")
+        .with_ports(&[("TCP", 80)])
+        .with_current("203.0.113.7");
+    let b = svc("b", 2)
+        .with_key("k")
+        .with_ports(&[("TCP", 443)])
+        .with_current("203.0.113.7");
     let c = svc("c", 3).with_key("k").with_ports(&[("TCP", 8080)]);
     let out = allocate(&pools, &[c.clone(), b.clone(), a.clone()]);
     for name in ["a", "b", "c"] {
         assert_eq!(ip_of(&out, name), Some(ip("203.0.113.7")), "{name}");
     }
     let restarted = [a.clone(), b.clone(), c.clone().with_current("203.0.113.7")];
-    assert_eq!(allocate(&pools, &restarted), out, "a restart changes nothing");
+    assert_eq!(
+        allocate(&pools, &restarted),
+        out,
+        "a restart changes nothing"
+    );
 
     // b changes its port to clash with a: b (younger) moves, reported; a and c stay.
-    let clash = [a.clone(), b.clone().with_ports(&[("TCP", 80)]), c.with_current("203.0.113.7")];
+    let clash = [
+        a.clone(),
+        b.clone().with_ports(&[("TCP", 80)]),
+        c.with_current("203.0.113.7"),
+    ];
     let out = allocate(&pools, &clash);
     assert_eq!(ip_of(&out, "a"), Some(ip("203.0.113.7")));
     assert_eq!(ip_of(&out, "c"), Some(ip("203.0.113.7")));
     assert_eq!(ip_of(&out, "b"), Some(ip("203.0.113.1")));
     // b drops its key: it may share with nobody.
-    let out = allocate(&pools, &[a, { let mut b = b; b.sharing_key = None; b }]);
+    let out = allocate(
+        &pools,
+        &[a, {
+            let mut b = b;
+            b.sharing_key = None;
+            b
+        }],
+    );
     assert_eq!(ip_of(&out, "b"), Some(ip("203.0.113.1")));
 }
 
@@ -435,14 +641,27 @@ fn no_duplicate_across_unrelated_services() {
     // Five Services claim .9 in status (split brain), with disjoint ports but no common key.
     let services: Vec<ServiceView> = (0..5)
         .map(|i| {
-            let s = svc(&format!("s{i}"), 10 - i).with_ports(&[("TCP", 8000 + i as i32)]).with_current("203.0.113.9");
-            if i % 2 == 0 { s.with_key(&format!("key{i}")) } else { s }
+            let s = svc(&format!("s{i}"), 10 - i)
+                .with_ports(&[("TCP", 8000 + i as i32)])
+                .with_current("203.0.113.9");
+            if i % 2 == 0 {
+                s.with_key(&format!("key{i}"))
+            } else {
+                s
+            }
         })
         .collect();
     let out = allocate(&pools, &services);
-    let ips: BTreeSet<IpAddr> = out.values().flat_map(|o| o.assignments().iter().map(|a| a.ip)).collect();
+    let ips: BTreeSet<IpAddr> = out
+        .values()
+        .flat_map(|o| o.assignments().iter().map(|a| a.ip))
+        .collect();
     assert_eq!(ips.len(), 5, "{out:?}");
-    assert_eq!(ip_of(&out, "s4"), Some(ip("203.0.113.9")), "the oldest keeps it");
+    assert_eq!(
+        ip_of(&out, "s4"),
+        Some(ip("203.0.113.9")),
+        "the oldest keeps it"
+    );
 }
 
 // === property: fixed point, never an unshareable duplicate ===
@@ -466,14 +685,24 @@ impl Rng {
 }
 
 const ADDRESSES: &[&str] = &[
-    "203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "198.51.100.1", "198.51.100.2",
-    "2001:db8::1", "2001:db8::2", "2001:db8::3", "192.0.2.1",
+    "203.0.113.1",
+    "203.0.113.2",
+    "203.0.113.3",
+    "203.0.113.4",
+    "198.51.100.1",
+    "198.51.100.2",
+    "2001:db8::1",
+    "2001:db8::2",
+    "2001:db8::3",
+    "192.0.2.1",
 ];
 
 fn random_service(rng: &mut Rng, i: usize) -> ServiceView {
     let mut s = svc(&format!("s{i:02}"), rng.below(6) as i64);
     s.eligible = rng.below(10) != 0;
-    s.sharing_key = rng.pick(&[None, Some("k"), Some("k"), Some("j")]).map(str::to_string);
+    s.sharing_key = rng
+        .pick(&[None, Some("k"), Some("k"), Some("j")])
+        .map(str::to_string);
     let ports = [("TCP", 80), ("TCP", 443), ("UDP", 53), ("UDP", 80)];
     s = s.with_ports(&[*rng.pick(&ports), *rng.pick(&ports)]);
     s.etp_local = rng.below(3) == 0;
@@ -498,7 +727,9 @@ fn random_service(rng: &mut Rng, i: usize) -> ServiceView {
         1 => Some("missing".into()),
         _ => None,
     };
-    s.current = (0..rng.below(3)).map(|_| ip(rng.pick::<&str>(ADDRESSES))).collect();
+    s.current = (0..rng.below(3))
+        .map(|_| ip(rng.pick::<&str>(ADDRESSES)))
+        .collect();
     s
 }
 
@@ -517,29 +748,54 @@ fn apply(services: &[ServiceView], out: &BTreeMap<ServiceKey, Outcome>) -> Vec<S
 }
 
 fn without_released(out: &BTreeMap<ServiceKey, Outcome>) -> BTreeMap<ServiceKey, Outcome> {
-    out.iter().filter(|(_, o)| **o != Outcome::Released).map(|(k, o)| (k.clone(), o.clone())).collect()
+    out.iter()
+        .filter(|(_, o)| **o != Outcome::Released)
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect()
 }
 
-fn check_invariants(pools: &[Pool], services: &[ServiceView], out: &BTreeMap<ServiceKey, Outcome>, seed: u64) {
-    let by_key: BTreeMap<&ServiceKey, &ServiceView> = services.iter().map(|s| (&s.key, s)).collect();
+fn check_invariants(
+    pools: &[Pool],
+    services: &[ServiceView],
+    out: &BTreeMap<ServiceKey, Outcome>,
+    seed: u64,
+) {
+    let by_key: BTreeMap<&ServiceKey, &ServiceView> =
+        services.iter().map(|s| (&s.key, s)).collect();
     let mut holders: BTreeMap<IpAddr, Vec<&ServiceView>> = BTreeMap::new();
     for (key, outcome) in out {
         let svc = by_key[key];
-        let Outcome::Allocated { ips } = outcome else { continue };
+        let Outcome::Allocated { ips } = outcome else {
+            continue;
+        };
         assert!(svc.eligible, "seed {seed}: {key:?}");
         let families: Vec<IpFamily> = ips.iter().map(|a| IpFamily::of(a.ip)).collect();
-        let wanted: Vec<IpFamily> = svc.families.iter().copied().filter(|f| families.contains(f)).collect();
-        assert_eq!(families, wanted, "seed {seed}: {key:?} families in the Service's order");
+        let wanted: Vec<IpFamily> = svc
+            .families
+            .iter()
+            .copied()
+            .filter(|f| families.contains(f))
+            .collect();
+        assert_eq!(
+            families, wanted,
+            "seed {seed}: {key:?} families in the Service's order"
+        );
         if svc.family_policy != PreferDualStack {
             assert_eq!(families, svc.families, "seed {seed}: {key:?}");
         }
         if let Some(Ok(requested)) = &svc.requested {
             for r in requested {
-                assert!(ips.iter().any(|a| a.ip == *r), "seed {seed}: {key:?} request {r} honoured");
+                assert!(
+                    ips.iter().any(|a| a.ip == *r),
+                    "seed {seed}: {key:?} request {r} honoured"
+                );
             }
         }
         for a in ips {
-            let pool = pools.iter().find(|p| p.name == a.pool).expect("a known pool");
+            let pool = pools
+                .iter()
+                .find(|p| p.name == a.pool)
+                .expect("a known pool");
             assert!(pool.offers(a.ip), "seed {seed}: {a}");
             if let Some(named) = &svc.pool {
                 assert_eq!(*named, a.pool, "seed {seed}");
@@ -550,7 +806,12 @@ fn check_invariants(pools: &[Pool], services: &[ServiceView], out: &BTreeMap<Ser
     for (ip, hs) in &holders {
         for (i, x) in hs.iter().enumerate() {
             for y in &hs[i + 1..] {
-                assert!(x.may_share(y), "seed {seed}: {ip} given to {:?} and {:?}", x.key, y.key);
+                assert!(
+                    x.may_share(y),
+                    "seed {seed}: {ip} given to {:?} and {:?}",
+                    x.key,
+                    y.key
+                );
             }
         }
     }
@@ -574,7 +835,11 @@ fn random_services_reach_a_fixed_point_without_forbidden_duplicates() {
         written.reverse(); // input order never matters
         let second = allocate(&pools, &written);
         check_invariants(&pools, &written, &second, seed);
-        assert_eq!(without_released(&second), without_released(&first), "seed {seed}: not a fixed point");
+        assert_eq!(
+            without_released(&second),
+            without_released(&first),
+            "seed {seed}: not a fixed point"
+        );
         let third = allocate(&pools, &apply(&written, &second));
         assert_eq!(third, without_released(&second), "seed {seed}");
     }

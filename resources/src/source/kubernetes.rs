@@ -38,16 +38,36 @@ pub fn start(client: Client, kinds: &[Kind]) -> Source {
     let wanted = |k: Kind| resources.kinds().contains(&k);
     let config = watcher::Config::default;
     if wanted(Kind::Service) {
-        spawn(Api::all(client.clone()), config(), services, changes.clone());
+        spawn(
+            Api::all(client.clone()),
+            config(),
+            services,
+            changes.clone(),
+        );
     }
     if wanted(Kind::EndpointSlice) {
-        spawn(Api::all(client.clone()), config(), endpoint_slices, changes.clone());
+        spawn(
+            Api::all(client.clone()),
+            config(),
+            endpoint_slices,
+            changes.clone(),
+        );
     }
     if wanted(Kind::Ingress) {
-        spawn(Api::all(client.clone()), config(), ingresses, changes.clone());
+        spawn(
+            Api::all(client.clone()),
+            config(),
+            ingresses,
+            changes.clone(),
+        );
     }
     if wanted(Kind::IngressClass) {
-        spawn(Api::all(client.clone()), config(), ingress_classes, changes.clone());
+        spawn(
+            Api::all(client.clone()),
+            config(),
+            ingress_classes,
+            changes.clone(),
+        );
     }
     if wanted(Kind::Secret) {
         let tls_only = config().fields(&format!("type={SECRET_TYPE_TLS}"));
@@ -68,8 +88,12 @@ pub fn start(client: Client, kinds: &[Kind]) -> Source {
     }
 }
 
-fn spawn<K>(api: Api<K>, config: watcher::Config, writer: Writer<K>, changes: Arc<watch::Sender<u64>>)
-where
+fn spawn<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    changes: Arc<watch::Sender<u64>>,
+) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     tokio::spawn(async move {
@@ -84,4 +108,3 @@ where
         }
     });
 }
-

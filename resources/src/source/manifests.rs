@@ -30,10 +30,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
-use kube::Resource;
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -49,11 +49,20 @@ const DEBOUNCE_MS: u64 = 10;
 
 /// Starts the manifest source: loads everything once (stores become ready), then follows changes.
 pub async fn start(dir: PathBuf, state_dir: Option<PathBuf>, kinds: &[Kind]) -> Result<Source> {
-    let dir = std::fs::canonicalize(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let dir = std::fs::canonicalize(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let state_dir = match state_dir {
         Some(s) => {
-            std::fs::create_dir_all(&s).map_err(|source| Error::Io { path: s.clone(), source })?;
-            Some(std::fs::canonicalize(&s).map_err(|source| Error::Io { path: s.clone(), source })?)
+            std::fs::create_dir_all(&s).map_err(|source| Error::Io {
+                path: s.clone(),
+                source,
+            })?;
+            Some(std::fs::canonicalize(&s).map_err(|source| Error::Io {
+                path: s.clone(),
+                source,
+            })?)
         }
         None => None,
     };
@@ -77,15 +86,24 @@ pub async fn start(dir: PathBuf, state_dir: Option<PathBuf>, kinds: &[Kind]) -> 
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     })
-    .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+    .map_err(|source| Error::Watch {
+        path: dir.clone(),
+        source,
+    })?;
     watcher
         .watch(&dir, RecursiveMode::Recursive)
-        .map_err(|source| Error::Watch { path: dir.clone(), source })?;
+        .map_err(|source| Error::Watch {
+            path: dir.clone(),
+            source,
+        })?;
     if let Some(s) = &state_dir {
         if !s.starts_with(&dir) {
             watcher
                 .watch(s, RecursiveMode::Recursive)
-                .map_err(|source| Error::Watch { path: s.clone(), source })?;
+                .map_err(|source| Error::Watch {
+                    path: s.clone(),
+                    source,
+                })?;
         }
     }
 
@@ -121,9 +139,12 @@ async fn follow(
             match event {
                 Ok(event) => {
                     // Reads (ours included) produce open/close events; only writes matter.
-                    if matches!(event.kind, EventKind::Access(notify::event::AccessKind::Close(
-                        notify::event::AccessMode::Write
-                    ))) || !matches!(event.kind, EventKind::Access(_))
+                    if matches!(
+                        event.kind,
+                        EventKind::Access(notify::event::AccessKind::Close(
+                            notify::event::AccessMode::Write
+                        ))
+                    ) || !matches!(event.kind, EventKind::Access(_))
                     {
                         rescan |= event.need_rescan();
                         paths.extend(event.paths);
@@ -200,7 +221,9 @@ impl Inner {
     }
 
     fn is_state_path(&self, path: &Path) -> bool {
-        self.state_dir.as_deref().is_some_and(|s| path.starts_with(s))
+        self.state_dir
+            .as_deref()
+            .is_some_and(|s| path.starts_with(s))
     }
 
     fn rescan(&mut self) {
@@ -216,11 +239,21 @@ impl Inner {
         let state = self.is_state_path(path);
         if path.is_dir() {
             let skip = if state { None } else { self.state_dir.clone() };
-            let present: BTreeSet<PathBuf> = yaml_files_under(path, skip.as_deref()).into_iter().collect();
+            let present: BTreeSet<PathBuf> = yaml_files_under(path, skip.as_deref())
+                .into_iter()
+                .collect();
             let known: Vec<PathBuf> = if state {
-                self.status_files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+                self.status_files
+                    .keys()
+                    .filter(|p| p.starts_with(path))
+                    .cloned()
+                    .collect()
             } else {
-                self.files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+                self.files
+                    .keys()
+                    .filter(|p| p.starts_with(path))
+                    .cloned()
+                    .collect()
             };
             for gone in known.iter().filter(|p| !present.contains(*p)) {
                 self.forget(gone, state);
@@ -229,16 +262,28 @@ impl Inner {
                 self.load(file, state);
             }
         } else if path.is_file() {
-            let root = if state { self.state_dir.as_deref().unwrap_or(&self.dir) } else { &self.dir };
+            let root = if state {
+                self.state_dir.as_deref().unwrap_or(&self.dir)
+            } else {
+                &self.dir
+            };
             if is_yaml_file(path) && !hidden_below(root, path) {
                 self.load(path, state);
             }
         } else {
             // Gone: a file or a whole directory.
             let known: Vec<PathBuf> = if state {
-                self.status_files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+                self.status_files
+                    .keys()
+                    .filter(|p| p.starts_with(path))
+                    .cloned()
+                    .collect()
             } else {
-                self.files.keys().filter(|p| p.starts_with(path)).cloned().collect()
+                self.files
+                    .keys()
+                    .filter(|p| p.starts_with(path))
+                    .cloned()
+                    .collect()
             };
             for gone in known {
                 self.forget(&gone, state);
@@ -247,7 +292,11 @@ impl Inner {
     }
 
     fn load(&mut self, path: &Path, state: bool) {
-        if state { self.load_status_file(path) } else { self.load_manifest_file(path) }
+        if state {
+            self.load_status_file(path)
+        } else {
+            self.load_manifest_file(path)
+        }
     }
 
     fn forget(&mut self, path: &Path, state: bool) {
@@ -293,7 +342,10 @@ impl Inner {
                 return;
             }
         };
-        let old = self.files.insert(path.to_path_buf(), objects.clone()).unwrap_or_default();
+        let old = self
+            .files
+            .insert(path.to_path_buf(), objects.clone())
+            .unwrap_or_default();
         let mut affected: BTreeSet<ObjectKey> = BTreeSet::new();
         for (key, _) in &old {
             if let Some(files) = self.defined_in.get_mut(key) {
@@ -305,7 +357,10 @@ impl Inner {
             affected.insert(key.clone());
         }
         for (key, _) in &objects {
-            self.defined_in.entry(key.clone()).or_default().insert(path.to_path_buf());
+            self.defined_in
+                .entry(key.clone())
+                .or_default()
+                .insert(path.to_path_buf());
             affected.insert(key.clone());
         }
         for key in &affected {
@@ -342,7 +397,12 @@ impl Inner {
     /// The object as the stores should see it: the winning manifest with the status overlay.
     fn effective(&self, key: &ObjectKey) -> Option<Value> {
         let winner = self.defined_in.get(key)?.last()?;
-        let (_, manifest) = self.files.get(winner)?.iter().rev().find(|(k, _)| k == key)?;
+        let (_, manifest) = self
+            .files
+            .get(winner)?
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)?;
         let mut object = manifest.clone();
         if let Some(status) = self.overlay.get(key) {
             object["status"] = status.clone();
@@ -362,11 +422,17 @@ impl Inner {
         match desired {
             Some(object) => match self.emit(key.kind, &object, false) {
                 Ok(()) => {
-                    self.emitted.insert(key.clone(), desired_digest.unwrap_or_default());
+                    self.emitted
+                        .insert(key.clone(), desired_digest.unwrap_or_default());
                     self.dirty = true;
                 }
                 Err(error) => {
-                    let file = self.defined_in.get(key).and_then(|f| f.last()).cloned().unwrap_or_default();
+                    let file = self
+                        .defined_in
+                        .get(key)
+                        .and_then(|f| f.last())
+                        .cloned()
+                        .unwrap_or_default();
                     tracing::warn!(object = %key, path = %file.display(), %error,
                         "object does not decode; keeping its last good version");
                 }
@@ -452,9 +518,13 @@ impl Inner {
                 "metadata": metadata,
                 "status": status,
             });
-            write_atomically(&path, &serde_yaml::to_string(&doc).unwrap_or_default()).map_err(|source| {
-                StatusError::StateFileWriteFailed { key: key.clone(), path: path.clone(), source }
-            })?;
+            write_atomically(&path, &serde_yaml::to_string(&doc).unwrap_or_default()).map_err(
+                |source| StatusError::StateFileWriteFailed {
+                    key: key.clone(),
+                    path: path.clone(),
+                    source,
+                },
+            )?;
             self.status_files.insert(path, key.clone());
         }
         self.overlay.insert(key.clone(), status);
@@ -481,7 +551,12 @@ impl InitMarker {
     }
 }
 
-fn apply<K>(writer: &mut Writer<K>, object: &Value, delete: bool, init: bool) -> Result<(), serde_json::Error>
+fn apply<K>(
+    writer: &mut Writer<K>,
+    object: &Value,
+    delete: bool,
+    init: bool,
+) -> Result<(), serde_json::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
 {
@@ -530,7 +605,10 @@ fn digest(value: &Value) -> u64 {
 fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("status");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("status");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
@@ -539,13 +617,23 @@ fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Whether any component of `path` below `root` is hidden (`.git/`, editor temp files).
 fn hidden_below(root: &Path, path: &Path) -> bool {
     path.strip_prefix(root)
-        .map(|rel| rel.components().any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.'))))
+        .map(|rel| {
+            rel.components()
+                .any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.')))
+        })
         .unwrap_or(false)
 }
 
 fn is_yaml_file(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-    !hidden && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
 }
 
 /// Every YAML file below `root` (sorted; hidden files and directories skipped; `skip` pruned).
@@ -553,10 +641,15 @@ fn yaml_files_under(root: &Path, skip: Option<&Path>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'));
             if hidden || skip.is_some_and(|s| path.starts_with(s)) {
                 continue;
             }
@@ -582,26 +675,45 @@ fn object_key(object: &Value, kinds: &[Kind]) -> Option<(ObjectKey, bool)> {
     let name = metadata.get("name")?.as_str()?.to_string();
     let namespace = metadata.get("namespace").and_then(Value::as_str);
     let defaulted = kind.namespaced() && namespace.is_none();
-    let namespace = kind.namespaced().then(|| namespace.unwrap_or("default").to_string());
-    Some((ObjectKey { kind, namespace, name }, defaulted))
+    let namespace = kind
+        .namespaced()
+        .then(|| namespace.unwrap_or("default").to_string());
+    Some((
+        ObjectKey {
+            kind,
+            namespace,
+            name,
+        },
+        defaulted,
+    ))
 }
 
 /// Parses one file's documents into the objects of `kinds` it defines.
 ///
 /// `Err` (the whole file is skipped) only for YAML syntax errors; per-object problems (no name,
 /// not an object) come back as messages beside the good objects.
-pub fn parse_manifests(text: &str, kinds: &[Kind]) -> Result<(Vec<(ObjectKey, Value)>, Vec<String>), String> {
+pub fn parse_manifests(
+    text: &str,
+    kinds: &[Kind],
+) -> Result<(Vec<(ObjectKey, Value)>, Vec<String>), String> {
     use serde::Deserialize;
     let mut objects = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| format!("document {}: {e}", index + 1))?;
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| format!("document {}: {e}", index + 1))?;
         if value.is_null() {
             continue;
         }
-        let value = serde_json::to_value(value).map_err(|e| format!("document {}: {e}", index + 1))?;
+        let value =
+            serde_json::to_value(value).map_err(|e| format!("document {}: {e}", index + 1))?;
         let items = match value.get("items").and_then(Value::as_array) {
-            Some(items) if value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) => {
+            Some(items)
+                if value
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.ends_with("List")) =>
+            {
                 items.clone()
             }
             _ => vec![value],
@@ -617,10 +729,16 @@ pub fn parse_manifests(text: &str, kinds: &[Kind]) -> Result<(Vec<(ObjectKey, Va
                 continue;
             }
             let Some((key, defaulted)) = object_key(&object, kinds) else {
-                problems.push(format!("document {}: {} without metadata.name", index + 1, kind.name()));
+                problems.push(format!(
+                    "document {}: {} without metadata.name",
+                    index + 1,
+                    kind.name()
+                ));
                 continue;
             };
-            if kind == Kind::Secret && object.get("type").and_then(Value::as_str) != Some(SECRET_TYPE_TLS) {
+            if kind == Kind::Secret
+                && object.get("type").and_then(Value::as_str) != Some(SECRET_TYPE_TLS)
+            {
                 continue;
             }
             if defaulted {
@@ -645,7 +763,11 @@ struct ManifestStatusWriter {
 }
 
 impl StatusWriter for ManifestStatusWriter {
-    fn patch_status(&self, key: ObjectKey, status: Value) -> BoxFuture<'_, Result<(), StatusError>> {
+    fn patch_status(
+        &self,
+        key: ObjectKey,
+        status: Value,
+    ) -> BoxFuture<'_, Result<(), StatusError>> {
         let result = {
             let mut inner = self.inner.lock().expect("manifest source lock poisoned");
             let result = inner.patch_status(&key, &status);

@@ -125,12 +125,20 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Key of a namespaced object.
     pub fn namespaced(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { kind, namespace: Some(namespace.into()), name: name.into() }
+        ObjectKey {
+            kind,
+            namespace: Some(namespace.into()),
+            name: name.into(),
+        }
     }
 
     /// Key of a cluster-scoped object.
     pub fn cluster(kind: Kind, name: impl Into<String>) -> Self {
-        ObjectKey { kind, namespace: None, name: name.into() }
+        ObjectKey {
+            kind,
+            namespace: None,
+            name: name.into(),
+        }
     }
 }
 
@@ -157,7 +165,12 @@ pub struct SourceArgs {
     /// object, `<DIR>/<plural>/<namespace>/<name>.yaml`), and read back as an overlay on the
     /// manifests, so several components share state the way they share it through the API server.
     /// Without it, status lives only in this process's memory.
-    #[arg(long, env = "DRAWBRIDGE_STATE_DIR", value_name = "DIR", requires = "manifests")]
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_STATE_DIR",
+        value_name = "DIR",
+        requires = "manifests"
+    )]
     pub state_dir: Option<PathBuf>,
 }
 
@@ -236,7 +249,10 @@ impl Resources {
                 Kind::IPAddressPool => self.pools.wait_until_ready().await,
             };
             if ready.is_err() {
-                tracing::warn!(kind = kind.name(), "source stopped before the first complete list");
+                tracing::warn!(
+                    kind = kind.name(),
+                    "source stopped before the first complete list"
+                );
             }
         }
     }
@@ -262,7 +278,8 @@ pub(crate) struct Writers {
 impl Writers {
     /// Tells every [`Resources`] handle that something changed.
     pub fn notify(&self) {
-        self.changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+        self.changes
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 }
 
@@ -329,7 +346,9 @@ pub async fn start(args: &SourceArgs, kinds: &[Kind]) -> Result<Source> {
             // Both rustls providers end up linked (Pingora uses ring); rustls then refuses to pick
             // one by itself, so pick Pingora's. Ignoring the error: someone installed it already.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = kube::Client::try_default().await.map_err(Error::KubeClient)?;
+            let client = kube::Client::try_default()
+                .await
+                .map_err(Error::KubeClient)?;
             Ok(kubernetes::start(client, kinds))
         }
     }

@@ -208,7 +208,11 @@ impl ApiDouble {
     pub async fn listen_as(&self, label: &str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        tokio::spawn(server::serve(listener, self.inner.clone(), Some(label.into())));
+        tokio::spawn(server::serve(
+            listener,
+            self.inner.clone(),
+            Some(label.into()),
+        ));
         Ok(bound)
     }
 

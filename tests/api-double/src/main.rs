@@ -30,7 +30,9 @@ struct Args {
 }
 
 fn parse_listen_as(s: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = s.split_once('=').ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))?;
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))?;
     let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
     Ok((name.to_string(), addr))
 }

@@ -175,7 +175,9 @@ fn control_request(inner: &Inner, control: &str, method: &Method) -> Reply {
             Reply::Json(StatusCode::OK, json!({"expired": true}))
         }
         (&Method::POST, "close-watches") => {
-            inner.close_watches.send_modify(|generation| *generation += 1);
+            inner
+                .close_watches
+                .send_modify(|generation| *generation += 1);
             Reply::Json(StatusCode::OK, json!({"closed": true}))
         }
         (&Method::GET, "open-watches") => Reply::Json(

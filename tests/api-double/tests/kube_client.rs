@@ -811,11 +811,16 @@ async fn raw_http_wire_format() {
 async fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -824,17 +829,32 @@ async fn labelled_listeners_and_control_endpoints() {
     let double = ApiDouble::start().await.expect("bind");
     double.create(mk_service("shop", "web", json!({})));
     let addr = double
-        .listen_as("lb-controller", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .listen_as(
+            "lb-controller",
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
         .await
         .expect("second listener");
-    let client = Client::try_from(Config::new(format!("http://{addr}").parse().expect("url"))).expect("client");
+    let client = Client::try_from(Config::new(format!("http://{addr}").parse().expect("url")))
+        .expect("client");
     let services: Api<Service> = Api::all(client);
-    assert_eq!(services.list(&ListParams::default()).await.expect("list").items.len(), 1);
+    assert_eq!(
+        services
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
 
     let recorded = double.requests();
     let last = recorded.last().expect("recorded");
     assert_eq!(last.client.as_deref(), Some("lb-controller"));
-    assert_eq!((last.verb.as_str(), last.group.as_deref()), ("list", Some("")));
+    assert_eq!(
+        (last.verb.as_str(), last.group.as_deref()),
+        ("list", Some(""))
+    );
     // kube-rs sends no User-Agent by default: listeners, not headers, tell clients apart.
     assert_eq!(last.user_agent, None);
 
@@ -842,13 +862,27 @@ async fn labelled_listeners_and_control_endpoints() {
     let line: Value = serde_json::from_str(lines.lines().last().expect("a line")).expect("json");
     assert_eq!(line["client"], "lb-controller");
     assert_eq!(line["resource"], "services");
-    assert_eq!(double.requests().len(), recorded.len(), "control requests are not recorded");
+    assert_eq!(
+        double.requests().len(),
+        recorded.len(),
+        "control requests are not recorded"
+    );
 
     let before = double.resource_version();
     raw(double.addr(), "POST", "/_double/expire-history").await;
     assert!(double.resource_version() > before);
-    let open: Value = serde_json::from_str(&raw(double.addr(), "GET", "/_double/open-watches").await).expect("json");
+    let open: Value =
+        serde_json::from_str(&raw(double.addr(), "GET", "/_double/open-watches").await)
+            .expect("json");
     assert_eq!(open["openWatches"], 0);
-    assert!(raw(addr, "POST", "/_double/close-watches").await.contains("closed"));
-    assert!(raw(addr, "GET", "/_double/close-watches").await.contains("MethodNotAllowed"));
+    assert!(
+        raw(addr, "POST", "/_double/close-watches")
+            .await
+            .contains("closed")
+    );
+    assert!(
+        raw(addr, "GET", "/_double/close-watches")
+            .await
+            .contains("MethodNotAllowed")
+    );
 }

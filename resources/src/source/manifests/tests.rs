@@ -19,9 +19,19 @@ fn parses_documents_lists_and_defaults_namespace() {
     let (objects, problems) = parse_manifests(&text, ALL).expect("valid YAML");
     assert!(problems.is_empty(), "{problems:?}");
     let keys: Vec<String> = objects.iter().map(|(k, _)| k.to_string()).collect();
-    assert_eq!(keys, ["Service default/web", "Secret apps/tls", "IPAddressPool lab"]);
+    assert_eq!(
+        keys,
+        [
+            "Service default/web",
+            "Secret apps/tls",
+            "IPAddressPool lab"
+        ]
+    );
     assert_eq!(objects[0].1["metadata"]["namespace"], "default");
-    assert!(objects[2].1["metadata"].get("namespace").is_none(), "cluster-scoped objects lose a namespace");
+    assert!(
+        objects[2].1["metadata"].get("namespace").is_none(),
+        "cluster-scoped objects lose a namespace"
+    );
 }
 
 #[test]
@@ -30,7 +40,10 @@ fn reports_objects_without_name_and_rejects_bad_yaml() {
         parse_manifests("apiVersion: v1\nkind: Service\nmetadata: {}\n", ALL).expect("valid YAML");
     assert!(objects.is_empty());
     assert_eq!(problems.len(), 1);
-    assert!(problems[0].contains("without metadata.name"), "{problems:?}");
+    assert!(
+        problems[0].contains("without metadata.name"),
+        "{problems:?}"
+    );
     let err = parse_manifests("apiVersion: v1\nkind: [unclosed\n", ALL).expect_err("invalid YAML");
     assert!(err.starts_with("document 1:"), "{err}");
 }
@@ -65,7 +78,9 @@ fn port_of(resources: &crate::Resources, name: &str) -> Option<i32> {
 async fn follows_adds_edits_deletes_and_keeps_last_good_on_parse_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("web.yaml"), svc_yaml("web", 80)).expect("write");
-    let source = start(dir.path().to_path_buf(), None, &[Kind::Service]).await.expect("start");
+    let source = start(dir.path().to_path_buf(), None, &[Kind::Service])
+        .await
+        .expect("start");
     let mut resources = source.resources.clone();
     resources.wait_synced().await;
     assert_eq!(port_of(&resources, "web"), Some(80));
@@ -107,37 +122,85 @@ async fn status_goes_through_the_state_directory_to_other_processes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("web.yaml"), svc_yaml("web", 80)).expect("write");
-    let writer = start(dir.path().into(), Some(state.path().into()), &[Kind::Service]).await.expect("start");
-    let reader = start(dir.path().into(), Some(state.path().into()), &[Kind::Service]).await.expect("start");
+    let writer = start(
+        dir.path().into(),
+        Some(state.path().into()),
+        &[Kind::Service],
+    )
+    .await
+    .expect("start");
+    let reader = start(
+        dir.path().into(),
+        Some(state.path().into()),
+        &[Kind::Service],
+    )
+    .await
+    .expect("start");
     writer.resources.wait_synced().await;
     reader.resources.wait_synced().await;
 
     let key = ObjectKey::namespaced(Kind::Service, "default", "web");
-    let lb = serde_json::json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "VIP"}]}});
-    writer.status.patch_status(key.clone(), lb).await.expect("patch");
+    let lb =
+        serde_json::json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "VIP"}]}});
+    writer
+        .status
+        .patch_status(key.clone(), lb)
+        .await
+        .expect("patch");
     // A merge patch adds to, not replaces, the status.
     let cond = serde_json::json!({"conditions": [{"type": "drawbridge.dev/AddressAllocated", "status": "True",
         "reason": "Allocated", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
-    writer.status.patch_status(key.clone(), cond).await.expect("patch");
+    writer
+        .status
+        .patch_status(key.clone(), cond)
+        .await
+        .expect("patch");
 
     let file = state.path().join("services/default/web.yaml");
     let text = std::fs::read_to_string(&file).expect("state file written");
-    assert!(text.contains("203.0.113.1") && text.contains("AddressAllocated"), "{text}");
+    assert!(
+        text.contains("203.0.113.1") && text.contains("AddressAllocated"),
+        "{text}"
+    );
 
     let ip_of = |r: &crate::Resources| -> Option<String> {
         let svc = r.services.state().into_iter().next()?;
-        svc.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?.ip.clone()
+        svc.status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .as_ref()?
+            .first()?
+            .ip
+            .clone()
     };
-    assert_eq!(ip_of(&writer.resources).as_deref(), Some("203.0.113.1"), "own write visible at once");
-    eventually("other process sees the status", || ip_of(&reader.resources).as_deref() == Some("203.0.113.1")).await;
+    assert_eq!(
+        ip_of(&writer.resources).as_deref(),
+        Some("203.0.113.1"),
+        "own write visible at once"
+    );
+    eventually("other process sees the status", || {
+        ip_of(&reader.resources).as_deref() == Some("203.0.113.1")
+    })
+    .await;
 
     // Restart: a fresh source recovers status from the state directory.
-    let restarted = start(dir.path().into(), Some(state.path().into()), &[Kind::Service]).await.expect("start");
+    let restarted = start(
+        dir.path().into(),
+        Some(state.path().into()),
+        &[Kind::Service],
+    )
+    .await
+    .expect("start");
     restarted.resources.wait_synced().await;
     assert_eq!(ip_of(&restarted.resources).as_deref(), Some("203.0.113.1"));
 
     // Editing the manifest keeps the status overlay.
     std::fs::write(dir.path().join("web.yaml"), svc_yaml("web", 8080)).expect("write");
-    eventually("edit seen", || port_of(&reader.resources, "web") == Some(8080)).await;
+    eventually("edit seen", || {
+        port_of(&reader.resources, "web") == Some(8080)
+    })
+    .await;
     assert_eq!(ip_of(&reader.resources).as_deref(), Some("203.0.113.1"));
 }
