@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod crd_l2;
 pub mod events;
 pub mod names;
 pub mod observe;
