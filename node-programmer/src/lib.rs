@@ -26,6 +26,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod conntrack;
+pub mod health;
 pub mod model;
 pub mod render;
 pub mod sync;

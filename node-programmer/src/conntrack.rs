@@ -1,0 +1,1 @@
+//! UDP conntrack cleanup (work in progress).
