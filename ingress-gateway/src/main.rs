@@ -9,6 +9,13 @@ use drawbridge_resources::source::SourceArgs;
 use drawbridge_resources::telemetry::{self, LogFormat};
 use ingress_gateway::server::{self, Settings};
 
+/// The process allocator: mimalloc (per-thread free lists, no `malloc_consolidate`), unless built
+/// with `--no-default-features`. bench/gateway measured glibc malloc/free at ~14% of the proxy's
+/// CPU time per request; docs/benchmarks.md has the before/after numbers.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serves Ingresses of class `drawbridge` (controller `drawbridge.dev/ingress-gateway`).
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -43,6 +50,10 @@ struct Args {
     /// Serve /metrics, /healthz and /readyz here (`off` disables).
     #[arg(long, env = "DRAWBRIDGE_METRICS_ADDR", value_name = "ADDR", default_value = observe::INGRESS_GATEWAY_ADDR)]
     metrics_addr: MetricsAddr,
+    /// One access log event per request (tracing target `access`; a JSON object per line with
+    /// `--log-format json`). `--access-log=false` turns it off.
+    #[arg(long, env = "DRAWBRIDGE_ACCESS_LOG", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    access_log: bool,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -67,5 +78,6 @@ fn main() -> anyhow::Result<()> {
         publish_service: args.publish_service,
         threads,
         metrics_addr: args.metrics_addr,
+        access_log: args.access_log,
     })
 }
