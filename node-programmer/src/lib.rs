@@ -28,6 +28,7 @@
 pub mod apply;
 pub mod conntrack;
 pub mod health;
+pub mod iptables;
 pub mod model;
 pub mod render;
 pub mod sync;

@@ -1,0 +1,717 @@
+//! Data-plane tests of the iptables backend in network namespaces: the same scenarios as
+//! `tests/netns.rs` (nftables), with the rules written by `IptablesProxier` through the real
+//! `iptables-restore` (legacy flavour when present, as in production).
+//!
+//! ```text
+//!   client ns                      node ns (rules, ip_forward=1)                pod ns
+//!   c0 198.51.100.2/24 ───veth─── n0 198.51.100.1/24   n1 192.0.2.1/24 ───veth─── p0 192.0.2.10/24
+//!   default via node               default via client                          default via node
+//!                                                                              HTTP :8080 answers
+//!                                                                              with the client IP
+//! ```
+//!
+//! Needs root (netns, iptables). Skips with a message otherwise. Every namespace and process a
+//! test creates is owned by a [`Lab`] guard whose `Drop` removes them, also when the test fails
+//! (deleting a namespace removes its iptables tables with it).
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use node_programmer::iptables::{
+    self, Family, Flavour, IptablesCli, IptablesProxier, Runner, SyncKind, Table,
+};
+use node_programmer::model::ServiceTable;
+use serde_json::{Value, json};
+
+// === the world ===
+
+fn service(name: &str, cluster_ip: &str, node_port: u16, lb_ip: &str, etp: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "demo", "name": name},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "externalTrafficPolicy": etp,
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": node_port}],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": lb_ip, "ipMode": "VIP"}]}},
+    })
+}
+
+fn slice(service: &str, ip: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "demo", "name": format!("{service}-abc"),
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}],
+    })
+}
+
+/// - `web`: eTP=Cluster, ClusterIP 198.18.0.10, LB 203.0.113.10, NodePort 30080 → pod;
+/// - `local`: eTP=Local, ClusterIP 198.18.0.11, LB 203.0.113.11, NodePort 30081 → pod (on node-a);
+/// - `elsewhere`: eTP=Local, ClusterIP 198.18.0.12, LB 203.0.113.12, NodePort 30082 → the pod,
+///   but the slice says it runs on node-b (so this node has no local endpoint);
+/// - `empty`: no endpoints, ClusterIP 198.18.0.20, LB 203.0.113.20, NodePort 30090.
+fn world() -> Vec<Value> {
+    vec![
+        service("web", "198.18.0.10", 30080, "203.0.113.10", "Cluster"),
+        slice("web", "192.0.2.10", "node-a"),
+        service("local", "198.18.0.11", 30081, "203.0.113.11", "Local"),
+        slice("local", "192.0.2.10", "node-a"),
+        service("elsewhere", "198.18.0.12", 30082, "203.0.113.12", "Local"),
+        slice("elsewhere", "192.0.2.10", "node-b"),
+        service("empty", "198.18.0.20", 30090, "203.0.113.20", "Cluster"),
+    ]
+}
+
+fn table_of(world: &[Value]) -> ServiceTable {
+    let mut services: Vec<Service> = vec![];
+    let mut slices: Vec<EndpointSlice> = vec![];
+    for object in world {
+        match object["kind"].as_str() {
+            Some("Service") => {
+                services.push(serde_json::from_value(object.clone()).expect("Service"))
+            }
+            Some("EndpointSlice") => {
+                slices.push(serde_json::from_value(object.clone()).expect("EndpointSlice"))
+            }
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    let (table, skipped) = ServiceTable::build(&services, &slices, "node-a");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    table
+}
+
+// === the lab ===
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("SKIPPED: this test needs root (network namespaces and iptables)");
+            return;
+        }
+    };
+}
+
+fn run(args: &[&str]) -> Output {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Owns namespaces and processes; `Drop` kills the processes, then deletes the namespaces
+/// (which removes their veths and their iptables tables).
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        Lab {
+            prefix: format!("dbip-test-{}-{tag}", std::process::id()),
+            namespaces: vec![],
+            children: vec![],
+        }
+    }
+
+    fn netns(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        run(&["ip", "netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    fn spawn(&mut self, ns: &str, program: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(program)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
+        self.children.push(child);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+const BACKEND: &str = r#"
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
+    allow_reuse_address = True
+Server(("0.0.0.0", 8080), Handler).serve_forever()
+"#;
+
+struct Topology {
+    client: String,
+    node: String,
+    pod: String,
+}
+
+fn topology(lab: &mut Lab) -> Topology {
+    let client = lab.netns("client");
+    let node = lab.netns("node");
+    let pod = lab.netns("pod");
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.default.send_redirects=0",
+    ]);
+    run(&[
+        "ip", "link", "add", "c0", "netns", &client, "type", "veth", "peer", "name", "n0", "netns",
+        &node,
+    ]);
+    run(&[
+        "ip", "link", "add", "p0", "netns", &pod, "type", "veth", "peer", "name", "n1", "netns",
+        &node,
+    ]);
+    for (ns, dev, addr) in [
+        (&client, "c0", "198.51.100.2/24"),
+        (&node, "n0", "198.51.100.1/24"),
+        (&node, "n1", "192.0.2.1/24"),
+        (&pod, "p0", "192.0.2.10/24"),
+    ] {
+        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    for (ns, via) in [
+        (&client, "198.51.100.1"),
+        (&node, "198.51.100.2"),
+        (&pod, "192.0.2.1"),
+    ] {
+        run(&["ip", "-n", ns, "route", "add", "default", "via", via]);
+    }
+    Topology { client, node, pod }
+}
+
+struct Fetch {
+    /// curl's exit code: 0 ok, 7 connection refused, 28 timeout.
+    code: i32,
+    body: String,
+    elapsed: Duration,
+}
+
+fn curl(ns: &str, url: &str) -> Fetch {
+    let started = Instant::now();
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-sS",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "4",
+            url,
+        ])
+        .output()
+        .expect("run curl");
+    Fetch {
+        code: output.status.code().unwrap_or(-1),
+        body: String::from_utf8_lossy(&output.stdout).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn save(runner: &IptablesCli, table: Table) -> String {
+    runner.save(Family::V4, table).expect("iptables-save")
+}
+
+/// Every `DRAWBRIDGE` mention in nat and filter of `runner`'s flavour.
+fn drawbridge_lines(runner: &IptablesCli) -> Vec<String> {
+    [Table::Nat, Table::Filter]
+        .into_iter()
+        .flat_map(|t| {
+            save(runner, t)
+                .lines()
+                .filter(|l| l.contains("DRAWBRIDGE"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Counts restores really sent.
+struct Counting {
+    inner: IptablesCli,
+    restores: std::cell::Cell<usize>,
+}
+
+impl Runner for Counting {
+    fn restore(&self, family: Family, text: &str) -> iptables::Result<()> {
+        self.restores.set(self.restores.get() + 1);
+        self.inner.restore(family, text)
+    }
+    fn save(&self, family: Family, table: Table) -> iptables::Result<String> {
+        self.inner.save(family, table)
+    }
+    fn run(&self, family: Family, table: Table, args: &[String]) -> iptables::Result<bool> {
+        self.inner.run(family, table, args)
+    }
+}
+
+// === tests ===
+
+/// For each flavour present (legacy and nf_tables): the kernel accepts the full ruleset; an
+/// unchanged world sends nothing; a one-Service change is a partial restore that deletes the
+/// stale chains; a broken restore changes nothing and forces a full one; cleanup leaves no
+/// DRAWBRIDGE chain or jump (twice without error) and never touches someone else's chain.
+#[test]
+fn kernel_accepts_the_rules_partial_restores_and_cleanup() {
+    require_root!();
+    for flavour in [Flavour::Legacy, Flavour::Nft] {
+        if !flavour.present(Family::V4) {
+            eprintln!("{flavour:?} iptables not installed; not tested");
+            continue;
+        }
+        let mut lab = Lab::new(&format!("k{flavour:?}"));
+        let ns = lab.netns("node");
+        let cli = IptablesCli::in_netns(flavour, &ns);
+        // Someone else's chain and jump in the same tables must survive everything we do.
+        cli.restore(
+            Family::V4,
+            "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n",
+        )
+        .expect("someone else's rules");
+
+        let mut proxier = IptablesProxier::new(
+            Counting {
+                inner: cli.clone(),
+                restores: 0.into(),
+            },
+            Family::V4,
+        );
+        assert_eq!(
+            proxier.sync(&table_of(&world())).expect("full"),
+            SyncKind::Full
+        );
+        let nat = save(&cli, Table::Nat);
+        assert!(
+            nat.contains("-j DNAT --to-destination 192.0.2.10:8080"),
+            "{nat}"
+        );
+        assert!(
+            nat.contains("-A PREROUTING -m comment --comment \"drawbridge service portals\" -j DRAWBRIDGE-SERVICES"),
+            "{nat}"
+        );
+        let filter = save(&cli, Table::Filter);
+        assert!(
+            filter.lines().any(
+                |l| l.starts_with("-A DRAWBRIDGE-SERVICES -d 198.18.0.20/32")
+                    && l.contains("--dport 80 -j REJECT")
+            ),
+            "{filter}"
+        );
+        let sent = proxier.runner().restores.get();
+
+        assert_eq!(
+            proxier.sync(&table_of(&world())).expect("noop"),
+            SyncKind::Unchanged
+        );
+        assert_eq!(
+            proxier.runner().restores.get(),
+            sent,
+            "unchanged world re-sent"
+        );
+
+        // One Service changes (empty gets an endpoint, web loses its LB): partial restore.
+        let mut changed = world();
+        changed[0] = service("web", "198.18.0.10", 30080, "203.0.113.99", "Cluster");
+        changed.push(slice("empty", "192.0.2.10", "node-a"));
+        assert_eq!(
+            proxier.sync(&table_of(&changed)).expect("partial"),
+            SyncKind::Partial
+        );
+        let nat = save(&cli, Table::Nat);
+        assert!(nat.contains("-d 203.0.113.99/32"), "{nat}");
+        assert!(!nat.contains("-d 203.0.113.10/32"), "{nat}");
+        assert!(!save(&cli, Table::Filter).contains("198.18.0.20"));
+
+        // A Service disappears: its chains are deleted, not left behind.
+        let before: Vec<String> = iptables::our_chains(&nat).into_iter().collect();
+        let fewer: Vec<Value> = changed[2..].to_vec();
+        assert_eq!(
+            proxier.sync(&table_of(&fewer)).expect("partial"),
+            SyncKind::Partial
+        );
+        let after = iptables::our_chains(&save(&cli, Table::Nat));
+        assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+        let want = iptables::Ruleset::build(&table_of(&fewer), Family::V4);
+        let wanted: std::collections::BTreeSet<String> = want
+            .nat_top
+            .iter()
+            .chain(&want.nat_service)
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(after, wanted, "kernel chains differ from the desired ones");
+
+        // A broken restore is refused as a whole; the next sync is full and restores order.
+        assert!(cli
+            .restore(Family::V4, "*nat\n:DRAWBRIDGE-SERVICES - [0:0]\n-A DRAWBRIDGE-SERVICES -j NO-SUCH-CHAIN\nCOMMIT\n")
+            .is_err());
+        assert!(
+            save(&cli, Table::Nat).contains("DRAWBRIDGE-NODEPORTS"),
+            "partial damage"
+        );
+        proxier.force_full_sync();
+        assert_eq!(
+            proxier.sync(&table_of(&world())).expect("full"),
+            SyncKind::Full
+        );
+        let after = iptables::our_chains(&save(&cli, Table::Nat));
+        let want = iptables::Ruleset::build(&table_of(&world()), Family::V4);
+        assert_eq!(after.len(), want.nat_top.len() + want.nat_service.len());
+
+        for _ in 0..2 {
+            proxier.cleanup().expect("cleanup");
+        }
+        let left = drawbridge_lines(&cli);
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let nat = save(&cli, Table::Nat);
+        assert!(
+            nat.contains("-A PREROUTING -j KUBE-SERVICES"),
+            "cleanup touched another chain:\n{nat}"
+        );
+
+        // cleanup_everywhere finds rules of either flavour.
+        let mut again = IptablesProxier::new(cli.clone(), Family::V4);
+        again.sync(&table_of(&world())).expect("full");
+        iptables::cleanup_everywhere(Some(&ns)).expect("cleanup_everywhere");
+        let left = drawbridge_lines(&cli);
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+/// Real connections through the node: ClusterIP from the node, LB IP and NodePort from outside
+/// (masqueraded), eTP=Local keeps the client address and DROPs when this node has no local
+/// endpoint (but still short-circuits host traffic), no endpoints → refused at once, a partial
+/// restore for one Service keeps every other Service working, cleanup removes everything.
+#[test]
+fn traffic_through_a_programmed_node() {
+    require_root!();
+    let mut lab = Lab::new("t");
+    let t = topology(&mut lab);
+    lab.spawn(&t.pod, &["python3", "-c", BACKEND]);
+    wait_for("the backend to listen", Duration::from_secs(10), || {
+        curl(&t.pod, "http://192.0.2.10:8080/").code == 0
+    });
+    let cli = IptablesCli::in_netns(Flavour::detect(), &t.node);
+    let mut proxier = IptablesProxier::new(cli.clone(), Family::V4);
+    assert_eq!(
+        proxier.sync(&table_of(&world())).expect("full"),
+        SyncKind::Full
+    );
+
+    let ok = |ns: &str, url: &str, from: &str, what: &str| {
+        let f = curl(ns, url);
+        assert_eq!((f.code, f.body.as_str()), (0, from), "{what} ({url})");
+    };
+    // ClusterIP from the node itself (nat OUTPUT); no SNAT.
+    ok(
+        &t.node,
+        "http://198.18.0.10/",
+        "198.51.100.1",
+        "ClusterIP from the node",
+    );
+    // ClusterIP from outside (nat PREROUTING): no SNAT either (no masquerade for ClusterIP).
+    ok(
+        &t.client,
+        "http://198.18.0.10/",
+        "198.51.100.2",
+        "ClusterIP from the client",
+    );
+    // LB IP and NodePort from outside, eTP=Cluster: DNAT + masquerade.
+    ok(
+        &t.client,
+        "http://203.0.113.10/",
+        "192.0.2.1",
+        "LB IP from the client",
+    );
+    ok(
+        &t.client,
+        "http://198.51.100.1:30080/",
+        "192.0.2.1",
+        "NodePort from the client",
+    );
+    // eTP=Local keeps the client's source address.
+    ok(
+        &t.client,
+        "http://203.0.113.11/",
+        "198.51.100.2",
+        "eTP=Local LB IP",
+    );
+    ok(
+        &t.client,
+        "http://198.51.100.1:30081/",
+        "198.51.100.2",
+        "eTP=Local NodePort",
+    );
+    // eTP=Local with no local endpoint: external traffic is dropped (a timeout, not a refusal)...
+    for url in ["http://203.0.113.12/", "http://198.51.100.1:30082/"] {
+        let f = curl(&t.client, url);
+        assert_eq!(
+            f.code, 28,
+            "{url}: expected a timeout (DROP), got {} {:?}",
+            f.code, f.body
+        );
+    }
+    // ...but the node's own traffic to the LB IP is short-circuited to the cluster set (masqueraded).
+    ok(
+        &t.node,
+        "http://203.0.113.12/",
+        "192.0.2.1",
+        "eTP=Local LB IP from the node",
+    );
+    // The ClusterIP of that Service serves from any endpoint.
+    ok(
+        &t.client,
+        "http://198.18.0.12/",
+        "198.51.100.2",
+        "ClusterIP of eTP=Local",
+    );
+
+    // No endpoints: refused at once.
+    for (ns, url) in [
+        (&t.client, "http://203.0.113.20/"),
+        (&t.client, "http://198.51.100.1:30090/"),
+        (&t.client, "http://198.18.0.20/"),
+        (&t.node, "http://198.18.0.20/"),
+    ] {
+        let f = curl(ns, url);
+        assert_eq!(
+            f.code, 7,
+            "{url} from {ns}: expected refused, got {} {:?}",
+            f.code, f.body
+        );
+        assert!(
+            f.elapsed < Duration::from_secs(1),
+            "{url}: refused after {:?}",
+            f.elapsed
+        );
+    }
+    // 127.0.0.1 is not a NodePort address (no route_localnet): refused by the node's own stack.
+    let f = curl(&t.node, "http://127.0.0.1:30080/");
+    assert_eq!(f.code, 7, "127.0.0.1 NodePort: {} {:?}", f.code, f.body);
+
+    // One Service changes: a partial restore; the change works and everything else still does.
+    let mut changed = world();
+    changed.push(slice("empty", "192.0.2.10", "node-a"));
+    assert_eq!(
+        proxier.sync(&table_of(&changed)).expect("partial"),
+        SyncKind::Partial
+    );
+    ok(
+        &t.client,
+        "http://203.0.113.20/",
+        "192.0.2.1",
+        "LB IP after the change",
+    );
+    ok(
+        &t.client,
+        "http://198.51.100.1:30090/",
+        "192.0.2.1",
+        "NodePort after the change",
+    );
+    ok(
+        &t.client,
+        "http://203.0.113.10/",
+        "192.0.2.1",
+        "untouched LB IP",
+    );
+    ok(
+        &t.client,
+        "http://203.0.113.11/",
+        "198.51.100.2",
+        "untouched eTP=Local LB IP",
+    );
+    ok(
+        &t.node,
+        "http://198.18.0.10/",
+        "198.51.100.1",
+        "untouched ClusterIP",
+    );
+
+    proxier.cleanup().expect("cleanup");
+    let left = drawbridge_lines(&cli);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Without rules the LB IP is not ours any more: the node routes it back out (no answer).
+    assert_ne!(curl(&t.client, "http://203.0.113.10/").code, 0);
+}
+
+/// TCP server on every address :8080 that answers each connection with the address it was
+/// reached at (after DNAT: the endpoint's address) and closes.
+const WHOAMI: &str = r#"
+import socketserver
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(self.request.getsockname()[0].encode())
+class Server(socketserver.ThreadingTCPServer):
+    request_queue_size = 128
+    allow_reuse_address = True
+    daemon_threads = True
+Server(("0.0.0.0", 8080), Handler).serve_forever()
+"#;
+
+/// Opens `n` new TCP connections to `ip:port`; prints `{address: count}` as JSON.
+const CONNECT_MANY: &str = r#"
+import json, socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+counts = {}
+for _ in range(n):
+    try:
+        with socket.create_connection((ip, port), timeout=3) as s:
+            who = s.recv(64).decode() or "empty"
+    except OSError:
+        who = "error"
+    counts[who] = counts.get(who, 0) + 1
+print(json.dumps(counts))
+"#;
+
+/// `-m statistic --probability 1/(n-i)` spreads real new connections evenly: 300 connections to
+/// a ClusterIP with 3 endpoints, each must get 15%–52% (expected 100 ± 8.2 (1σ); the bounds are
+/// > 6σ away, so this does not flake).
+#[test]
+fn new_connections_spread_evenly_over_endpoints() {
+    require_root!();
+    const CONNECTIONS: usize = 300;
+    let mut lab = Lab::new("d");
+    let t = topology(&mut lab);
+    let endpoints = ["192.0.2.10", "192.0.2.11", "192.0.2.12"];
+    for ip in &endpoints[1..] {
+        run(&[
+            "ip",
+            "-n",
+            &t.pod,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "p0",
+        ]);
+    }
+    lab.spawn(&t.pod, &["python3", "-c", WHOAMI]);
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "demo", "name": "spread"},
+        "spec": {
+            "type": "ClusterIP", "clusterIP": "198.18.0.30", "clusterIPs": ["198.18.0.30"],
+            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+        },
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "demo", "name": "spread-abc",
+                     "labels": {"kubernetes.io/service-name": "spread"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints.iter().map(|ip| json!({
+            "addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true},
+        })).collect::<Vec<_>>(),
+    });
+    let table = table_of(&[service, slice]);
+    let text = iptables::Ruleset::build(&table, Family::V4).full_text();
+    assert!(text.contains("--probability 0.3333333333"), "{text}");
+    assert!(text.contains("--probability 0.5000000000"), "{text}");
+    let mut proxier = IptablesProxier::new(
+        IptablesCli::in_netns(Flavour::detect(), &t.node),
+        Family::V4,
+    );
+    proxier.sync(&table).expect("sync");
+
+    let connect = |ns: &str, ip: &str, port: &str, n: usize| -> Value {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-c",
+            CONNECT_MANY,
+            ip,
+            port,
+            &n.to_string(),
+        ]);
+        serde_json::from_slice(&out.stdout).expect("counts as JSON")
+    };
+    wait_for("the backend to listen", Duration::from_secs(10), || {
+        endpoints
+            .iter()
+            .all(|ip| connect(&t.pod, ip, "8080", 1).get(*ip).is_some())
+    });
+    let counts = connect(&t.client, "198.18.0.30", "80", CONNECTIONS);
+    let count = |ip: &str| counts.get(ip).and_then(Value::as_u64).unwrap_or(0) as usize;
+    eprintln!("connections per endpoint: {counts}");
+    assert_eq!(
+        endpoints.iter().map(|ip| count(ip)).sum::<usize>(),
+        CONNECTIONS,
+        "every connection must reach one of the endpoints: {counts}"
+    );
+    for ip in endpoints {
+        let share = count(ip) as f64 / CONNECTIONS as f64;
+        assert!(
+            (0.15..=0.52).contains(&share),
+            "{ip} got {:.0}% of new connections (expected ~33%): {counts}",
+            share * 100.0
+        );
+    }
+}
