@@ -341,6 +341,45 @@ def pct(sorted_values, q):
     return sorted_values[int(q * (len(sorted_values) - 1) + 0.5)]
 
 
+# === node-programmer iptables backend ===
+
+
+def run_np_iptables(a, n, topo_ports, target):
+    """Our iptables backend through `iptables_bench` (node-programmer/examples): the same
+    Services as gen.py built in memory, full sync + one-Service changes timed in-process, each a
+    real `iptables-legacy-restore --noflush` in dbb-node; then the first packet."""
+    res = {"rule_set": f"node-programmer iptables ({a.iptables_flavour})", "services": n}
+    with Topology(a, topo_ports, target[2]) as topo:
+        res["baseline"] = topo.baseline
+        cmd = netns(NODE, a.iptables_bench, str(n), str(a.endpoints), str(a.changes), a.iptables_flavour)
+        proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=a.timeout + a.change_budget)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            res["error"] = f"> {a.timeout + a.change_budget} s (stopped)"
+            return res
+        if proc.pid in STARTED:
+            STARTED.remove(proc.pid)
+        if proc.returncode != 0:
+            res["error"] = f"iptables_bench exit {proc.returncode}: {err.strip()[:300]}"
+            log(f"{res['rule_set']} N={n}: {res['error']}")
+            return res
+        r = json.loads(out)
+        ch = r["changes"]
+        res.update(full_sync_s=r["full_sync_s"], render_s=r["full_sync_s"] - r["full_restore_s"],
+                   apply_s=r["full_restore_s"], tx_bytes=r["full_bytes"],
+                   vmhwm_kb_after_sync=r["vmhwm_kb"],
+                   changes={"n": ch["n"], "p50_ms": ch["p50_ms"], "p99_ms": ch["p99_ms"],
+                            "nft_p50_ms": ch["restore_p50_ms"], "restore_p99_ms": ch["restore_p99_ms"],
+                            "tx_bytes": ch["bytes"]} if ch["n"] else {"skipped": "--changes 0"})
+        log(f"{res['rule_set']} N={n}: full sync {r['full_sync_s']:.2f} s (restore {r['full_restore_s']:.2f} s), "
+            f"change p50/p99 {ch['p50_ms']:.0f}/{ch['p99_ms']:.0f} ms (restore p50 {ch['restore_p50_ms']:.0f} ms, "
+            f"{ch['bytes']} B)")
+        res["first_packet"] = connect_latency(a.tcpping, target[0], target[1], a.connections, a.warmup)
+    return res
+
+
 # === static rule sets ===
 
 
@@ -393,6 +432,8 @@ def run_size(a, n, work, results):
     if "kube-proxy-iptables-nft" in a.rule_sets:
         record(run_static(a, "kube-proxy iptables layout (iptables-nft)", n,
                           netns(NODE, "iptables-nft-restore", "--noflush"), ipt, ports, target))
+    if "node-programmer-iptables" in a.rule_sets:
+        record(run_np_iptables(a, n, ports, target))
     captured = None
     if "node-programmer" in a.rule_sets or a.shapes:
         r, captured = run_node_programmer(a, n, mdir, work, ports, target)
@@ -445,7 +486,7 @@ def markdown(a, results):
         if "error" in r and not r.get("full_sync_s"):
             sync = r["error"]
         elif "full_sync_s" in r:
-            sync = f"{fmt_s(r['full_sync_s'])} (render {fmt_s(r['render_s'])}, nft {fmt_s(r['apply_s'])})"
+            sync = f"{fmt_s(r['full_sync_s'])} (render {fmt_s(r['render_s'])}, apply {fmt_s(r['apply_s'])})"
         elif "load_s" in r:
             sync = fmt_s(r["load_s"])
         else:
@@ -458,7 +499,7 @@ def markdown(a, results):
         elif "error" in ch:
             change = ch["error"]
         else:
-            change = (f"{ch['p50_ms']:.0f} / {ch['p99_ms']:.0f} ms (n={ch['n']}; nft p50 "
+            change = (f"{ch['p50_ms']:.0f} / {ch['p99_ms']:.0f} ms (n={ch['n']}; apply p50 "
                       f"{ch['nft_p50_ms']:.0f} ms)")
         fp = r.get("first_packet")
         ratio = "—"
@@ -472,7 +513,6 @@ def markdown(a, results):
         bl = f"{b['p50_us']:.0f}" if b and b.get("ok") else "—"
         lines.append(f"| {r['rule_set']} | {r['services']:,} | {sync} | {change} | {fmt_fp(fp)} | {bl} | {ratio} "
                      f"| {text} | {mem} |")
-    lines.append("| node-programmer iptables | — | not implemented yet | — | — | — | — | — | — |")
     return "\n".join(lines) + "\n"
 
 
@@ -503,6 +543,10 @@ def main():
     p.add_argument("--binary", required=True, help="node-programmer binary")
     p.add_argument("--np-args", default="", help="extra node-programmer arguments (e.g. a future --proxy-mode iptables)")
     p.add_argument("--tcpping", required=True)
+    p.add_argument("--iptables-bench", help="node-programmer's examples/iptables_bench binary "
+                   "(rule set node-programmer-iptables)")
+    p.add_argument("--iptables-flavour", default="legacy", choices=["legacy", "nft"],
+                   help="iptables-restore flavour for node-programmer-iptables")
     p.add_argument("--work", required=True, help="scratch directory (manifests, captured transactions)")
     p.add_argument("--out", required=True, help="where results.json / results.md go")
     p.add_argument("--connections", type=int, default=2000)
@@ -511,7 +555,8 @@ def main():
     p.add_argument("--changes", type=int, default=50)
     p.add_argument("--change-budget", type=float, default=120, help="seconds of one-Service changes per size")
     p.add_argument("--rule-sets", default="kube-proxy-iptables,node-programmer",
-                   help="comma list of baseline, kube-proxy-iptables, kube-proxy-iptables-nft, node-programmer")
+                   help="comma list of baseline, kube-proxy-iptables, kube-proxy-iptables-nft, node-programmer, "
+                   "node-programmer-iptables")
     p.add_argument("--capture-only", action="store_true",
                    help="run node-programmer only to capture its text for the shapes (no node-programmer row)")
     p.add_argument("--shapes", default=",".join(gen.SHAPES), help="comma list (empty: none) of " + ", ".join(gen.SHAPES))

@@ -7,6 +7,8 @@
 #
 #   --quick      sizes 100,1000, 1,000 connections, 20 changes, 120 s load timeout (~2 min)
 #   --binary     use this node-programmer instead of building target/release/node-programmer
+#   --iptables-bench  use this examples/iptables_bench (rule set node-programmer-iptables) instead
+#                of building it
 #   --out        results directory (default bench/dataplane/results/<date>)
 # bench.py options after `--`: --timeout S, --connections N, --changes N, --change-budget S,
 #   --rule-sets LIST, --shapes LIST, --endpoints E, --np-args "ARGS" (see bench.py --help).
@@ -20,6 +22,7 @@ root=$(cd "$here/../.." && pwd)
 sizes=100,1000,10000,30000
 quick=false
 binary=
+ipt_bench=
 out=
 extra=()
 while (($#)); do
@@ -27,9 +30,10 @@ while (($#)); do
         --sizes) sizes=$2; shift 2 ;;
         --quick) quick=true; shift ;;
         --binary) binary=$2; shift 2 ;;
+        --iptables-bench) ipt_bench=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -48,12 +52,18 @@ if [[ -z $binary ]]; then
     (cd "$root" && cargo build --release -p node-programmer)
     binary=$root/target/release/node-programmer
 fi
+if [[ -z $ipt_bench ]]; then
+    echo "[bench] cargo build --release -p node-programmer --example iptables_bench" >&2
+    (cd "$root" && cargo build --release -p node-programmer --example iptables_bench)
+    ipt_bench=$root/target/release/examples/iptables_bench
+fi
 out=${out:-$here/results/$(date +%Y%m%d-%H%M%S)}
 work=$(mktemp -d /tmp/drawbridge-bench.XXXXXX)
 mkdir -p "$out"
 cc -O2 -Wall -o "$work/tcpping" "$here/tcpping.c"
 # Freeze the binary under test: a concurrent `cargo build` must not swap it mid-run.
 cp "$binary" "$work/node-programmer"
+cp "$ipt_bench" "$work/iptables_bench"
 
 cleanup() {
     # bench.py cleans up after itself; this catches a bench.py that was killed outright:
@@ -75,5 +85,5 @@ cleanup() {
 trap cleanup EXIT
 
 python3 "$here/bench.py" --sizes "$sizes" --binary "$work/node-programmer" --tcpping "$work/tcpping" \
-    --work "$work" --out "$out" "${extra[@]}"
+    --iptables-bench "$work/iptables_bench" --work "$work" --out "$out" "${extra[@]}"
 echo "[bench] results: $out/results.md, $out/results.json" >&2
