@@ -15,13 +15,24 @@
 //!   `ingressclass.kubernetes.io/is-default-class: "true"`.
 //! - **pathType `ImplementationSpecific`** is served as `Prefix` (drawbridge's documented choice);
 //!   its path may be omitted and then means `/`.
-//! - **Order.** Ingresses are taken in `(namespace, name)` order: on an exact duplicate rule, a
-//!   conflicting TLS host, or several `spec.defaultBackend`s, the first one wins.
+//! - **Order and conflicts.** Ingresses are taken oldest first (`metadata.creationTimestamp`,
+//!   then `namespace/name`; ingress-nginx's rule): on an exact duplicate rule (same host, path
+//!   and pathType — `Prefix` paths compared without trailing slashes, which match the same
+//!   requests), a conflicting TLS host, or several `spec.defaultBackend`s, the first one wins.
+//!   Each losing duplicate rule is listed in [`Model::conflicts`] (the loser is still served for
+//!   its other rules).
+//! - **Annotations** (`drawbridge.dev/*`, see [`crate::policy`]) give each Ingress its timeouts,
+//!   body limit, redirect, balancing and upstream protocol; a bad value skips the Ingress.
+//! - **Upstream protocol**: the annotation, else the Service port's `appProtocol`
+//!   ([`UpstreamProtocol::resolve`]).
 //! - **Backends.** The Service port is found by number or name; its *name* selects the
 //!   EndpointSlice port (so `targetPort`, named or numbered, is honoured); endpoints are the `ready`
 //!   ones (a missing condition counts as ready, per the API), or the `serving` + `terminating`
 //!   ones when none is ready. No Service, no such port, or no endpoints: a backend without
 //!   endpoints (the gateway answers 503).
+//! - **ExternalName Services**: endpoints are the addresses `spec.externalName` resolved to
+//!   ([`Input::external_names`], resolved by `discovery`), on the backend's port number (a port
+//!   name is looked up in the Service's `ports`). Not resolved (yet): no endpoints.
 //! - **Malformed Ingresses** (a path not starting with `/`, an unknown pathType, a `resource`
 //!   backend, a bad wildcard host) are skipped whole and listed in [`Model::problems`]; the others
 //!   are served.
@@ -36,7 +47,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
 use crate::metrics::RouteStats;
+use crate::policy::{AnnotationError, Policy, UpstreamProtocol};
 use crate::routes::{Backend, HostMatch, PathType, Route, RouteTable};
+use crate::upstream::EndpointRegistry;
 
 /// Why an Ingress was not served. Not retried by itself: the Ingress is skipped until it is
 /// edited (every change recomputes the model).
@@ -80,6 +93,15 @@ pub enum Error {
         /// The offending host.
         host: String,
     },
+    /// A `drawbridge.dev/*` annotation has a value that does not parse.
+    #[error("Ingress {ingress}: {source}")]
+    InvalidAnnotation {
+        /// `namespace/name`.
+        ingress: String,
+        /// Which annotation and why.
+        #[source]
+        source: AnnotationError,
+    },
 }
 
 impl Error {
@@ -90,7 +112,8 @@ impl Error {
             | Error::UnknownPathType { ingress, .. }
             | Error::ResourceBackend { ingress, .. }
             | Error::IncompleteBackend { ingress }
-            | Error::InvalidHost { ingress, .. } => ingress,
+            | Error::InvalidHost { ingress, .. }
+            | Error::InvalidAnnotation { ingress, .. } => ingress,
         }
     }
 }
@@ -109,6 +132,12 @@ pub struct Input<'a> {
     pub services: &'a [Arc<Service>],
     /// All EndpointSlices.
     pub endpoint_slices: &'a [Arc<EndpointSlice>],
+    /// Where endpoint states (in-flight counts, passive health) live across tables; `None`:
+    /// each backend gets fresh states.
+    pub endpoint_registry: Option<&'a EndpointRegistry>,
+    /// What each ExternalName Service's `spec.externalName` resolved to (lower-case name →
+    /// addresses); `None` or a missing name: no endpoints.
+    pub external_names: Option<&'a HashMap<String, Vec<IpAddr>>>,
 }
 
 /// Namespace and name of an object.
@@ -123,6 +152,38 @@ pub struct TlsBinding {
     pub secret: ObjectRef,
 }
 
+/// A rule identical (host, path, pathType) to a rule of an older Ingress: not served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The rule's host as written (`*` when it has none).
+    pub host: String,
+    /// The rule's path as written.
+    pub path: String,
+    /// `Exact` or `Prefix` (`ImplementationSpecific` counts as `Prefix`).
+    pub path_type: PathType,
+    /// The Ingress whose rule is served.
+    pub winner: ObjectRef,
+    /// The Ingress whose rule is not.
+    pub loser: ObjectRef,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rule host {:?} path {:?} ({:?}) of Ingress {}/{} is not served: Ingress {}/{} \
+             (older) has the same rule",
+            self.host,
+            self.path,
+            self.path_type,
+            self.loser.0,
+            self.loser.1,
+            self.winner.0,
+            self.winner.1
+        )
+    }
+}
+
 /// Everything the gateway serves, computed from one [`Input`].
 #[derive(Debug, Default)]
 pub struct Model {
@@ -134,6 +195,25 @@ pub struct Model {
     pub tls: Vec<TlsBinding>,
     /// Ingresses of our class that were skipped, and why.
     pub problems: Vec<Error>,
+    /// Duplicate rules that lost to an older Ingress's (their Ingress is still served).
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The lower-cased `spec.externalName` of every ExternalName Service (what `discovery` resolves).
+pub fn external_names(services: &[Arc<Service>]) -> BTreeSet<String> {
+    services
+        .iter()
+        .filter_map(|s| external_name(s))
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect()
+}
+
+fn external_name(svc: &Service) -> Option<&str> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return None;
+    }
+    spec.external_name.as_deref().filter(|n| !n.is_empty())
 }
 
 /// Computes the [`Model`] for `input`.
@@ -144,17 +224,46 @@ pub fn translate(input: Input<'_>) -> Model {
         .map(|i| &**i)
         .filter(|i| is_ours(i, input.ingress_classes))
         .collect();
-    ingresses.sort_by_cached_key(|i| key_of(i));
+    // Oldest first, then namespace/name (a missing timestamp sorts first: standalone manifests
+    // carry none, and then namespace/name alone decides).
+    ingresses.sort_by_cached_key(|i| {
+        (
+            i.metadata.creation_timestamp.clone().map(|t| t.0),
+            key_of(i),
+        )
+    });
 
-    let mut resolver = BackendResolver::new(input.services, input.endpoint_slices);
+    let mut resolver = BackendResolver::new(input);
     let mut model = Model::default();
     let mut routes = Vec::new();
     let mut default_backend = None;
+    // (host, path key, type) → the Ingress that owns the rule.
+    let mut owners: HashMap<(HostMatch, String, PathType), ObjectRef> = HashMap::new();
     for ingress in ingresses {
         let key = key_of(ingress);
         match translate_ingress(ingress, &key, &mut resolver) {
             Ok(translated) => {
-                routes.extend(translated.routes);
+                for route in translated.routes {
+                    let path_key = match route.path_type {
+                        PathType::Exact => route.path.clone(),
+                        PathType::Prefix => route.path.trim_end_matches('/').to_string(),
+                    };
+                    let rule = (route.host.clone(), path_key, route.path_type);
+                    match owners.get(&rule) {
+                        Some(owner) if *owner != key => model.conflicts.push(Conflict {
+                            host: route.backend.stats.labels().host.0.to_string(),
+                            path: route.path.clone(),
+                            path_type: route.path_type,
+                            winner: owner.clone(),
+                            loser: key.clone(),
+                        }),
+                        Some(_) => routes.push(route),
+                        None => {
+                            owners.insert(rule, key.clone());
+                            routes.push(route);
+                        }
+                    }
+                }
                 if default_backend.is_none() {
                     default_backend = translated.default_backend;
                 }
@@ -164,7 +273,8 @@ pub fn translate(input: Input<'_>) -> Model {
             Err(error) => model.problems.push(error),
         }
     }
-    model.routes = RouteTable::new(routes, default_backend);
+    model.routes = RouteTable::new(routes, default_backend)
+        .with_tls_hosts(model.tls.iter().map(|t| t.host.as_str()));
     model
 }
 
@@ -232,8 +342,16 @@ fn translate_ingress(
     let Some(spec) = &ingress.spec else {
         return Ok(out);
     };
+    let policy = Arc::new(
+        Policy::from_annotations(ingress.metadata.annotations.as_ref()).map_err(|source| {
+            Error::InvalidAnnotation {
+                ingress: name(),
+                source,
+            }
+        })?,
+    );
     if let Some(backend) = &spec.default_backend {
-        out.default_backend = Some(resolver.resolve(namespace, backend, &name, ANY_HOST)?);
+        out.default_backend = Some(resolver.resolve(namespace, backend, &name, ANY_HOST, &policy)?);
     }
     for rule in spec.rules.iter().flatten() {
         let host = rule.host.as_deref().filter(|h| !h.is_empty());
@@ -268,7 +386,7 @@ fn translate_ingress(
                     path: p.to_string(),
                 });
             }
-            let backend = resolver.resolve(namespace, &path.backend, &name, host_label)?;
+            let backend = resolver.resolve(namespace, &path.backend, &name, host_label, &policy)?;
             out.routes.push(Route {
                 host: host.clone(),
                 path: p.to_string(),
@@ -330,12 +448,15 @@ pub const ANY_HOST: &str = "*";
 struct BackendResolver<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    registry: Option<&'a EndpointRegistry>,
+    external_names: Option<&'a HashMap<String, Vec<IpAddr>>>,
     /// Key: Service namespace, Service name, port, Ingress `namespace/name`, rule host.
     cache: HashMap<(String, String, PortRef, String, String), Arc<Backend>>,
 }
 
 impl<'a> BackendResolver<'a> {
-    fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Self {
+    fn new(input: Input<'a>) -> Self {
+        let (services, slices) = (input.services, input.endpoint_slices);
         let services = services
             .iter()
             .filter_map(|s| {
@@ -366,6 +487,8 @@ impl<'a> BackendResolver<'a> {
         BackendResolver {
             services,
             slices: by_service,
+            registry: input.endpoint_registry,
+            external_names: input.external_names,
             cache: HashMap::new(),
         }
     }
@@ -376,6 +499,7 @@ impl<'a> BackendResolver<'a> {
         backend: &IngressBackend,
         ingress: &dyn Fn() -> String,
         host: &str,
+        policy: &Arc<Policy>,
     ) -> Result<Arc<Backend>> {
         if let Some(resource) = &backend.resource {
             return Err(Error::ResourceBackend {
@@ -410,22 +534,60 @@ impl<'a> BackendResolver<'a> {
             PortRef::Number(n) => format!("{namespace}/{svc_name}:{n}"),
             PortRef::Name(p) => format!("{namespace}/{svc_name}:{p}"),
         };
-        let endpoints = self.endpoints(namespace, svc_name, port);
+        let (endpoints, app_protocol) = self.endpoints(namespace, svc_name, port);
         let stats = RouteStats::new(ingress_name, host);
-        let backend = Arc::new(Backend::for_route(label, endpoints, stats));
+        let protocol = UpstreamProtocol::resolve(policy.backend_protocol, app_protocol);
+        let mut backend =
+            Backend::for_route(label, endpoints, stats).with_policy(policy.clone(), protocol);
+        if let Some(registry) = self.registry {
+            backend = backend.with_registry(registry);
+        }
+        let backend = Arc::new(backend);
         self.cache.insert(cache_key, backend.clone());
         Ok(backend)
     }
 
-    /// Endpoints of a Service port (empty when anything is missing).
-    fn endpoints(&self, namespace: &str, service: &str, port: &PortRef) -> Vec<SocketAddr> {
-        let Some(svc) = self.services.get(&(namespace, service)) else {
-            return Vec::new();
+    /// Endpoints of a Service port (empty when anything is missing), and the port's
+    /// `appProtocol`.
+    fn endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &PortRef,
+    ) -> (Vec<SocketAddr>, Option<&'a str>) {
+        let Some(svc) = self.services.get(&(namespace, service)).copied() else {
+            return (Vec::new(), None);
         };
-        // ExternalName Services have no endpoints; resolving their DNS name is not done yet.
-        let Some(ports) = svc.spec.as_ref().and_then(|s| s.ports.as_ref()) else {
-            return Vec::new();
-        };
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_deref())
+            .unwrap_or(&[]);
+        if let Some(name) = external_name(svc) {
+            let found = ports.iter().find(|p| match port {
+                PortRef::Number(n) => p.port == *n,
+                PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+            });
+            let number = match (port, found) {
+                (_, Some(p)) => p.port,
+                (PortRef::Number(n), None) => *n,
+                (PortRef::Name(_), None) => return (Vec::new(), None),
+            };
+            let Ok(number) = u16::try_from(number) else {
+                return (Vec::new(), None);
+            };
+            let key = name.trim_end_matches('.').to_ascii_lowercase();
+            let mut addrs: Vec<SocketAddr> = self
+                .external_names
+                .and_then(|m| m.get(&key))
+                .into_iter()
+                .flatten()
+                .map(|ip| SocketAddr::new(*ip, number))
+                .collect();
+            addrs.sort();
+            addrs.dedup();
+            return (addrs, found.and_then(|p| p.app_protocol.as_deref()));
+        }
         let is_tcp = |p: Option<&str>| p.is_none_or(|p| p == "TCP");
         let service_port = ports.iter().find(|p| {
             is_tcp(p.protocol.as_deref())
@@ -435,7 +597,7 @@ impl<'a> BackendResolver<'a> {
                 }
         });
         let Some(service_port) = service_port else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let port_name = service_port.name.as_deref().unwrap_or("");
         let slices = self
@@ -443,7 +605,10 @@ impl<'a> BackendResolver<'a> {
             .get(&(namespace, service))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        select_endpoints(slices, port_name)
+        (
+            select_endpoints(slices, port_name),
+            service_port.app_protocol.as_deref(),
+        )
     }
 }
 
@@ -603,6 +768,7 @@ pub(crate) mod tests {
             ingress_classes: &classes,
             services,
             endpoint_slices: slices,
+            ..Default::default()
         })
     }
 
@@ -865,5 +1031,211 @@ pub(crate) mod tests {
                 ("secure.example", "cert-b")
             ]
         );
+    }
+
+    fn with_meta(
+        ingress: Arc<Ingress>,
+        created: &str,
+        annotations: &[(&str, &str)],
+    ) -> Arc<Ingress> {
+        let mut i = (*ingress).clone();
+        i.metadata.creation_timestamp =
+            Some(serde_json::from_value(json!(created)).expect("timestamp"));
+        for (k, v) in annotations {
+            i.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(k.to_string(), v.to_string());
+        }
+        Arc::new(i)
+    }
+
+    fn rule(host: &str, path: &str, path_type: &str, svc: &str) -> serde_json::Value {
+        json!({"ingressClassName": "drawbridge", "rules": [{"host": host, "http": {"paths": [
+            {"path": path, "pathType": path_type, "backend": {"service": {"name": svc, "port": {"number": 80}}}}
+        ]}}]})
+    }
+
+    #[test]
+    fn identical_rules_oldest_ingress_wins_and_loser_is_reported() {
+        // "a/new" sorts first by name but is younger: "z/old" wins.
+        let young = with_meta(
+            mk_ingress("a", "new", rule("h.example", "/app/", "Prefix", "young")),
+            "2026-01-02T00:00:00Z",
+            &[],
+        );
+        let old = with_meta(
+            mk_ingress("z", "old", rule("h.example", "/app", "Prefix", "old")),
+            "2026-01-01T00:00:00Z",
+            &[],
+        );
+        // Same host and path but another pathType: no conflict.
+        let exact = with_meta(
+            mk_ingress("b", "exact", rule("h.example", "/app", "Exact", "exact")),
+            "2026-01-03T00:00:00Z",
+            &[],
+        );
+        // Same timestamp: namespace/name decides.
+        let twin = with_meta(
+            mk_ingress("a", "twin", rule("t.example", "/", "Prefix", "twin-a")),
+            "2026-01-01T00:00:00Z",
+            &[],
+        );
+        let twin2 = with_meta(
+            mk_ingress(
+                "b",
+                "twin",
+                rule("t.example", "/", "ImplementationSpecific", "twin-b"),
+            ),
+            "2026-01-01T00:00:00Z",
+            &[],
+        );
+        let model = input_model(&[young, old, exact, twin2, twin], &[], &[]);
+        assert_eq!(
+            backend_for(&model, "h.example", "/app/x").map(|b| b.0),
+            Some("z/old:80".into())
+        );
+        assert_eq!(
+            backend_for(&model, "h.example", "/app").map(|b| b.0),
+            Some("b/exact:80".into())
+        );
+        assert_eq!(
+            backend_for(&model, "t.example", "/").map(|b| b.0),
+            Some("a/twin-a:80".into())
+        );
+        let conflicts: Vec<(ObjectRef, ObjectRef)> = model
+            .conflicts
+            .iter()
+            .map(|c| (c.winner.clone(), c.loser.clone()))
+            .collect();
+        let r = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        assert_eq!(
+            conflicts,
+            vec![
+                (r("a", "twin"), r("b", "twin")),
+                (r("z", "old"), r("a", "new"))
+            ]
+        );
+        assert!(
+            model.conflicts[1].to_string().contains("a/new"),
+            "{}",
+            model.conflicts[1]
+        );
+        assert_eq!(model.served.len(), 5, "losers are still served");
+        assert!(model.problems.is_empty());
+    }
+
+    #[test]
+    fn annotations_set_policy_and_bad_values_reject_the_ingress() {
+        use crate::policy::{LoadBalance, UpstreamProtocol};
+        let svc = mk_service(
+            "ns",
+            "web",
+            json!([{"name": "h2", "port": 80, "appProtocol": "kubernetes.io/h2c"}, {"name": "plain", "port": 81}]),
+        );
+        let tuned = with_meta(
+            mk_ingress("ns", "tuned", rule("a.example", "/", "Prefix", "web")),
+            "2026-01-01T00:00:00Z",
+            &[
+                ("drawbridge.dev/proxy-body-size", "8m"),
+                ("drawbridge.dev/load-balance", "least-request"),
+            ],
+        );
+        let plain = mk_ingress(
+            "ns",
+            "plain",
+            json!({"ingressClassName": "drawbridge", "rules": [{"host": "p.example", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "plain"}}}}]}}]}),
+        );
+        let forced = with_meta(
+            mk_ingress("ns", "forced", rule("f.example", "/", "Prefix", "web")),
+            "2026-01-01T00:00:00Z",
+            &[("drawbridge.dev/backend-protocol", "HTTP")],
+        );
+        let bad = with_meta(
+            mk_ingress("ns", "bad", rule("b.example", "/", "Prefix", "web")),
+            "2026-01-01T00:00:00Z",
+            &[("drawbridge.dev/proxy-read-timeout", "soon")],
+        );
+        let model = input_model(&[tuned, plain, forced, bad], &[svc], &[]);
+        let a = model.routes.lookup("a.example", "/").unwrap();
+        assert_eq!(a.policy.body_limit, Some(8 << 20));
+        assert_eq!(a.policy.load_balance, LoadBalance::LeastRequest);
+        assert_eq!(
+            a.protocol,
+            UpstreamProtocol::H2c,
+            "appProtocol kubernetes.io/h2c"
+        );
+        let p = model.routes.lookup("p.example", "/").unwrap();
+        assert_eq!(
+            (p.protocol, p.policy.body_limit),
+            (UpstreamProtocol::Http1, Some(1 << 20))
+        );
+        assert_eq!(
+            model.routes.lookup("f.example", "/").unwrap().protocol,
+            UpstreamProtocol::Http1
+        );
+        assert!(model.routes.lookup("b.example", "/").is_none());
+        assert!(
+            matches!(&model.problems[..], [Error::InvalidAnnotation { ingress, .. }] if ingress == "ns/bad")
+        );
+    }
+
+    #[test]
+    fn tls_hosts_of_served_ingresses_are_marked() {
+        let spec = json!({"ingressClassName": "drawbridge",
+            "tls": [{"hosts": ["Secure.Example", "*.wild.example"], "secretName": "s"}],
+            "rules": [{"host": "secure.example", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]});
+        let model = input_model(&[mk_ingress("ns", "i", spec)], &[], &[]);
+        assert!(model.routes.has_tls("secure.example"));
+        assert!(model.routes.has_tls("x.wild.example"));
+        assert!(!model.routes.has_tls("plain.example"));
+    }
+
+    #[test]
+    fn external_name_services_use_resolved_addresses() {
+        let svc: Arc<Service> = from_json(json!({"metadata": {"namespace": "ns", "name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "API.Example.",
+                     "ports": [{"name": "http", "port": 8080}]}}));
+        let unresolved = mk_service("ns", "other", json!([{"port": 80}]));
+        let spec = json!({"ingressClassName": "drawbridge", "rules": [{"http": {"paths": [
+            {"path": "/num", "pathType": "Prefix", "backend": {"service": {"name": "ext", "port": {"number": 9000}}}},
+            {"path": "/name", "pathType": "Prefix", "backend": {"service": {"name": "ext", "port": {"name": "http"}}}},
+            {"path": "/missing", "pathType": "Prefix", "backend": {"service": {"name": "ext", "port": {"name": "nope"}}}},
+        ]}}]});
+        let services = [svc, unresolved];
+        assert_eq!(
+            external_names(&services),
+            BTreeSet::from(["api.example".to_string()])
+        );
+        let resolved = HashMap::from([(
+            "api.example".to_string(),
+            vec!["192.0.2.7".parse().unwrap(), "192.0.2.5".parse().unwrap()],
+        )]);
+        let ingresses = [mk_ingress("ns", "i", spec)];
+        let classes = [ours()];
+        let model = translate(Input {
+            ingresses: &ingresses,
+            ingress_classes: &classes,
+            services: &services,
+            external_names: Some(&resolved),
+            ..Default::default()
+        });
+        assert_eq!(
+            backend_for(&model, "x", "/num").map(|b| b.1),
+            Some(addrs(&["192.0.2.5:9000", "192.0.2.7:9000"]))
+        );
+        assert_eq!(
+            backend_for(&model, "x", "/name").map(|b| b.1),
+            Some(addrs(&["192.0.2.5:8080", "192.0.2.7:8080"]))
+        );
+        assert_eq!(
+            backend_for(&model, "x", "/missing").map(|b| b.1),
+            Some(vec![])
+        );
+        // Not resolved yet: no endpoints (503), not a crash.
+        let model = input_model(&ingresses, &services, &[]);
+        assert_eq!(backend_for(&model, "x", "/num").map(|b| b.1), Some(vec![]));
     }
 }

@@ -13,14 +13,20 @@
 //! table they loaded and finish normally. Status is written only where observed ≠ desired, so a
 //! resync costs no API writes.
 //!
-//! Each pass also reports: a `Rejected` Warning Event on every skipped Ingress, a
+//! ExternalName Services: their `spec.externalName` is resolved (system resolver) before a pass
+//! when the set of names changed or the last lookup is older than [`EXTERNAL_NAME_REFRESH`]; a
+//! failed lookup keeps the last good addresses.
+//!
+//! Each pass also reports: a `RuleConflict` Warning Event on an Ingress whose rule lost to an
+//! identical rule of an older Ingress, a `Rejected` Warning Event on every skipped Ingress, a
 //! `CertificateInvalid` Warning Event on an unusable, missing or expired certificate's Secret and
 //! on the Ingresses naming it (each published once, again only when it changes), the config-sync
 //! and certificate-expiry metrics, and readiness after the first published table.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use drawbridge_resources::events::{Event, EventRecorder, EventSet};
@@ -38,11 +44,20 @@ use crate::config::{self, ObjectRef};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::tls::{self, CertStore};
+use crate::upstream::EndpointRegistry;
 
 /// Event reason: an Ingress of our class was not served.
 pub const REASON_REJECTED: &str = "Rejected";
 /// Event reason: a `spec.tls` certificate is missing, unusable or expired.
 pub const REASON_CERTIFICATE_INVALID: &str = "CertificateInvalid";
+/// Event reason: a rule is not served because an older Ingress has the same host, path and type.
+pub const REASON_RULE_CONFLICT: &str = "RuleConflict";
+
+/// How often ExternalName Services' DNS names are looked up again (ingress-nginx re-resolves on
+/// every sync; 30 s bounds both staleness and resolver load).
+pub const EXTERNAL_NAME_REFRESH: Duration = Duration::from_secs(30);
+/// Longest wait for one ExternalName lookup.
+pub const EXTERNAL_NAME_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the discovery task reports besides logs.
 pub struct Observers {
@@ -103,6 +118,12 @@ pub struct Discovery {
     published_events: EventSet,
     /// Secrets with a `certificate_expiry` series, to drop series of Secrets no longer loaded.
     expiry_series: BTreeSet<String>,
+    /// Endpoint states (in-flight counts, passive health) shared by successive tables.
+    registry: EndpointRegistry,
+    /// ExternalName → addresses, from the last lookups.
+    external_names: HashMap<String, Vec<IpAddr>>,
+    /// When the names in `external_names` were last looked up.
+    resolved_at: Option<Instant>,
 }
 
 impl Discovery {
@@ -125,6 +146,9 @@ impl Discovery {
             events: Vec::new(),
             published_events: EventSet::default(),
             expiry_series: BTreeSet::new(),
+            registry: EndpointRegistry::default(),
+            external_names: HashMap::new(),
+            resolved_at: None,
         }
     }
 
@@ -143,8 +167,55 @@ impl Discovery {
         }
     }
 
+    /// Looks up ExternalName Services' names when the set changed or is older than
+    /// [`EXTERNAL_NAME_REFRESH`]. A failed lookup keeps the name's last addresses.
+    async fn resolve_external_names(&mut self) {
+        let names = config::external_names(&self.resources.services.state());
+        let fresh = self
+            .resolved_at
+            .is_some_and(|t| t.elapsed() < EXTERNAL_NAME_REFRESH);
+        if names
+            .iter()
+            .eq(self.external_names.keys().collect::<BTreeSet<_>>())
+            && fresh
+        {
+            return;
+        }
+        let mut resolved = HashMap::new();
+        for name in names {
+            let lookup = tokio::time::timeout(
+                EXTERNAL_NAME_TIMEOUT,
+                tokio::net::lookup_host((name.clone(), 0)),
+            )
+            .await;
+            let addrs = match lookup {
+                Ok(Ok(addrs)) => {
+                    let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                    ips.sort();
+                    ips.dedup();
+                    ips
+                }
+                Ok(Err(error)) => {
+                    warn!(%error, name, "ExternalName lookup failed; keeping the last addresses");
+                    self.external_names.get(&name).cloned().unwrap_or_default()
+                }
+                Err(_) => {
+                    warn!(
+                        name,
+                        "ExternalName lookup timed out; keeping the last addresses"
+                    );
+                    self.external_names.get(&name).cloned().unwrap_or_default()
+                }
+            };
+            resolved.insert(name, addrs);
+        }
+        self.external_names = resolved;
+        self.resolved_at = Some(Instant::now());
+    }
+
     /// One full pass: publish routes and certificates, then write the status differences.
     pub async fn reconcile(&mut self) {
+        self.resolve_external_names().await;
         let served = self.publish();
         let events = std::mem::take(&mut self.events);
         self.published_events
@@ -194,6 +265,8 @@ impl Discovery {
             ingress_classes: &classes,
             services: &services,
             endpoint_slices: &slices,
+            endpoint_registry: Some(&self.registry),
+            external_names: Some(&self.external_names),
         });
         let (certs, cert_errors) = CertStore::build(&model.tls, &secrets);
 
@@ -212,6 +285,13 @@ impl Discovery {
             }
             reported.insert(text);
         }
+        for conflict in &model.conflicts {
+            let text = conflict.to_string();
+            if !self.reported.contains(&text) {
+                warn!(%conflict, "Ingress rule conflict; the oldest Ingress wins");
+            }
+            reported.insert(text);
+        }
         self.reported = reported;
 
         info!(
@@ -222,6 +302,8 @@ impl Discovery {
             "configuration published"
         );
         self.events = problem_events(&ingresses, &secrets, &model.problems, &cert_errors);
+        self.events
+            .extend(conflict_events(&ingresses, &model.conflicts));
         let now = unix_now();
         let mut expiry_series = BTreeSet::new();
         for ((namespace, name), key) in certs.secrets() {
@@ -253,6 +335,8 @@ impl Discovery {
         self.expiry_series = expiry_series;
 
         self.published.routes.store(Arc::new(model.routes));
+        // After the swap: states only the old table referenced can go.
+        self.registry.prune();
         self.published.certs.store(Arc::new(certs));
         self.observe.metrics.config_syncs.inc();
         self.observe.metrics.last_config_sync.set(now);
@@ -305,6 +389,25 @@ pub fn problem_events(
         ));
     }
     events
+}
+
+/// `RuleConflict` Warning Events (pure): one on each Ingress whose rule lost, naming the winner.
+pub fn conflict_events(ingresses: &[Arc<Ingress>], conflicts: &[config::Conflict]) -> Vec<Event> {
+    conflicts
+        .iter()
+        .map(|c| {
+            let (namespace, name) = &c.loser;
+            let uid = ingresses
+                .iter()
+                .find(|i| {
+                    i.metadata.namespace.as_ref() == Some(namespace)
+                        && i.metadata.name.as_ref() == Some(name)
+                })
+                .and_then(|i| i.metadata.uid.clone());
+            let key = ObjectKey::namespaced(Kind::Ingress, namespace, name);
+            Event::warning(key, REASON_RULE_CONFLICT, "Translate", c.to_string()).with_uid(uid)
+        })
+        .collect()
 }
 
 /// `CertificateInvalid` on the Secret (when `on_secret`) and on every Ingress naming it in `spec.tls`.

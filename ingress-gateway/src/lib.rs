@@ -25,7 +25,9 @@
 pub mod config;
 pub mod discovery;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod upstream;

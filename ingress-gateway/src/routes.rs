@@ -18,18 +18,20 @@
 //! wildcards match exactly one. They are kept apart on purpose.)
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::metrics::RouteStats;
+use crate::policy::{LoadBalance, Policy, UpstreamProtocol};
+use crate::upstream::{EndpointRegistry, EndpointState, fast_random};
 
 /// How a rule's path is compared with the request path (`spec.rules[].http.paths[].pathType`).
 ///
 /// `ImplementationSpecific` is translated to [`PathType::Prefix`] by `config` (drawbridge's
 /// documented choice for its IngressClass).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PathType {
     /// Case-sensitive, whole-path equality.
     Exact,
@@ -80,20 +82,27 @@ pub struct Route {
 
 // === impl Backend ===
 
-/// A resolved Service port: the endpoints requests are balanced over, round-robin.
+/// A resolved Service port: the endpoints requests are balanced over, and how to talk to them.
 ///
 /// Built by `config` from the Service and its EndpointSlices; immutable apart from the round-robin
-/// cursor and the metric handles. One `Backend` is shared by every rule of the same Ingress and
-/// host naming the same Service port, so they share the rotation and the metric labels. The
-/// cursor restarts when a new table is published (harmless for round-robin).
+/// cursor, the metric handles and the shared [`EndpointState`]s. One `Backend` is shared by every
+/// rule of the same Ingress and host naming the same Service port, so they share the rotation and
+/// the metric labels. The cursor restarts when a new table is published (harmless for
+/// round-robin); endpoint states do not (they come from the [`EndpointRegistry`]).
 #[derive(Debug)]
 pub struct Backend {
     /// `namespace/service:port`, for logs.
     pub name: String,
     /// Metric handles labelled with the Ingress and rule host this backend was resolved for.
     pub stats: RouteStats,
+    /// The Ingress's annotations: timeouts, body limit, redirect, balancing.
+    pub policy: Arc<Policy>,
+    /// How to talk to the endpoints (annotation, else the Service port's `appProtocol`).
+    pub protocol: UpstreamProtocol,
     /// Ready endpoints (or serving-terminating ones when none is ready); empty = answer 503.
     endpoints: Box<[SocketAddr]>,
+    /// In-flight counts and passive health, index-aligned with `endpoints`.
+    states: Box<[Arc<EndpointState>]>,
     /// Round-robin cursor; wraps.
     next: AtomicUsize,
 }
@@ -104,26 +113,101 @@ impl Backend {
         Backend::for_route(name, endpoints, RouteStats::default())
     }
 
-    /// A backend whose requests are counted under `stats`.
+    /// A backend whose requests are counted under `stats`, with the default [`Policy`] and
+    /// endpoint states of its own.
     pub fn for_route(
         name: impl Into<String>,
         endpoints: Vec<SocketAddr>,
         stats: RouteStats,
     ) -> Self {
+        let states = endpoints.iter().map(|_| Arc::default()).collect();
         Backend {
             name: name.into(),
             stats,
+            policy: Arc::default(),
+            protocol: UpstreamProtocol::default(),
             endpoints: endpoints.into_boxed_slice(),
+            states,
             next: AtomicUsize::new(0),
         }
     }
 
+    /// The same backend with `policy` and `protocol`.
+    pub fn with_policy(mut self, policy: Arc<Policy>, protocol: UpstreamProtocol) -> Self {
+        self.policy = policy;
+        self.protocol = protocol;
+        self
+    }
+
+    /// The same backend sharing endpoint states through `registry`.
+    pub fn with_registry(mut self, registry: &EndpointRegistry) -> Self {
+        self.states = self.endpoints.iter().map(|a| registry.state(*a)).collect();
+        self
+    }
+
     /// The next endpoint in round-robin order; `None` when the backend has no endpoints.
+    /// Ignores health and the load-balancing policy (see [`Backend::choose`]).
     pub fn pick(&self) -> Option<SocketAddr> {
         match self.endpoints.len() {
             0 => None,
             1 => Some(self.endpoints[0]),
             n => Some(self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n]),
+        }
+    }
+
+    /// Chooses an endpoint for one attempt: by the policy's [`LoadBalance`], among endpoints not
+    /// in `tried` and not ejected; else any not tried (ejection ignored: fail open); else any
+    /// (every endpoint was tried: start over). `None` only when there are no endpoints.
+    pub fn choose(&self, tried: &[SocketAddr]) -> Option<(SocketAddr, &Arc<EndpointState>)> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let usable = |i: usize, check_health: bool| {
+            !tried.contains(&self.endpoints[i]) && !(check_health && self.states[i].is_ejected())
+        };
+        let chosen = match self.policy.load_balance {
+            LoadBalance::RoundRobin => {
+                let start = if n == 1 {
+                    0
+                } else {
+                    self.next.fetch_add(1, Ordering::Relaxed)
+                };
+                let scan = |check| (0..n).map(|k| (start + k) % n).find(|&i| usable(i, check));
+                scan(true).or_else(|| scan(false))
+            }
+            LoadBalance::LeastRequest => self
+                .two_choices(|i| usable(i, true))
+                .or_else(|| self.two_choices(|i| usable(i, false))),
+        };
+        let i = chosen.unwrap_or_else(|| (fast_random() % n as u64) as usize);
+        Some((self.endpoints[i], &self.states[i]))
+    }
+
+    /// Power of two choices among the endpoints `ok` accepts: two drawn at random, the one with
+    /// fewer requests in flight. With fewer than two candidates, the candidate (if any).
+    fn two_choices(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        let r = fast_random();
+        let a = (r % n as u64) as usize;
+        // A second, different index: offset 1..n from the first.
+        let b = if n > 1 {
+            (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n
+        } else {
+            a
+        };
+        match (ok(a), ok(b)) {
+            (true, true) => Some(if self.states[b].in_flight() < self.states[a].in_flight() {
+                b
+            } else {
+                a
+            }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            // Both drawn unusable: the least loaded usable one, by a scan.
+            (false, false) => (0..n)
+                .filter(|&i| ok(i))
+                .min_by_key(|&i| self.states[i].in_flight()),
         }
     }
 
@@ -207,6 +291,10 @@ pub struct RouteTable {
     any: HostRoutes,
     /// The first served Ingress's `spec.defaultBackend` (in `config`'s order).
     default_backend: Option<Arc<Backend>>,
+    /// Hosts with a certificate in some served Ingress's `spec.tls` (exact, lower-case).
+    tls_exact: HashSet<Box<str>>,
+    /// Suffixes of `*.suffix` TLS hosts.
+    tls_wildcard: HashSet<Box<str>>,
 }
 
 impl RouteTable {
@@ -253,6 +341,31 @@ impl RouteTable {
             })
             .unwrap_or(&self.any);
         level.lookup(path).or(self.default_backend.as_ref())
+    }
+
+    /// The same table, with `hosts` (as in `spec.tls[].hosts`, lower-cased; `*.suffix` allowed)
+    /// marked as TLS hosts: plain-HTTP requests for them are redirected to HTTPS.
+    pub fn with_tls_hosts<'a>(mut self, hosts: impl IntoIterator<Item = &'a str>) -> Self {
+        for h in hosts {
+            match h.strip_prefix("*.") {
+                Some(suffix) => self.tls_wildcard.insert(suffix.into()),
+                None => self.tls_exact.insert(h.into()),
+            };
+        }
+        self
+    }
+
+    /// Whether the request host (as received: port, case and trailing dot allowed) is covered by
+    /// a TLS host (exact, or a wildcard one label up).
+    pub fn has_tls(&self, host: &str) -> bool {
+        if self.tls_exact.is_empty() && self.tls_wildcard.is_empty() {
+            return false;
+        }
+        let host = normalize_host(host);
+        self.tls_exact.contains(&*host)
+            || host.split_once('.').is_some_and(|(first, suffix)| {
+                !first.is_empty() && self.tls_wildcard.contains(suffix)
+            })
     }
 
     /// Number of rules (for logs).
@@ -501,5 +614,76 @@ mod tests {
         let picks: Vec<_> = (0..4).map(|_| be.pick().unwrap()).collect();
         assert_eq!(picks, vec![a, b, a, b]);
         assert_eq!(Backend::new("none", vec![]).pick(), None);
+    }
+
+    fn addrs(n: u8) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|i| SocketAddr::from(([192, 0, 2, i], 80)))
+            .collect()
+    }
+
+    #[test]
+    fn choose_skips_tried_and_ejected_endpoints() {
+        let eps = addrs(3);
+        let be = Backend::new("x", eps.clone());
+        let picks: Vec<_> = (0..3).map(|_| be.choose(&[]).unwrap().0).collect();
+        assert_eq!(picks, eps, "round robin");
+        for _ in 0..3 {
+            let (a, _) = be.choose(&[eps[0], eps[1]]).unwrap();
+            assert_eq!(a, eps[2], "the only untried endpoint");
+        }
+        // Eject endpoint 1: never chosen while others are usable.
+        let (_, s) = be.choose(&[eps[0], eps[2]]).unwrap();
+        for _ in 0..3 {
+            s.connect_failed();
+        }
+        for _ in 0..6 {
+            assert_ne!(be.choose(&[]).unwrap().0, eps[1]);
+        }
+        // Only the ejected one left untried: chosen anyway (fail open).
+        assert_eq!(be.choose(&[eps[0], eps[2]]).unwrap().0, eps[1]);
+        // All tried: still an answer.
+        assert!(be.choose(&eps).is_some());
+        assert!(Backend::new("none", vec![]).choose(&[]).is_none());
+    }
+
+    #[test]
+    fn least_request_prefers_fewer_in_flight() {
+        let policy = Arc::new(Policy {
+            load_balance: LoadBalance::LeastRequest,
+            ..Policy::default()
+        });
+        let eps = addrs(2);
+        let be = Backend::new("x", eps.clone()).with_policy(policy, UpstreamProtocol::Http1);
+        // Endpoint 0 busy with 5 requests: with two endpoints, both are always drawn.
+        let (_, s0) = be.choose(&[eps[1]]).unwrap();
+        let busy: Vec<_> = (0..5).map(|_| s0.start()).collect();
+        for _ in 0..20 {
+            assert_eq!(be.choose(&[]).unwrap().0, eps[1]);
+        }
+        drop(busy);
+        // Balanced load spreads over both.
+        let mut seen = HashSet::new();
+        let mut guards = Vec::new();
+        for _ in 0..20 {
+            let (a, s) = be.choose(&[]).unwrap();
+            guards.push(s.start());
+            seen.insert(a);
+        }
+        assert_eq!(seen.len(), 2);
+        let (a, b) = (be.states[0].in_flight(), be.states[1].in_flight());
+        assert!(a.abs_diff(b) <= 1, "in flight {a} vs {b}");
+    }
+
+    #[test]
+    fn tls_hosts_exact_and_wildcard() {
+        let t = RouteTable::default().with_tls_hosts(["secure.example", "*.wild.example"]);
+        assert!(t.has_tls("secure.example"));
+        assert!(t.has_tls("Secure.Example:80"));
+        assert!(t.has_tls("a.wild.example"));
+        assert!(!t.has_tls("a.b.wild.example"));
+        assert!(!t.has_tls("wild.example"));
+        assert!(!t.has_tls("other.example"));
+        assert!(!RouteTable::default().has_tls("secure.example"));
     }
 }

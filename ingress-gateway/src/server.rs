@@ -42,6 +42,8 @@ pub struct Settings {
     pub threads: usize,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: nowhere).
     pub metrics_addr: MetricsAddr,
+    /// One access log event per request (target `access`).
+    pub access_log: bool,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -104,6 +106,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         threads: settings.threads.max(1),
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
+        // Upper bound of Pingora's retry loop; `Gateway::fail_to_connect` decides each retry.
+        max_retries: crate::proxy::MAX_TRIES,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -111,7 +115,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(published.routes.clone(), metrics),
+        Gateway::new(published.routes.clone(), metrics).with_access_log(settings.access_log),
         "ingress-gateway",
     );
     proxy.add_tcp(&settings.http_addr.to_string());

@@ -18,6 +18,12 @@ fn ingress(name: &str, spec: Value) -> Value {
            "metadata": {"namespace": "default", "name": name}, "spec": spec})
 }
 
+/// `ingress` with `drawbridge.dev/ssl-redirect: "false"`: its TLS hosts stay reachable over HTTP.
+fn no_redirect(mut ingress: Value) -> Value {
+    ingress["metadata"]["annotations"] = json!({"drawbridge.dev/ssl-redirect": "false"});
+    ingress
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_tls_headers_and_status() {
     let a = Origin::start("a", "127.0.0.2").await;
@@ -34,7 +40,7 @@ async fn routes_tls_headers_and_status() {
         mk_tls_secret("site-cert", &site_crt, &site_key),
         mk_tls_secret("wild-cert", &wild_crt, &wild_key),
         mk_tls_secret("broken-cert", "not a certificate", "not a key"),
-        ingress(
+        no_redirect(ingress(
             "site",
             json!({
                 "ingressClassName": "drawbridge",
@@ -54,14 +60,14 @@ async fn routes_tls_headers_and_status() {
                     {"host": "broken.test", "http": {"paths": [path("/", "Prefix", "web-a", json!({"number": 80}))]}},
                 ],
             }),
-        ),
+        )),
         // A second Ingress adding a path to the same host.
-        ingress(
+        no_redirect(ingress(
             "site-extra",
             json!({"ingressClassName": "drawbridge", "rules": [
                 {"host": "a.example.test", "http": {"paths": [path("/extra", "Prefix", "web-b", json!({"number": 80}))]}},
             ]}),
-        ),
+        )),
         // Another controller's Ingress: ignored entirely.
         ingress(
             "foreign",
