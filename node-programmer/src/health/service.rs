@@ -61,16 +61,16 @@ impl std::fmt::Display for BindFailure {
 }
 
 /// The body kube-proxy writes, byte for byte: its `dedent`ed, `\n`-trimmed template, indented
-/// with tabs:
+/// with one tab per level (shown here with `→` for a tab):
 ///
 /// ```text
 /// {
-/// 	"service": {
-/// 		"namespace": "<ns>",
-/// 		"name": "<name>"
-/// 	},
-/// 	"localEndpoints": <n>,
-/// 	"serviceProxyHealthy": <bool>
+/// →"service": {
+/// →→"namespace": "<ns>",
+/// →→"name": "<name>"
+/// →},
+/// →"localEndpoints": <n>,
+/// →"serviceProxyHealthy": <bool>
 /// }
 /// ```
 pub fn service_health_body(
