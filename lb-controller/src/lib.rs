@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allocate;
+pub mod announce;
 pub mod controller;
 pub mod leader;
 pub mod observe;

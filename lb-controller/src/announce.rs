@@ -1,0 +1,552 @@
+//! L2 announcement: which node answers ARP / NDP for each allocated LoadBalancer IP.
+//!
+//! ```text
+//!  Nodes ───────────┐                 ┌──────────────── pure ────────────────┐
+//!  L2Announcements ─┤                 │ eligible(ip) = Ready ∧ ¬NetworkUnavailable
+//!  IPAddressPools ──┼─> views ──────> │   ∧ ¬exclude-from-external-load-balancers
+//!  EndpointSlices ──┤                 │   ∧ ∃ L2Announcement covering ip's pool and
+//!  Services ────────┘                 │     matching the node ∧ (ETP=Local ⇒ ready local endpoint)
+//!                                     │ elect(ip) = argmin sha256(node "#" ip) over eligible
+//!                                     └─> desired annotation `drawbridge.dev/announcing-node`
+//!                                              │ only differences, only while leader
+//!                          AnnotationWriter (metadata merge patch) + Event AnnouncingNodeChanged
+//! ```
+//!
+//! The election is stateless and deterministic (MetalLB's speaker does the same: sort the
+//! candidate nodes by sha256(node + IP), the first wins — `shared/reference/lb-controller.md`,
+//! "Announcing"). Rendezvous hashing means a node joining or leaving moves only the IPs it wins or
+//! held, never reshuffles the rest. Services sharing an IP elect the same node for it because the
+//! key is the IP, not the Service.
+//!
+//! The annotation value is the node name when every announced IP of the Service has the same
+//! announcer (the usual case), else a comma list `IP=node,...` (dual-stack Services whose two IPs
+//! elect different nodes). node-programmer parses both ([`parse_annotation`] is the reference).
+//! No eligible node: the annotation is removed and a `NoAnnouncingNode` Warning Event says why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use drawbridge_resources::ObjectKey;
+use drawbridge_resources::crd::IPAddressPool;
+use drawbridge_resources::crd_l2::{L2Announcement, NodeLabelSelector};
+use drawbridge_resources::events::{Event, EventRecorder};
+use drawbridge_resources::names::{FIELD_MANAGER, LABEL_SERVICE_NAME};
+use drawbridge_resources::source::Kind;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use crate::allocate::ServiceKey;
+use crate::pool::AddressRange;
+
+/// Service annotation written by lb-controller: the node that announces the Service's
+/// LoadBalancer IPs on layer 2 (value format in the module docs).
+pub const ANNOTATION_ANNOUNCING_NODE: &str = "drawbridge.dev/announcing-node";
+
+/// Node label that keeps a node out of every external load balancer (Kubernetes well-known label;
+/// the service controller and MetalLB honour it; its value is ignored).
+pub const LABEL_EXCLUDE_FROM_EXTERNAL_LB: &str =
+    "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// Event reason: the announcing node of a Service changed (note: `old -> new`).
+pub const REASON_ANNOUNCING_NODE_CHANGED: &str = "AnnouncingNodeChanged";
+/// Event reason: a Service has LoadBalancer IPs but no node may announce them.
+pub const REASON_NO_ANNOUNCING_NODE: &str = "NoAnnouncingNode";
+/// Event action of the above.
+pub const ACTION_ANNOUNCE: &str = "Announce";
+
+// === views (pure inputs) ===
+
+/// What the election needs to know about a Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Condition `Ready` is `True` (kubelet posts it; the node lifecycle controller turns it
+    /// `Unknown` after `node-monitor-grace-period`).
+    pub ready: bool,
+    /// Condition `NetworkUnavailable` is `True` (MetalLB skips such nodes too).
+    pub network_unavailable: bool,
+}
+
+impl NodeView {
+    /// The view of `node`; `None` without a name.
+    pub fn from_node(node: &Node) -> Option<NodeView> {
+        let name = node.metadata.name.clone()?;
+        let conditions = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let is_true = |type_: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        };
+        Some(NodeView {
+            name,
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            ready: is_true("Ready"),
+            network_unavailable: is_true("NetworkUnavailable"),
+        })
+    }
+}
+
+/// One `L2Announcement`, reduced to what the election reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// `metadata.name` (for messages).
+    pub name: String,
+    /// `spec.ipAddressPools`; empty: every pool.
+    pub pools: Vec<String>,
+    /// `spec.nodeSelectors`; empty: every node; else any one must match.
+    pub node_selectors: Vec<NodeLabelSelector>,
+}
+
+impl Policy {
+    /// The policy of an `L2Announcement` object.
+    pub fn from_object(l2: &L2Announcement) -> Policy {
+        Policy {
+            name: l2.metadata.name.clone().unwrap_or_default(),
+            pools: l2.spec.ip_address_pools.clone(),
+            node_selectors: l2.spec.node_selectors.clone(),
+        }
+    }
+
+    fn covers_pool(&self, pool: &str) -> bool {
+        self.pools.is_empty() || self.pools.iter().any(|p| p == pool)
+    }
+
+    /// A selector with an unknown operator matches nothing (the API server would have refused it).
+    fn selects(&self, node: &NodeView) -> bool {
+        self.node_selectors.is_empty()
+            || self
+                .node_selectors
+                .iter()
+                .any(|s| s.matches(&node.labels).unwrap_or(false))
+    }
+}
+
+/// A Service holding LoadBalancer IPs from our pools.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceView {
+    /// (namespace, name).
+    pub key: ServiceKey,
+    /// `metadata.uid` (for Events).
+    pub uid: Option<String>,
+    /// Each `status.loadBalancer.ingress[].ip` that lies in a pool, with that pool's name.
+    pub ips: Vec<(IpAddr, String)>,
+    /// `spec.externalTrafficPolicy: Local`.
+    pub local_only: bool,
+    /// Nodes with at least one ready endpoint of this Service (EndpointSlice `nodeName`).
+    pub ready_endpoint_nodes: BTreeSet<String>,
+    /// The annotation as observed now.
+    pub current: Option<String>,
+}
+
+// === election (pure) ===
+
+/// The announcer of `ip` (of pool `pool`) among `nodes`, or `None` when no node is eligible.
+///
+/// Eligible: Ready, not NetworkUnavailable, without [`LABEL_EXCLUDE_FROM_EXTERNAL_LB`], selected by
+/// some policy that covers `pool`, and — when `local_only` — in `endpoint_nodes`. Winner: the
+/// lowest sha256(`node` "#" `ip`) (rendezvous hashing; ties, impossible in practice, by name).
+pub fn elect(
+    ip: IpAddr,
+    pool: &str,
+    nodes: &[NodeView],
+    policies: &[Policy],
+    local_only: bool,
+    endpoint_nodes: &BTreeSet<String>,
+) -> Option<String> {
+    let covering: Vec<&Policy> = policies.iter().filter(|p| p.covers_pool(pool)).collect();
+    nodes
+        .iter()
+        .filter(|n| n.ready && !n.network_unavailable)
+        .filter(|n| !n.labels.contains_key(LABEL_EXCLUDE_FROM_EXTERNAL_LB))
+        .filter(|n| covering.iter().any(|p| p.selects(n)))
+        .filter(|n| !local_only || endpoint_nodes.contains(&n.name))
+        .min_by_key(|n| (score(&n.name, ip), n.name.clone()))
+        .map(|n| n.name.clone())
+}
+
+fn score(node: &str, ip: IpAddr) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(node.as_bytes());
+    h.update(b"#");
+    h.update(ip.to_string().as_bytes());
+    h.finalize().into()
+}
+
+/// The desired annotation value of `svc` (module docs for the format); `None` when no IP of it
+/// has an announcer.
+pub fn desired_annotation(
+    svc: &ServiceView,
+    nodes: &[NodeView],
+    policies: &[Policy],
+) -> Option<String> {
+    let elected: Vec<(IpAddr, String)> = svc
+        .ips
+        .iter()
+        .filter_map(|(ip, pool)| {
+            elect(
+                *ip,
+                pool,
+                nodes,
+                policies,
+                svc.local_only,
+                &svc.ready_endpoint_nodes,
+            )
+            .map(|n| (*ip, n))
+        })
+        .collect();
+    let distinct: BTreeSet<&str> = elected.iter().map(|(_, n)| n.as_str()).collect();
+    match distinct.len() {
+        0 => None,
+        1 if elected.len() == svc.ips.len() => distinct.into_iter().next().map(str::to_string),
+        _ => Some(
+            elected
+                .iter()
+                .map(|(ip, n)| format!("{ip}={n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
+}
+
+/// Reads an annotation value: which node announces each of `ips`. A plain node name covers every
+/// IP; an `IP=node` list covers the listed IPs. Entries that do not parse are skipped.
+pub fn parse_annotation(value: &str, ips: &[IpAddr]) -> BTreeMap<IpAddr, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return BTreeMap::new();
+    }
+    if !value.contains('=') {
+        return ips.iter().map(|ip| (*ip, value.to_string())).collect();
+    }
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (ip, node) = entry.split_once('=')?;
+            let ip: IpAddr = ip.trim().parse().ok()?;
+            let node = node.trim();
+            (!node.is_empty() && ips.contains(&ip)).then(|| (ip, node.to_string()))
+        })
+        .collect()
+}
+
+/// One annotation to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The Service.
+    pub key: ServiceKey,
+    /// Its uid (for the Event).
+    pub uid: Option<String>,
+    /// Value now (`None`: absent).
+    pub from: Option<String>,
+    /// Value wanted (`None`: remove).
+    pub to: Option<String>,
+    /// The Service has IPs but no node may announce them (reported as a Warning).
+    pub unannounced: bool,
+}
+
+/// Every Service whose annotation differs from the desired one (compare, then write: a resync of
+/// an unchanged world yields nothing). Services without IPs are only touched to remove a stale
+/// annotation.
+pub fn plan(services: &[ServiceView], nodes: &[NodeView], policies: &[Policy]) -> Vec<Change> {
+    services
+        .iter()
+        .filter_map(|svc| {
+            let to = desired_annotation(svc, nodes, policies);
+            (to != svc.current).then(|| Change {
+                key: svc.key.clone(),
+                uid: svc.uid.clone(),
+                from: svc.current.clone(),
+                unannounced: to.is_none() && !svc.ips.is_empty(),
+                to,
+            })
+        })
+        .collect()
+}
+
+// === building views from objects ===
+
+/// Views of every Service that holds an IP from `pools` or carries a stale annotation. `ipMode:
+/// Proxy` ingress entries are skipped (the load balancer is not on layer 2 then).
+pub fn service_views(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    pools: &[Arc<IPAddressPool>],
+) -> Vec<ServiceView> {
+    let ranges: Vec<(String, Vec<AddressRange>)> = pools
+        .iter()
+        .map(|p| {
+            let ranges = p
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|a| AddressRange::parse(a).ok())
+                .collect();
+            (p.metadata.name.clone().unwrap_or_default(), ranges)
+        })
+        .collect();
+    let pool_of = |ip: IpAddr| {
+        ranges
+            .iter()
+            .find(|(_, rs)| rs.iter().any(|r| r.contains(ip)))
+            .map(|(name, _)| name.clone())
+    };
+    let mut endpoint_nodes: BTreeMap<ServiceKey, BTreeSet<String>> = BTreeMap::new();
+    for slice in slices {
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        else {
+            continue;
+        };
+        let key = (
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            service.clone(),
+        );
+        for ep in &slice.endpoints {
+            // `ready` absent means ready (discovery.k8s.io/v1 EndpointConditions).
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if let (true, Some(node)) = (ready, &ep.node_name) {
+                endpoint_nodes
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(node.clone());
+            }
+        }
+    }
+    services
+        .iter()
+        .filter_map(|svc| {
+            let key = (
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone()?,
+            );
+            let current = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_ANNOUNCING_NODE))
+                .cloned();
+            let spec = svc.spec.as_ref();
+            let is_lb = spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+            let ips: Vec<(IpAddr, String)> = if is_lb {
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                    .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
+                    .filter_map(|ip| Some((ip, pool_of(ip)?)))
+                    .collect()
+            } else {
+                vec![]
+            };
+            if ips.is_empty() && current.is_none() {
+                return None;
+            }
+            Some(ServiceView {
+                local_only: spec.and_then(|s| s.external_traffic_policy.as_deref())
+                    == Some("Local"),
+                ready_endpoint_nodes: endpoint_nodes.get(&key).cloned().unwrap_or_default(),
+                uid: svc.metadata.uid.clone(),
+                key,
+                ips,
+                current,
+            })
+        })
+        .collect()
+}
+
+// === edge: writing the annotation ===
+
+/// Why an annotation write failed; the next pass computes the same change and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("annotating Service {namespace}/{name} failed")]
+    AnnotateServiceFailed {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Sets or removes [`ANNOTATION_ANNOUNCING_NODE`] on one Service.
+pub trait AnnotationWriter: Send + Sync {
+    /// `value: None` removes the annotation. Errors: [`Error::AnnotateServiceFailed`].
+    fn set_announcing_node(
+        &self,
+        key: &ServiceKey,
+        value: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+/// Writes the annotation with a JSON merge patch of `metadata.annotations` (RFC 7386; `null`
+/// deletes), field manager `drawbridge`.
+pub struct KubeAnnotationWriter {
+    client: kube::Client,
+}
+
+impl KubeAnnotationWriter {
+    /// A writer using `client`.
+    pub fn new(client: kube::Client) -> Self {
+        KubeAnnotationWriter { client }
+    }
+}
+
+impl AnnotationWriter for KubeAnnotationWriter {
+    fn set_announcing_node(
+        &self,
+        key: &ServiceKey,
+        value: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        let (namespace, name) = key.clone();
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {ANNOTATION_ANNOUNCING_NODE: value}}
+        });
+        Box::pin(async move {
+            let api: kube::Api<Service> = kube::Api::namespaced(self.client.clone(), &namespace);
+            let params = kube::api::PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            };
+            match api
+                .patch(&name, &params, &kube::api::Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(source) => Err(Error::AnnotateServiceFailed {
+                    namespace,
+                    name,
+                    source,
+                }),
+            }
+        })
+    }
+}
+
+/// Test fake: records `(key, value)` of every write and succeeds.
+#[derive(Default)]
+pub struct RecordingAnnotationWriter {
+    writes: std::sync::Mutex<Vec<(ServiceKey, Option<String>)>>,
+}
+
+impl RecordingAnnotationWriter {
+    /// Every write so far, oldest first.
+    pub fn writes(&self) -> Vec<(ServiceKey, Option<String>)> {
+        self.writes.lock().expect("lock poisoned").clone()
+    }
+}
+
+impl AnnotationWriter for RecordingAnnotationWriter {
+    fn set_announcing_node(
+        &self,
+        key: &ServiceKey,
+        value: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.writes
+            .lock()
+            .expect("lock poisoned")
+            .push((key.clone(), value.map(str::to_string)));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Everything one announcement pass reads, as the stores hold it.
+pub struct Inputs<'a> {
+    /// Services.
+    pub services: &'a [Arc<Service>],
+    /// EndpointSlices (for ETP=Local).
+    pub slices: &'a [Arc<EndpointSlice>],
+    /// Nodes.
+    pub nodes: &'a [Arc<Node>],
+    /// L2Announcements.
+    pub announcements: &'a [Arc<L2Announcement>],
+    /// IPAddressPools (an IP outside every pool is not ours to announce).
+    pub pools: &'a [Arc<IPAddressPool>],
+}
+
+/// One level-triggered pass: plan, then write each change while `leader` holds, publishing an
+/// Event after each successful write. Returns `false` when a write failed (retry soon).
+pub async fn reconcile(
+    inputs: &Inputs<'_>,
+    writer: &dyn AnnotationWriter,
+    events: &dyn EventRecorder,
+    leader: &watch::Receiver<bool>,
+) -> bool {
+    let nodes: Vec<NodeView> = inputs
+        .nodes
+        .iter()
+        .filter_map(|n| NodeView::from_node(n))
+        .collect();
+    let policies: Vec<Policy> = inputs
+        .announcements
+        .iter()
+        .map(|a| Policy::from_object(a))
+        .collect();
+    let views = service_views(inputs.services, inputs.slices, inputs.pools);
+    let mut ok = true;
+    for change in plan(&views, &nodes, &policies) {
+        if !*leader.borrow() {
+            tracing::info!("lease lost; remaining announcement writes dropped");
+            return true;
+        }
+        let (namespace, name) = &change.key;
+        if let Err(error) = writer
+            .set_announcing_node(&change.key, change.to.as_deref())
+            .await
+        {
+            tracing::warn!(%namespace, %name, error = %error, "announcing-node write failed; will retry");
+            ok = false;
+            continue;
+        }
+        let regarding = ObjectKey::namespaced(Kind::Service, namespace, name);
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "<none>".into());
+        let event = if change.unannounced {
+            tracing::warn!(%namespace, %name, "no eligible node announces the LoadBalancer IPs");
+            Event::warning(
+                regarding,
+                REASON_NO_ANNOUNCING_NODE,
+                ACTION_ANNOUNCE,
+                format!(
+                    "no node may announce the LoadBalancer IPs (needs Ready, no {LABEL_EXCLUDE_FROM_EXTERNAL_LB} label, \
+                     an L2Announcement covering the pool and selecting the node, and for \
+                     externalTrafficPolicy=Local a ready local endpoint); was {}",
+                    show(&change.from)
+                ),
+            )
+        } else {
+            tracing::info!(%namespace, %name, from = %show(&change.from), to = %show(&change.to), "announcing node changed");
+            Event::normal(
+                regarding,
+                REASON_ANNOUNCING_NODE_CHANGED,
+                ACTION_ANNOUNCE,
+                format!("{} -> {}", show(&change.from), show(&change.to)),
+            )
+        };
+        events.publish(event.with_uid(change.uid.clone())).await;
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests;
