@@ -15,14 +15,25 @@
 //!
 //! Order of decisions (deterministic; oldest Service first, by `creationTimestamp` then
 //! namespace/name):
+//! 0. **claims** ([`ClaimView`], the `IPAddressClaim` objects): an address claimed by a live Service
+//!    is reserved for it — nobody else may take it unless allowed to share with the claim's owner;
+//!    a claim whose Service is gone reserves nothing (it is garbage, see `claim`);
 //! 1. **keep**: for each IP family a Service wants, it keeps the address of that family already in
-//!    its status while that address is still valid for it (a pool offers it and allows this Service;
-//!    it matches the Service's request for that family, if any; every older holder may share it);
+//!    its status — or, when its status has none (a crash between claim and status write), the one
+//!    it claims — while that address is still valid for it (a pool offers it and admits this
+//!    Service; it matches the Service's request for that family, if any; every older holder and
+//!    the claim's owner may share it);
 //! 2. **assign**: every family still missing gets its requested address
 //!    (`drawbridge.dev/load-balancer-ips`, one per family, else `spec.loadBalancerIP`) if a pool
 //!    offers it and it is free or shareable, or else — with a sharing key — the lowest address
 //!    already used by Services it may share with, or else the lowest free address of the requested
-//!    pool (`drawbridge.dev/address-pool`) or of the auto-assign pools in name order.
+//!    pool (`drawbridge.dev/address-pool`) or of the auto-assign pools in priority order (lower
+//!    `serviceAllocation.priority` first, pools without one last, then by name — MetalLB's order).
+//!
+//! Pools ([`Pool::admits`]): a pool's `serviceAllocation` namespaces / selectors limit which
+//! Services may use it, whichever way they ask (auto-assign, pool annotation, requested address).
+//! Overlapping pools are allowed (and flagged in their status); an address is one address whatever
+//! pool offers it, so it is never handed out twice.
 //!
 //! Families (`spec.ipFamilies`, `spec.ipFamilyPolicy`): `SingleStack` wants the first family;
 //! `PreferDualStack` wants both and settles for one when no pool can give the other;
@@ -46,7 +57,7 @@ use drawbridge_resources::names::{
     LOAD_BALANCER_CLASS,
 };
 
-use crate::pool::Pool;
+use crate::pool::{Pool, pool_order};
 
 /// `namespace/name` of a Service.
 pub type ServiceKey = (String, String);
@@ -103,6 +114,13 @@ pub enum IpFamilyPolicy {
 pub struct ServiceView {
     /// Namespace and name.
     pub key: ServiceKey,
+    /// `metadata.uid` (absent in standalone manifests that omit it).
+    pub uid: Option<String>,
+    /// `metadata.labels` (for `serviceAllocation.serviceSelector`).
+    pub labels: BTreeMap<String, String>,
+    /// Labels of the Service's Namespace (for `serviceAllocation.namespaceSelector`); filled by
+    /// the caller, empty when the Namespace is unknown.
+    pub namespace_labels: BTreeMap<String, String>,
     /// `metadata.creationTimestamp`; older Services win conflicts. Missing sorts first.
     pub created: Option<Time>,
     /// `type: LoadBalancer` and a class we handle.
@@ -216,6 +234,9 @@ impl ServiceView {
                 meta.namespace.clone().unwrap_or_default(),
                 meta.name.clone().unwrap_or_default(),
             ),
+            uid: meta.uid.clone().filter(|u| !u.is_empty()),
+            labels: meta.labels.clone().unwrap_or_default(),
+            namespace_labels: BTreeMap::new(),
             created: meta.creation_timestamp.clone(),
             eligible: spec.type_.as_deref() == Some("LoadBalancer") && ours,
             foreign: !ours,
@@ -337,6 +358,29 @@ impl Outcome {
     }
 }
 
+/// One `IPAddressClaim` as the allocator sees it: the address and the Service it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimView {
+    /// The claimed address.
+    pub ip: IpAddr,
+    /// `spec.serviceRef` namespace and name.
+    pub owner: ServiceKey,
+    /// `spec.serviceRef.uid`, when recorded.
+    pub uid: Option<String>,
+}
+
+impl ClaimView {
+    /// Whether `svc` is the Service this claim names (same namespace/name, and the same uid when
+    /// both are known — a re-created Service of the same name is another Service).
+    pub fn names(&self, svc: &ServiceView) -> bool {
+        self.owner == svc.key
+            && match (&self.uid, &svc.uid) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
 // === impl ServiceView (sharing) ===
 
 impl ServiceView {
@@ -359,7 +403,10 @@ const SHARING_RULE: &str = "sharing needs the same drawbridge.dev/allow-shared-i
 /// Addresses held so far in one pass, and by whom.
 #[derive(Default)]
 struct Holders<'a> {
-    /// Every held address (what `Pool::first_free` must skip).
+    /// Addresses claimed (`IPAddressClaim`) by a live Service: only it, or Services that may share
+    /// with it, may hold them.
+    reserved: BTreeMap<IpAddr, &'a ServiceView>,
+    /// Every held or reserved address (what `Pool::first_free` must skip).
     used: BTreeSet<IpAddr>,
     /// Who holds each address; more than one only for Services that may share.
     by_ip: BTreeMap<IpAddr, Vec<&'a ServiceView>>,
@@ -370,9 +417,13 @@ struct Holders<'a> {
 impl<'a> Holders<'a> {
     /// Whether `svc` may hold `ip` next to its current holders.
     fn may_use(&self, ip: IpAddr, svc: &ServiceView) -> bool {
-        self.by_ip
+        self.reserved
             .get(&ip)
-            .is_none_or(|holders| holders.iter().all(|h| svc.may_share(h)))
+            .is_none_or(|owner| owner.key == svc.key || svc.may_share(owner))
+            && self
+                .by_ip
+                .get(&ip)
+                .is_none_or(|holders| holders.iter().all(|h| svc.may_share(h)))
     }
 
     fn add(&mut self, ip: IpAddr, svc: &'a ServiceView) {
@@ -420,9 +471,19 @@ fn plan(svc: &ServiceView) -> Result<Plan, Failure> {
         .collect())
 }
 
-/// Decides every Service's addresses. Services of other classes, and non-LoadBalancer Services that
-/// carry nothing of ours, are absent from the result.
+/// Decides every Service's addresses without claims ([`allocate_with_claims`] with none).
 pub fn allocate(pools: &[Pool], services: &[ServiceView]) -> BTreeMap<ServiceKey, Outcome> {
+    allocate_with_claims(pools, services, &[])
+}
+
+/// Decides every Service's addresses, honouring `claims` (step 0 in the module docs). Services of
+/// other classes, and non-LoadBalancer Services that carry nothing of ours, are absent from the
+/// result. Cost: O(S log S + claims) plus the free-address scans.
+pub fn allocate_with_claims(
+    pools: &[Pool],
+    services: &[ServiceView],
+    claims: &[ClaimView],
+) -> BTreeMap<ServiceKey, Outcome> {
     let mut order: Vec<&ServiceView> = services.iter().collect();
     order.sort_by(|a, b| {
         let ta = a.created.as_ref().map(|t| t.0);
@@ -430,14 +491,28 @@ pub fn allocate(pools: &[Pool], services: &[ServiceView]) -> BTreeMap<ServiceKey
         ta.cmp(&tb).then_with(|| a.key.cmp(&b.key))
     });
     let mut pools: Vec<&Pool> = pools.iter().collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    pools.sort_by(|a, b| pool_order(a, b));
+    let by_key: BTreeMap<&ServiceKey, &ServiceView> =
+        services.iter().map(|s| (&s.key, s)).collect();
+    let reserved: BTreeMap<IpAddr, &ServiceView> = claims
+        .iter()
+        .filter_map(|c| {
+            let owner = by_key.get(&c.owner)?;
+            c.names(owner).then_some((c.ip, *owner))
+        })
+        .collect();
+    let claimed_by: BTreeMap<&ServiceKey, Vec<IpAddr>> =
+        reserved.iter().fold(BTreeMap::new(), |mut m, (ip, owner)| {
+            m.entry(&owner.key).or_insert_with(Vec::new).push(*ip);
+            m
+        });
 
     // A Service that fails after keeping an address has blocked it for younger Services in this
     // pass; recompute without its status (what the next pass would see). Each round forgets at
     // least one more Service, so this ends.
     let mut forget: BTreeSet<ServiceKey> = BTreeSet::new();
     loop {
-        match pass(&pools, &order, &forget) {
+        match pass(&pools, &order, &reserved, &claimed_by, &forget) {
             Ok(out) => return out,
             Err(more) => forget.extend(more),
         }
@@ -445,12 +520,18 @@ pub fn allocate(pools: &[Pool], services: &[ServiceView]) -> BTreeMap<ServiceKey
 }
 
 /// One keep → assign → release pass; `Err` lists Services that failed after keeping something.
-fn pass(
+fn pass<'a>(
     pools: &[&Pool],
-    order: &[&ServiceView],
+    order: &[&'a ServiceView],
+    reserved: &BTreeMap<IpAddr, &'a ServiceView>,
+    claimed_by: &BTreeMap<&ServiceKey, Vec<IpAddr>>,
     forget: &BTreeSet<ServiceKey>,
 ) -> Result<BTreeMap<ServiceKey, Outcome>, Vec<ServiceKey>> {
-    let mut holders = Holders::default();
+    let mut holders = Holders {
+        reserved: reserved.clone(),
+        used: reserved.keys().copied().collect(),
+        ..Holders::default()
+    };
     let mut kept: BTreeMap<&ServiceKey, Vec<Option<Assignment>>> = BTreeMap::new();
     let mut out = BTreeMap::new();
 
@@ -461,19 +542,28 @@ fn pass(
     {
         let Ok(plan) = plan(svc) else { continue };
         let mut slots = vec![None; plan.len()];
+        let claimed = claimed_by.get(&svc.key).map(Vec::as_slice).unwrap_or(&[]);
         for ((family, request), slot) in plan.iter().zip(slots.iter_mut()) {
-            let Some(&ip) = svc.current.iter().find(|ip| IpFamily::of(**ip) == *family) else {
-                continue;
-            };
-            if request.is_some_and(|r| r != ip) || !holders.may_use(ip, svc) {
-                continue;
-            }
-            if let Some(pool) = pool_for(pools, ip, svc, request.is_some()) {
-                holders.add(ip, svc);
-                *slot = Some(Assignment {
-                    ip,
-                    pool: pool.name.clone(),
-                });
+            // Status first; a claim stands in when status has nothing of this family (the
+            // controller died between creating the claim and writing the status).
+            let in_status = svc.current.iter().find(|ip| IpFamily::of(**ip) == *family);
+            let candidates = in_status.into_iter().chain(
+                claimed
+                    .iter()
+                    .filter(|ip| in_status.is_none() && IpFamily::of(**ip) == *family),
+            );
+            for &ip in candidates {
+                if request.is_some_and(|r| r != ip) || !holders.may_use(ip, svc) {
+                    continue;
+                }
+                if let Some(pool) = pool_for(pools, ip, svc, request.is_some()) {
+                    holders.add(ip, svc);
+                    *slot = Some(Assignment {
+                        ip,
+                        pool: pool.name.clone(),
+                    });
+                    break;
+                }
             }
         }
         if slots.iter().any(Option::is_some) {
@@ -542,15 +632,21 @@ fn pass(
 }
 
 /// Whether `pool` may serve `svc`: the pool it named, or any auto-assign pool, or — for an
-/// explicitly requested address — any pool offering that address (MetalLB semantics).
+/// explicitly requested address — any pool offering that address (MetalLB semantics); in every
+/// case only if the pool's `serviceAllocation` admits the Service.
 fn allows(pool: &Pool, svc: &ServiceView, explicit: bool) -> bool {
-    match &svc.pool {
+    let asked = match &svc.pool {
         Some(name) => *name == pool.name,
         None => pool.auto_assign || explicit,
-    }
+    };
+    asked && admits(pool, svc)
 }
 
-/// The first pool (by name) that offers `ip` and may serve `svc`: the pool an address is reported
+fn admits(pool: &Pool, svc: &ServiceView) -> bool {
+    pool.admits(&svc.key.0, &svc.namespace_labels, &svc.labels)
+}
+
+/// The first pool (in [`pool_order`]) that offers `ip` and may serve `svc`: the pool an address is reported
 /// from, the same whether it was just assigned or kept.
 fn pool_for<'p>(
     pools: &[&'p Pool],
@@ -636,9 +732,20 @@ fn pick(
         .filter(|p| allows(p, svc, false))
         .collect();
     if candidates.is_empty() {
+        let refused: Vec<&str> = pools
+            .iter()
+            .filter(|p| svc.pool.as_ref().is_none_or(|n| *n == p.name))
+            .filter(|p| (p.auto_assign || svc.pool.is_some()) && !admits(p, svc))
+            .map(|p| p.name.as_str())
+            .collect();
         let message = match &svc.pool {
-            Some(name) => format!("IPAddressPool {name:?} does not exist"),
-            None => "no IPAddressPool has autoAssign enabled".to_string(),
+            Some(name) if refused.is_empty() => format!("IPAddressPool {name:?} does not exist"),
+            None if refused.is_empty() => "no IPAddressPool has autoAssign enabled".to_string(),
+            _ => format!(
+                "serviceAllocation of IPAddressPool {} does not admit this Service (namespaces, \
+                 namespaceSelector, serviceSelector)",
+                refused.join(", ")
+            ),
         };
         return Err((FailureReason::NoMatchingPool, message));
     }

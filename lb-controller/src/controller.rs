@@ -1,28 +1,42 @@
-//! The reconcile loop (edge ring): read the stores, run the pure allocator, write status diffs.
+//! The reconcile loop (edge ring): read the stores, run the pure allocator, write claims and
+//! status diffs.
 //!
 //! ```text
 //!   Resources::changed() ─┐
-//!   retry / resync timer ─┼─> reconcile(): pools + Services ─allocate()─> outcomes
-//!   leader gate (watch) ──┘       └─ desired_patch() per Service ─> StatusWriter (only differences;
-//!                                    releases and failures before new allocations; only while
-//!                                    the gate says leader)
+//!   retry / resync timer ─┼─> reconcile(): pools + Services + claims ─allocate_with_claims()─> outcomes
+//!   leader gate (watch) ──┘    1. claim::plan ─> ClaimStore: create / replace   (409 from someone
+//!                                 else → add their claim, allocate again; ≤ 3 rounds)
+//!                              2. desired_patch() per Service ─> StatusWriter (only differences;
+//!                                 releases and failures first; never an address whose claim
+//!                                 could not be made)
+//!                              3. ClaimStore: delete released / orphan claims
+//!                              4. IPAddressPool status (counts, Valid, Overlapping)
 //! ```
 //!
 //! The stores stay current on every replica (warm cache for a new leader); only the reconcile
-//! passes, and therefore the writes, wait for the leader gate (see [`crate::leader`]).
+//! passes, and therefore the writes, wait for the leader gate (see [`crate::leader`]). Claims are
+//! listed at start, whenever this replica becomes the leader, and at every resync; in between the
+//! leader is their only writer and keeps its index current from its own requests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use drawbridge_resources::crd::IPAddressClaim;
 use drawbridge_resources::status::StatusWriter;
 use drawbridge_resources::{Kind, ObjectKey, Resources};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 
-use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate, describe};
+use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate_with_claims, describe};
+use crate::claim::{self, ExistingClaim};
+use crate::claim_store::{ClaimStore, CreateResult, MemoryClaims};
 use crate::observe::Observe;
 use crate::pool::Pool;
+use crate::pool_status::{desired_status, pool_statuses};
 use crate::status::desired_patch;
 
 /// Without any change, recompute this often anyway (seconds); cheap, and it repairs status edited
@@ -33,6 +47,9 @@ const RETRY_SECS: u64 = 1;
 /// Coalesce bursts of changes (milliseconds).
 const DEBOUNCE_MS: u64 = 10;
 
+/// Rounds of "allocate, claim, someone else owns it, allocate again" in one pass.
+const CLAIM_ROUNDS: usize = 3;
+
 /// Settings of the loop.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -40,11 +57,113 @@ pub struct Settings {
     pub class_less: bool,
 }
 
+/// Labels of Namespaces, for `serviceAllocation.namespaceSelector`.
+#[derive(Clone, Default)]
+pub enum Namespaces {
+    /// Unknown: every Namespace has no labels (selectors with requirements match nothing).
+    #[default]
+    Unknown,
+    /// Watched Namespaces (Kubernetes mode).
+    Store(Store<Namespace>),
+    /// A fixed map (standalone mode: the Namespace objects of the manifest directory at start).
+    Fixed(BTreeMap<String, BTreeMap<String, String>>),
+}
+
+impl Namespaces {
+    /// Labels of Namespace `name` (empty when unknown).
+    pub fn labels(&self, name: &str) -> BTreeMap<String, String> {
+        match self {
+            Namespaces::Unknown => BTreeMap::new(),
+            Namespaces::Store(store) => store
+                .get(&kube::runtime::reflector::ObjectRef::new(name))
+                .and_then(|ns| ns.metadata.labels.clone())
+                .unwrap_or_default(),
+            Namespaces::Fixed(map) => map.get(name).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// The claims this replica knows, and where they live.
+pub struct Claims {
+    store: Arc<dyn ClaimStore>,
+    /// By name; current as of the last list plus this replica's own requests.
+    known: BTreeMap<String, IPAddressClaim>,
+    listed_at: Option<Instant>,
+}
+
+impl Claims {
+    /// An index over `store`, listed at the first reconcile.
+    pub fn new(store: Arc<dyn ClaimStore>) -> Self {
+        Claims {
+            store,
+            known: BTreeMap::new(),
+            listed_at: None,
+        }
+    }
+
+    /// Forces a fresh list at the next reconcile (leadership changed hands).
+    pub fn invalidate(&mut self) {
+        self.listed_at = None;
+    }
+
+    async fn refresh_if_stale(&mut self) -> bool {
+        if self
+            .listed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(RESYNC_SECS))
+        {
+            return true;
+        }
+        match self.store.list().await {
+            Ok(list) => {
+                self.known = list
+                    .into_iter()
+                    .filter_map(|c| Some((c.metadata.name.clone()?, c)))
+                    .collect();
+                self.listed_at = Some(Instant::now());
+                tracing::debug!(claims = self.known.len(), "IPAddressClaims listed");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot list IPAddressClaims; no writes until it works");
+                false
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<IPAddressClaim> {
+        self.known.values().cloned().collect()
+    }
+}
+
+/// [`run_with`] keeping claims in memory only (no uniqueness across restarts); for tests that are
+/// about something else.
+pub async fn run(
+    resources: Resources,
+    status: Arc<dyn StatusWriter>,
+    settings: Settings,
+    leader: watch::Receiver<bool>,
+    observe: Observe,
+) {
+    let claims = Claims::new(Arc::new(MemoryClaims::default()));
+    run_with(
+        resources,
+        status,
+        claims,
+        Namespaces::Unknown,
+        settings,
+        leader,
+        observe,
+    )
+    .await
+}
+
 /// Runs until the source ends or the leader gate closes. Never returns early on bad input or
 /// write failures. `leader`: `true` while this replica may write (always `true` without election).
-pub async fn run(
+pub async fn run_with(
     mut resources: Resources,
     status: Arc<dyn StatusWriter>,
+    mut claims: Claims,
+    namespaces: Namespaces,
     settings: Settings,
     mut leader: watch::Receiver<bool>,
     mut observe: Observe,
@@ -61,11 +180,15 @@ pub async fn run(
             if leader.wait_for(|is_leader| *is_leader).await.is_err() {
                 return;
             }
+            // Another replica may have written claims meanwhile.
+            claims.invalidate();
             tracing::info!("leader; allocating");
         }
-        let ok = reconcile(
+        let ok = reconcile_with(
             &resources,
             status.as_ref(),
+            &mut claims,
+            &namespaces,
             &settings,
             &mut reported_problems,
             &leader,
@@ -83,8 +206,7 @@ pub async fn run(
     }
 }
 
-/// One level-triggered pass. Returns `false` if a write failed (retry soon). Stops writing the
-/// moment `leader` turns `false` (lease lost mid-pass).
+/// [`reconcile_with`] with claims in memory and no Namespace labels; for tests.
 pub async fn reconcile(
     resources: &Resources,
     status: &dyn StatusWriter,
@@ -93,7 +215,37 @@ pub async fn reconcile(
     leader: &watch::Receiver<bool>,
     observe: &mut Observe,
 ) -> bool {
+    let mut claims = Claims::new(Arc::new(MemoryClaims::default()));
+    reconcile_with(
+        resources,
+        status,
+        &mut claims,
+        &Namespaces::Unknown,
+        settings,
+        reported_problems,
+        leader,
+        observe,
+    )
+    .await
+}
+
+/// One level-triggered pass. Returns `false` if a write failed (retry soon). Stops writing the
+/// moment `leader` turns `false` (lease lost mid-pass).
+#[allow(clippy::too_many_arguments)]
+pub async fn reconcile_with(
+    resources: &Resources,
+    status: &dyn StatusWriter,
+    claims: &mut Claims,
+    namespaces: &Namespaces,
+    settings: &Settings,
+    reported_problems: &mut BTreeSet<String>,
+    leader: &watch::Receiver<bool>,
+    observe: &mut Observe,
+) -> bool {
     let started = std::time::Instant::now();
+    if !claims.refresh_if_stale().await {
+        return false;
+    }
     let pools: Vec<Pool> = resources
         .pools
         .state()
@@ -109,21 +261,95 @@ pub async fn reconcile(
         }
     }
     let services = resources.services.state();
+    let mut ns_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let views: Vec<ServiceView> = services
         .iter()
-        .map(|s| ServiceView::from_service(s, settings.class_less))
+        .map(|s| {
+            let mut view = ServiceView::from_service(s, settings.class_less);
+            view.namespace_labels = ns_labels
+                .entry(view.key.0.clone())
+                .or_insert_with(|| namespaces.labels(&view.key.0))
+                .clone();
+            view
+        })
         .collect();
-    let outcomes = allocate(&pools, &views);
+
+    // 1. Claims before status: allocate, claim what is new; if someone else owns an address,
+    // learn their claim and allocate again.
+    let mut ok = true;
+    let mut unclaimed: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut outcomes = BTreeMap::new();
+    let mut plan = claim::ClaimPlan::default();
+    for round in 1..=CLAIM_ROUNDS {
+        let claim_views: Vec<_> = claims.known.values().filter_map(claim::view).collect();
+        outcomes = allocate_with_claims(&pools, &views, &claim_views);
+        plan = claim::plan(&claims.all(), &views, &outcomes);
+        unclaimed.clear();
+        let mut conflict = false;
+        let todo = plan
+            .replace
+            .iter()
+            .map(|c| (true, c))
+            .chain(plan.create.iter().map(|c| (false, c)));
+        for (replace, wanted) in todo {
+            if !*leader.borrow() {
+                tracing::info!("lease lost; claims and status writes dropped");
+                return true;
+            }
+            let name = wanted.metadata.name.clone().unwrap_or_default();
+            let ip = claim::view(wanted).map(|v| v.ip);
+            let made = claim_one(claims, wanted, replace, &views, &outcomes).await;
+            match made {
+                Ok(true) => {}
+                Ok(false) => {
+                    conflict = true;
+                    tracing::warn!(claim = %name, round, "address claimed by another Service; allocating again");
+                }
+                Err(error) => {
+                    ok = false;
+                    unclaimed.extend(ip);
+                    tracing::warn!(claim = %name, error = %error, "cannot claim address; its Service waits");
+                }
+            }
+        }
+        if !conflict {
+            break;
+        }
+        if round == CLAIM_ROUNDS {
+            ok = false;
+        }
+    }
+    // Addresses whose claim is still not ours must not be written (conflict after the last round).
+    for c in plan.create.iter().chain(&plan.replace) {
+        if let Some(v) = claim::view(c)
+            && !claims
+                .known
+                .get(&claim::claim_name_of(c))
+                .and_then(claim::view)
+                .is_some_and(|k| views.iter().any(|s| k.names(s) && s.key == v.owner))
+        {
+            unclaimed.insert(v.ip);
+        }
+    }
     observe.record_pools(&pools, &outcomes);
     observe.retain_services(&services.iter().map(|s| service_key(s)).collect());
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut patches = Vec::new();
+    let current: BTreeMap<&ServiceKey, &ServiceView> = views.iter().map(|v| (&v.key, v)).collect();
     for svc in &services {
         let key = service_key(svc);
         let Some(outcome) = outcomes.get(&key) else {
             continue;
         };
+        let shows = |ip: &IpAddr| current.get(&key).is_some_and(|v| v.current.contains(ip));
+        if outcome
+            .assignments()
+            .iter()
+            .any(|a| unclaimed.contains(&a.ip) && !shows(&a.ip))
+        {
+            continue; // its claim is not made yet: never show an unclaimed address
+        }
         if let Some(patch) = desired_patch(svc, outcome, &now) {
             patches.push((
                 matches!(outcome, Outcome::Allocated { .. }),
@@ -137,7 +363,8 @@ pub async fn reconcile(
     // Free addresses before handing them to someone else.
     patches.sort_by_key(|(allocates, key, ..)| (*allocates, key.clone()));
 
-    let mut ok = true;
+    let mut written: BTreeSet<ServiceKey> = BTreeSet::new();
+    let mut write_failed: BTreeSet<ServiceKey> = BTreeSet::new();
     for (_, (namespace, name), outcome, patch, uid) in patches {
         if !*leader.borrow() {
             tracing::info!("lease lost; remaining status writes dropped");
@@ -152,6 +379,11 @@ pub async fn reconcile(
         observe
             .status_written(object, uid, outcome, result.is_ok())
             .await;
+        if result.is_ok() {
+            written.insert((namespace.clone(), name.clone()));
+        } else {
+            write_failed.insert((namespace.clone(), name.clone()));
+        }
         match (&result, outcome) {
             (Err(error), _) => {
                 ok = false;
@@ -169,11 +401,100 @@ pub async fn reconcile(
             }
         }
     }
+
+    // 3. Release claims nobody should hold, once no Service shows the address any more.
+    for (name, owner) in &plan.delete {
+        if !*leader.borrow() {
+            break;
+        }
+        let ip = drawbridge_resources::crd::claim_address(name);
+        let still_shown = current
+            .get(owner)
+            .is_some_and(|v| ip.is_some_and(|ip| v.current.contains(&ip)));
+        if write_failed.contains(owner) || (still_shown && !written.contains(owner)) {
+            continue;
+        }
+        match claims.store.delete(name.clone()).await {
+            Ok(()) => {
+                claims.known.remove(name);
+                tracing::debug!(claim = %name, "IPAddressClaim released");
+            }
+            Err(error) => {
+                ok = false;
+                tracing::warn!(claim = %name, error = %error, "cannot delete IPAddressClaim; will retry");
+            }
+        }
+    }
+
+    // 4. Pool status.
+    let observed: BTreeMap<String, _> = resources
+        .pools
+        .state()
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.status.clone()?)))
+        .collect();
+    let stamp = now.0.to_string();
+    for (name, desired) in pool_statuses(&pools, &outcomes, &observed, &stamp) {
+        let Some(patch) = desired_status(&desired, observed.get(&name)) else {
+            continue;
+        };
+        if !*leader.borrow() {
+            break;
+        }
+        let object = ObjectKey::cluster(Kind::IPAddressPool, &name);
+        if let Err(error) = status.patch_status(object, patch).await {
+            ok = false;
+            tracing::warn!(pool = %name, error = %error, "IPAddressPool status write failed; will retry");
+        }
+    }
+
     observe
         .metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     ok
+}
+
+/// Makes `wanted` exist (deleting the claim it replaces first). `Ok(false)`: another live Service
+/// owns the address (its claim is now in the index).
+async fn claim_one(
+    claims: &mut Claims,
+    wanted: &IPAddressClaim,
+    replace: bool,
+    views: &[ServiceView],
+    outcomes: &BTreeMap<ServiceKey, Outcome>,
+) -> crate::claim_store::Result<bool> {
+    let name = claim::claim_name_of(wanted);
+    if replace {
+        claims.store.delete(name.clone()).await?;
+        claims.known.remove(&name);
+    }
+    // One retry: an orphan found on the way is removed and the create repeated.
+    for _ in 0..2 {
+        match claims.store.create(wanted.clone()).await? {
+            CreateResult::Created => {
+                claims.known.insert(name, wanted.clone());
+                return Ok(true);
+            }
+            CreateResult::Exists(existing) => {
+                match claim::existing_is_ours(&existing, wanted, views, outcomes) {
+                    ExistingClaim::Ours => {
+                        claims.known.insert(name, *existing);
+                        return Ok(true);
+                    }
+                    ExistingClaim::Foreign => {
+                        claims.known.insert(name, *existing);
+                        return Ok(false);
+                    }
+                    ExistingClaim::Orphan => {
+                        claims.store.delete(name.clone()).await?;
+                        claims.known.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn service_key(svc: &k8s_openapi::api::core::v1::Service) -> ServiceKey {

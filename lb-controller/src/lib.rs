@@ -16,8 +16,11 @@
 
 pub mod allocate;
 pub mod announce;
+pub mod claim;
+pub mod claim_store;
 pub mod controller;
 pub mod leader;
 pub mod observe;
 pub mod pool;
+pub mod pool_status;
 pub mod status;

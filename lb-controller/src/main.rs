@@ -5,7 +5,12 @@ use clap::Parser;
 use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use drawbridge_resources::telemetry::{self, LogFormat};
-use lb_controller::controller::{self, Settings};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use lb_controller::claim_store::{ClaimStore, DirClaims, KubeClaims, MemoryClaims};
+use lb_controller::controller::{self, Claims, Namespaces, Settings};
 use lb_controller::leader::{self, LeaderArgs, Leadership};
 use lb_controller::observe::{Metrics, Observe};
 
@@ -47,10 +52,39 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         class_less: args.class_less,
     };
+    let (claims, namespaces): (Arc<dyn ClaimStore>, Namespaces) =
+        match (source.standalone, &args.source.state_dir) {
+            (true, Some(state_dir)) => (
+                Arc::new(DirClaims::new(state_dir).context("opening the claim directory")?),
+                Namespaces::Unknown,
+            ),
+            (true, None) => {
+                tracing::warn!("no --state-dir: IPAddressClaims live in memory only");
+                (Arc::new(MemoryClaims::default()), Namespaces::Unknown)
+            }
+            (false, _) => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("building a Kubernetes client for IPAddressClaims")?;
+                // Namespace labels for serviceAllocation.namespaceSelector.
+                let (store, writer) = reflector::store();
+                let stream = watcher(kube::Api::all(client.clone()), watcher::Config::default())
+                    .default_backoff()
+                    .reflect(writer);
+                tokio::spawn(stream.for_each(|event| async move {
+                    if let Err(error) = event {
+                        tracing::warn!(%error, "Namespace watch failed; retrying with backoff");
+                    }
+                }));
+                (Arc::new(KubeClaims::new(client)), Namespaces::Store(store))
+            }
+        };
     tokio::select! {
-        () = controller::run(
+        () = controller::run_with(
             source.resources,
             source.status,
+            Claims::new(claims),
+            namespaces,
             settings,
             election.subscribe(),
             Observe::new(metrics, source.events, health.clone()),

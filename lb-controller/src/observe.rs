@@ -250,41 +250,17 @@ fn saturate(n: u128) -> i64 {
 /// Addresses `pool` can hand out: the size of its ranges, less IPv4 `.0`/`.255` addresses when
 /// `avoidBuggyIPs` is set.
 pub fn usable_addresses(pool: &Pool) -> u128 {
-    pool.ranges
-        .iter()
-        .map(|r| {
-            let size = r.size();
-            match (pool.avoid_buggy_ips, r.first, r.last) {
-                (true, IpAddr::V4(first), IpAddr::V4(last)) => {
-                    let (first, last) = (u32::from(first) as u128, u32::from(last) as u128);
-                    // Addresses n in [first, last] with n % 256 == 0 or 255.
-                    let upto = |n: u128, rem: u128| if n < rem { 0 } else { (n - rem) / 256 + 1 };
-                    let count = |rem: u128| {
-                        upto(last, rem) - if first == 0 { 0 } else { upto(first - 1, rem) }
-                    };
-                    size - count(0) - count(255)
-                }
-                _ => size,
-            }
-        })
-        .sum()
+    pool.usable(true).saturating_add(pool.usable(false))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::AddressRange;
 
     pub(super) fn pool(name: &str, ranges: &[&str], avoid_buggy_ips: bool) -> Pool {
         Pool {
-            name: name.into(),
-            ranges: ranges
-                .iter()
-                .map(|r| AddressRange::parse(r).expect("range"))
-                .collect(),
-            auto_assign: true,
             avoid_buggy_ips,
-            problems: vec![],
+            ..Pool::test(name, ranges)
         }
     }
 
@@ -363,7 +339,21 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
                 .await
             );
         }
-        assert_eq!(status.patches().len(), 6, "two Services, three passes");
+        let service_patches = status
+            .patches()
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Service)
+            .count();
+        assert_eq!(service_patches, 6, "two Services, three passes");
+        let pool_patches: Vec<serde_json::Value> = status
+            .patches()
+            .into_iter()
+            .filter(|(k, _)| k.kind == Kind::IPAddressPool)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(pool_patches.len(), 3, "one pool, three passes (the fake does not feed back)");
+        assert_eq!(pool_patches[0]["assignedIPv4"], 1);
+        assert_eq!(pool_patches[0]["availableIPv4"], 0);
         let got: Vec<(String, &str, String, Option<String>)> = events
             .events()
             .into_iter()

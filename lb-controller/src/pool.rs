@@ -1,9 +1,11 @@
-//! Address pools: parsing `IPAddressPool.spec.addresses` into ranges and finding free addresses.
+//! Address pools: parsing `IPAddressPool.spec.addresses` into ranges, `serviceAllocation` (which
+//! Services may use a pool, in which order), and finding free addresses.
 
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use drawbridge_resources::crd::IPAddressPool;
+use drawbridge_resources::crd::{IPAddressPool, LabelSelector};
 
 /// One inclusive address range of a pool (both ends in the same family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +69,58 @@ pub struct Pool {
     pub auto_assign: bool,
     /// `spec.avoidBuggyIPs`: skip IPv4 addresses ending in `.0` or `.255`.
     pub avoid_buggy_ips: bool,
-    /// One message per `spec.addresses` entry that was refused.
+    /// One message per `spec.addresses` (or selector) entry that was refused.
     pub problems: Vec<String>,
+    /// `spec.serviceAllocation.priority`: lower first, `None` after every number.
+    pub priority: Option<i32>,
+    /// `spec.serviceAllocation.namespaces`.
+    pub namespaces: Vec<String>,
+    /// `spec.serviceAllocation.namespaceSelector`.
+    pub namespace_selector: Option<LabelSelector>,
+    /// `spec.serviceAllocation.serviceSelector`.
+    pub service_selector: Option<LabelSelector>,
+}
+
+/// The order pools are tried in (MetalLB): lower `priority` first, pools without a priority last,
+/// then by name.
+pub fn pool_order(a: &Pool, b: &Pool) -> Ordering {
+    let rank = |p: &Pool| (p.priority.is_none(), p.priority.unwrap_or(0));
+    rank(a).cmp(&rank(b)).then_with(|| a.name.cmp(&b.name))
+}
+
+/// Whether `selector` matches `labels` (Kubernetes label-selector rules: every `matchLabels` pair
+/// and every requirement must hold; `In`/`NotIn`/`Exists`/`DoesNotExist`). An unknown operator
+/// matches nothing (the pool is then reported invalid, see [`selector_problems`]).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .match_labels
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && selector.match_expressions.iter().all(|r| {
+            let value = labels.get(&r.key);
+            match r.operator.as_str() {
+                "In" => value.is_some_and(|v| r.values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// Why `selector` is malformed (unknown operator, `In`/`NotIn` without values), one line each.
+pub fn selector_problems(field: &str, selector: &LabelSelector) -> Vec<String> {
+    selector
+        .match_expressions
+        .iter()
+        .filter_map(|r| match r.operator.as_str() {
+            "In" | "NotIn" if r.values.is_empty() => {
+                Some(format!("{field}: {:?} {} needs values", r.key, r.operator))
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
+            other => Some(format!("{field}: unknown operator {other:?}")),
+        })
+        .collect()
 }
 
 impl Pool {
@@ -82,13 +134,108 @@ impl Pool {
                 Err(problem) => problems.push(problem),
             }
         }
+        let allocation = pool.spec.service_allocation.clone().unwrap_or_default();
+        for (field, selector) in [
+            (
+                "serviceAllocation.namespaceSelector",
+                &allocation.namespace_selector,
+            ),
+            (
+                "serviceAllocation.serviceSelector",
+                &allocation.service_selector,
+            ),
+        ] {
+            if let Some(selector) = selector {
+                problems.extend(selector_problems(field, selector));
+            }
+        }
         Pool {
             name: pool.metadata.name.clone().unwrap_or_default(),
             ranges,
             auto_assign: pool.spec.auto_assign,
             avoid_buggy_ips: pool.spec.avoid_buggy_ips,
             problems,
+            priority: allocation.priority,
+            namespaces: allocation.namespaces,
+            namespace_selector: allocation.namespace_selector,
+            service_selector: allocation.service_selector,
         }
+    }
+
+    /// A pool with these ranges and defaults otherwise (auto-assign, no filters); for tests and
+    /// benchmarks. Panics on a bad range.
+    pub fn test(name: &str, ranges: &[&str]) -> Pool {
+        Pool {
+            name: name.into(),
+            ranges: ranges
+                .iter()
+                .map(|r| AddressRange::parse(r).expect("valid test range"))
+                .collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            problems: vec![],
+            priority: None,
+            namespaces: vec![],
+            namespace_selector: None,
+            service_selector: None,
+        }
+    }
+
+    /// `serviceAllocation`'s filter: whether a Service in `namespace` (whose Namespace carries
+    /// `namespace_labels`) with `service_labels` may use this pool. Namespaces: listed **or**
+    /// selected (when either is given); Services: selected (when given); both must hold.
+    pub fn admits(
+        &self,
+        namespace: &str,
+        namespace_labels: &BTreeMap<String, String>,
+        service_labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let namespace_ok = (self.namespaces.is_empty() && self.namespace_selector.is_none())
+            || self.namespaces.iter().any(|n| n == namespace)
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(s, namespace_labels));
+        namespace_ok
+            && self
+                .service_selector
+                .as_ref()
+                .is_none_or(|s| selector_matches(s, service_labels))
+    }
+
+    /// How many addresses of one family (`v4`) the pool can hand out: the size of its ranges,
+    /// less IPv4 `.0`/`.255` addresses when `avoidBuggyIPs` is set (saturating). Overlapping
+    /// ranges of one pool count once per range.
+    pub fn usable(&self, v4: bool) -> u128 {
+        self.ranges
+            .iter()
+            .filter(|r| r.first.is_ipv4() == v4)
+            .map(|r| {
+                let size = r.size();
+                match (self.avoid_buggy_ips, r.first, r.last) {
+                    (true, IpAddr::V4(first), IpAddr::V4(last)) => {
+                        let (first, last) = (u32::from(first) as u128, u32::from(last) as u128);
+                        // Addresses n in [first, last] with n % 256 == 0 or 255.
+                        let upto =
+                            |n: u128, rem: u128| if n < rem { 0 } else { (n - rem) / 256 + 1 };
+                        let count = |rem: u128| {
+                            upto(last, rem) - if first == 0 { 0 } else { upto(first - 1, rem) }
+                        };
+                        size - count(0) - count(255)
+                    }
+                    _ => size,
+                }
+            })
+            .fold(0u128, u128::saturating_add)
+    }
+
+    /// Whether the pool's ranges intersect `other`'s (same family).
+    pub fn overlaps(&self, other: &Pool) -> bool {
+        self.ranges.iter().any(|a| {
+            other.ranges.iter().any(|b| {
+                a.first.is_ipv4() == b.first.is_ipv4() && a.first <= b.last && b.first <= a.last
+            })
+        })
     }
 
     /// Whether the pool may hand out `ip` (inside a range, and not a skipped "buggy" address).
@@ -149,17 +296,112 @@ mod tests {
     use super::*;
 
     fn pool(addresses: &[&str], avoid: bool) -> Pool {
-        let ranges = addresses
-            .iter()
-            .map(|a| AddressRange::parse(a).expect("valid"))
-            .collect();
         Pool {
-            name: "p".into(),
-            ranges,
-            auto_assign: true,
             avoid_buggy_ips: avoid,
-            problems: vec![],
+            ..Pool::test("p", addresses)
         }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn selector(yaml: &str) -> LabelSelector {
+        serde_yaml::from_str(yaml).expect("selector")
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_rules() {
+        let l = labels(&[("tier", "web"), ("team", "a")]);
+        for (sel, want) in [
+            ("{}", true),
+            ("{matchLabels: {tier: web}}", true),
+            ("{matchLabels: {tier: db}}", false),
+            ("{matchLabels: {tier: web, team: b}}", false),
+            (
+                "{matchExpressions: [{key: tier, operator: In, values: [web, db]}]}",
+                true,
+            ),
+            (
+                "{matchExpressions: [{key: tier, operator: NotIn, values: [web]}]}",
+                false,
+            ),
+            (
+                "{matchExpressions: [{key: zone, operator: NotIn, values: [x]}]}",
+                true,
+            ),
+            ("{matchExpressions: [{key: team, operator: Exists}]}", true),
+            (
+                "{matchExpressions: [{key: team, operator: DoesNotExist}]}",
+                false,
+            ),
+            ("{matchExpressions: [{key: team, operator: Bogus}]}", false),
+        ] {
+            assert_eq!(selector_matches(&selector(sel), &l), want, "{sel}");
+        }
+        assert_eq!(
+            selector_problems(
+                "s",
+                &selector("{matchExpressions: [{key: a, operator: In}]}")
+            ),
+            ["s: \"a\" In needs values"]
+        );
+    }
+
+    #[test]
+    fn admits_ors_namespaces_and_ands_service_selector() {
+        let none = BTreeMap::new();
+        let team_a = labels(&[("team", "a")]);
+        let web = labels(&[("tier", "web")]);
+        let open = Pool::test("p", &["192.0.2.0/24"]);
+        assert!(open.admits("anything", &none, &none));
+        let listed = Pool {
+            namespaces: vec!["prod".into()],
+            namespace_selector: Some(selector("{matchLabels: {team: a}}")),
+            ..open.clone()
+        };
+        assert!(listed.admits("prod", &none, &none), "listed namespace");
+        assert!(listed.admits("dev", &team_a, &none), "selected namespace");
+        assert!(!listed.admits("dev", &none, &none), "neither");
+        let only_web = Pool {
+            service_selector: Some(selector("{matchLabels: {tier: web}}")),
+            ..listed
+        };
+        assert!(only_web.admits("prod", &none, &web));
+        assert!(!only_web.admits("prod", &none, &none), "service selector");
+        assert!(
+            !only_web.admits("dev", &none, &web),
+            "namespace rule still holds"
+        );
+    }
+
+    #[test]
+    fn priority_orders_pools_and_unprioritised_last() {
+        let mk = |name: &str, priority| Pool {
+            priority,
+            ..Pool::test(name, &["192.0.2.0/24"])
+        };
+        let mut pools = vec![
+            mk("a", None),
+            mk("b", Some(20)),
+            mk("c", Some(10)),
+            mk("d", Some(-5)),
+            mk("e", Some(10)),
+        ];
+        pools.sort_by(pool_order);
+        let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["d", "c", "e", "b", "a"]);
+    }
+
+    #[test]
+    fn overlap_is_per_family_and_inclusive() {
+        let a = Pool::test("a", &["192.0.2.0/28"]);
+        assert!(a.overlaps(&Pool::test("b", &["192.0.2.15-192.0.2.20"])));
+        assert!(!a.overlaps(&Pool::test("b", &["192.0.2.16/28"])));
+        assert!(!a.overlaps(&Pool::test("b", &["2001:db8::/120"])));
     }
 
     fn ip(s: &str) -> IpAddr {

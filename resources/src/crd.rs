@@ -55,7 +55,7 @@ pub struct IPAddressPoolSpec {
 ///
 /// The filters apply to every way of getting an address: auto-assignment, the
 /// `drawbridge.dev/address-pool` annotation and requested addresses.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceAllocation {
     /// Lower numbers are tried first; absent sorts after every number.
@@ -74,7 +74,7 @@ pub struct ServiceAllocation {
 
 /// A Kubernetes label selector (`metav1.LabelSelector`): every `matchLabels` pair and every
 /// `matchExpressions` requirement must hold; an empty selector matches everything.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     /// `key: value` pairs that must all be present.
@@ -87,7 +87,7 @@ pub struct LabelSelector {
 
 /// One `matchExpressions` entry: `operator` is `In`, `NotIn`, `Exists` or `DoesNotExist`
 /// (`values` non-empty for the first two, empty for the others).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     /// Label key.

@@ -1,16 +1,10 @@
 use super::*;
-use crate::pool::AddressRange;
 
 fn pool(name: &str, addresses: &[&str], auto_assign: bool) -> Pool {
     Pool {
-        name: name.into(),
-        ranges: addresses
-            .iter()
-            .map(|a| AddressRange::parse(a).expect("valid"))
-            .collect(),
         auto_assign,
         avoid_buggy_ips: true,
-        problems: vec![],
+        ..Pool::test(name, addresses)
     }
 }
 
@@ -22,6 +16,9 @@ fn ip(s: &str) -> IpAddr {
 fn svc(name: &str, age: i64) -> ServiceView {
     ServiceView {
         key: ("default".into(), name.into()),
+        uid: Some(format!("uid-{name}")),
+        labels: BTreeMap::new(),
+        namespace_labels: BTreeMap::new(),
         created: Some(Time(
             k8s_openapi::jiff::Timestamp::from_second(age).expect("time"),
         )),
@@ -843,4 +840,304 @@ fn random_services_reach_a_fixed_point_without_forbidden_duplicates() {
         let third = allocate(&pools, &apply(&written, &second));
         assert_eq!(third, without_released(&second), "seed {seed}");
     }
+}
+
+// === serviceAllocation ===
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn selector(yaml: &str) -> drawbridge_resources::crd::LabelSelector {
+    serde_yaml::from_str(yaml).expect("selector")
+}
+
+impl ServiceView {
+    fn in_namespace(mut self, ns: &str, ns_labels: &[(&str, &str)]) -> Self {
+        self.key.0 = ns.into();
+        self.namespace_labels = labels(ns_labels);
+        self
+    }
+    fn with_labels(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.labels = labels(pairs);
+        self
+    }
+}
+
+fn ip_in(out: &BTreeMap<ServiceKey, Outcome>, ns: &str, name: &str) -> Option<(IpAddr, String)> {
+    out.get(&(ns.to_string(), name.to_string()))
+        .and_then(|o| o.assignments().first().cloned())
+        .map(|a| (a.ip, a.pool))
+}
+
+#[test]
+fn priority_picks_lower_number_first_and_unprioritised_last() {
+    // Table: (pools as (name, priority, range), expected pool of the first Service).
+    let table: &[(&[(&str, Option<i32>, &str)], &str)] = &[
+        (
+            &[
+                ("a", None, "192.0.2.0/24"),
+                ("b", Some(5), "198.51.100.0/24"),
+            ],
+            "b",
+        ),
+        (
+            &[
+                ("a", Some(5), "192.0.2.0/24"),
+                ("b", Some(1), "198.51.100.0/24"),
+            ],
+            "b",
+        ),
+        (
+            &[
+                ("a", Some(1), "192.0.2.0/24"),
+                ("b", Some(1), "198.51.100.0/24"),
+            ],
+            "a",
+        ),
+        (
+            &[("z", None, "192.0.2.0/24"), ("a", None, "198.51.100.0/24")],
+            "a",
+        ),
+        (
+            &[
+                ("a", Some(-3), "192.0.2.0/24"),
+                ("b", Some(0), "198.51.100.0/24"),
+            ],
+            "a",
+        ),
+    ];
+    for (pools, want) in table {
+        let pools: Vec<Pool> = pools
+            .iter()
+            .map(|(n, prio, r)| Pool {
+                priority: *prio,
+                ..pool(n, &[r], true)
+            })
+            .collect();
+        let out = allocate(&pools, &[svc("web", 1)]);
+        let got = &out[&("default".to_string(), "web".to_string())].assignments()[0].pool;
+        assert_eq!(got, want, "{pools:?}");
+    }
+}
+
+#[test]
+fn priority_pool_full_falls_through_to_the_next() {
+    let pools = [
+        Pool {
+            priority: Some(1),
+            ..pool("small", &["192.0.2.1/32"], true)
+        },
+        pool("big", &["198.51.100.0/24"], true),
+    ];
+    let out = allocate(&pools, &[svc("a", 1), svc("b", 2)]);
+    assert_eq!(ip_of(&out, "a"), Some(ip("192.0.2.1")));
+    assert_eq!(ip_of(&out, "b"), Some(ip("198.51.100.1")));
+}
+
+#[test]
+fn namespaces_and_selectors_filter_pools() {
+    let prod_only = Pool {
+        priority: Some(1),
+        namespaces: vec!["prod".into()],
+        namespace_selector: Some(selector("{matchLabels: {env: production}}")),
+        ..pool("prod", &["192.0.2.0/24"], true)
+    };
+    let web_only = Pool {
+        priority: Some(2),
+        service_selector: Some(selector(
+            "{matchExpressions: [{key: tier, operator: In, values: [web]}]}",
+        )),
+        ..pool("web", &["198.51.100.0/24"], true)
+    };
+    let rest = pool("rest", &["203.0.113.0/24"], true);
+    let pools = [prod_only, web_only, rest];
+    let services = [
+        svc("a", 1).in_namespace("prod", &[]),
+        svc("b", 2).in_namespace("shop", &[("env", "production")]),
+        svc("c", 3)
+            .in_namespace("dev", &[])
+            .with_labels(&[("tier", "web")]),
+        svc("d", 4).in_namespace("dev", &[]),
+        // Asks for the prod pool by name but is not admitted.
+        svc("e", 5).in_namespace("dev", &[]).with_pool("prod"),
+        // Requests an address of the prod pool but is not admitted.
+        svc("f", 6)
+            .in_namespace("dev", &[])
+            .with_request("192.0.2.200"),
+    ];
+    let out = allocate(&pools, &services);
+    let pool_of = |ns: &str, n: &str| ip_in(&out, ns, n).map(|(_, p)| p);
+    assert_eq!(
+        pool_of("prod", "a").as_deref(),
+        Some("prod"),
+        "listed namespace"
+    );
+    assert_eq!(
+        pool_of("shop", "b").as_deref(),
+        Some("prod"),
+        "selected namespace"
+    );
+    assert_eq!(
+        pool_of("dev", "c").as_deref(),
+        Some("web"),
+        "service selector"
+    );
+    assert_eq!(
+        pool_of("dev", "d").as_deref(),
+        Some("rest"),
+        "filtered out of both"
+    );
+    match &out[&("dev".to_string(), "e".to_string())] {
+        Outcome::Failed { reason, message } => {
+            assert_eq!(*reason, FailureReason::NoMatchingPool);
+            assert!(message.contains("does not admit"), "{message}");
+        }
+        other => panic!("e: {other:?}"),
+    }
+    match &out[&("dev".to_string(), "f".to_string())] {
+        Outcome::Failed { reason, .. } => {
+            assert_eq!(*reason, FailureReason::RequestedAddressUnavailable)
+        }
+        other => panic!("f: {other:?}"),
+    }
+}
+
+#[test]
+fn a_pool_that_stops_admitting_a_service_moves_it_in_one_step() {
+    let narrowed = Pool {
+        priority: Some(1),
+        namespaces: vec!["prod".into()],
+        ..pool("first", &["192.0.2.0/24"], true)
+    };
+    let pools = [narrowed, pool("second", &["198.51.100.0/24"], true)];
+    let s = svc("web", 1)
+        .in_namespace("dev", &[])
+        .with_current("192.0.2.1");
+    let out = allocate(&pools, &[s]);
+    assert_eq!(
+        ip_in(&out, "dev", "web"),
+        Some((ip("198.51.100.1"), "second".into()))
+    );
+}
+
+#[test]
+fn overlapping_pools_never_hand_out_an_address_twice() {
+    // a: .0-.15, b: .8-.23 (overlap .8-.15); b tried first by priority.
+    let pools = [
+        pool("a", &["192.0.2.0/28"], true),
+        Pool {
+            priority: Some(1),
+            ..pool("b", &["192.0.2.8-192.0.2.23"], true)
+        },
+    ];
+    let services: Vec<ServiceView> = (0..30).map(|i| svc(&format!("s{i:02}"), i)).collect();
+    let out = allocate(&pools, &services);
+    let mut seen = BTreeSet::new();
+    let mut allocated = 0;
+    for o in out.values() {
+        for a in o.assignments() {
+            assert!(seen.insert(a.ip), "{} handed out twice", a.ip);
+            allocated += 1;
+        }
+    }
+    // .1-.23 (.0 buggy) = 23 distinct addresses in the union; 7 Services fail.
+    assert_eq!(allocated, 23);
+    assert_eq!(
+        out.values()
+            .filter(|o| matches!(
+                o,
+                Outcome::Failed {
+                    reason: FailureReason::PoolExhausted,
+                    ..
+                }
+            ))
+            .count(),
+        7
+    );
+}
+
+// === claims ===
+
+fn claim(ip_: &str, owner: &str) -> ClaimView {
+    ClaimView {
+        ip: ip(ip_),
+        owner: ("default".into(), owner.into()),
+        uid: Some(format!("uid-{owner}")),
+    }
+}
+
+#[test]
+fn a_claim_reserves_its_address_for_its_owner() {
+    let pools = [pool("lab", &["203.0.113.0/29"], true)];
+    // "new" is older but "owner" claims .1: "new" must not get it, not even through its status.
+    let services = [
+        svc("new", 1).with_current("203.0.113.1"),
+        svc("owner", 2).with_current("203.0.113.1"),
+    ];
+    let out = allocate_with_claims(&pools, &services, &[claim("203.0.113.1", "owner")]);
+    assert_eq!(ip_of(&out, "owner"), Some(ip("203.0.113.1")));
+    assert_eq!(ip_of(&out, "new"), Some(ip("203.0.113.2")));
+    // A requested address claimed by someone else is unavailable.
+    let services = [svc("asks", 1).with_request("203.0.113.1"), svc("owner", 2)];
+    let out = allocate_with_claims(&pools, &services, &[claim("203.0.113.1", "owner")]);
+    assert_eq!(
+        reason_of(&out, "asks"),
+        Some(FailureReason::RequestedAddressUnavailable)
+    );
+    assert_eq!(ip_of(&out, "owner"), Some(ip("203.0.113.1")));
+}
+
+#[test]
+fn a_claim_without_status_is_recovered_after_a_crash() {
+    // The controller died after creating the claim, before writing status: the Service gets the
+    // claimed address, not the lowest free one.
+    let pools = [pool("lab", &["203.0.113.0/29"], true)];
+    let out = allocate_with_claims(&pools, &[svc("web", 1)], &[claim("203.0.113.5", "web")]);
+    assert_eq!(ip_of(&out, "web"), Some(ip("203.0.113.5")));
+    // Status wins over a stale claim of the same family (the claim is then garbage).
+    let out = allocate_with_claims(
+        &pools,
+        &[svc("web", 1).with_current("203.0.113.3")],
+        &[claim("203.0.113.5", "web")],
+    );
+    assert_eq!(ip_of(&out, "web"), Some(ip("203.0.113.3")));
+}
+
+#[test]
+fn claims_of_gone_or_recreated_services_reserve_nothing() {
+    let pools = [pool("lab", &["203.0.113.1/32"], true)];
+    let out = allocate_with_claims(&pools, &[svc("web", 1)], &[claim("203.0.113.1", "gone")]);
+    assert_eq!(ip_of(&out, "web"), Some(ip("203.0.113.1")), "orphan claim");
+    let mut stale = claim("203.0.113.1", "other");
+    stale.uid = Some("uid-of-an-older-incarnation".into());
+    let out = allocate_with_claims(&pools, &[svc("web", 1), svc("other", 2)], &[stale]);
+    assert_eq!(ip_of(&out, "web"), Some(ip("203.0.113.1")), "uid differs");
+    assert_eq!(reason_of(&out, "other"), Some(FailureReason::PoolExhausted));
+}
+
+#[test]
+fn a_claimed_shared_address_admits_compatible_sharers_only() {
+    let pools = [pool("lab", &["203.0.113.0/30"], true)];
+    let owner = svc("owner", 5).with_key("k").with_ports(&[("TCP", 80)]);
+    let sharer = svc("sharer", 1).with_key("k").with_ports(&[("TCP", 443)]);
+    let clash = svc("clash", 2).with_key("k").with_ports(&[("TCP", 80)]);
+    let out = allocate_with_claims(
+        &pools,
+        &[
+            owner,
+            sharer.with_request("203.0.113.1"),
+            clash.with_request("203.0.113.1"),
+        ],
+        &[claim("203.0.113.1", "owner")],
+    );
+    assert_eq!(ip_of(&out, "owner"), Some(ip("203.0.113.1")));
+    assert_eq!(ip_of(&out, "sharer"), Some(ip("203.0.113.1")));
+    assert_eq!(
+        reason_of(&out, "clash"),
+        Some(FailureReason::SharingConflict)
+    );
 }
