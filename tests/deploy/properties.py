@@ -96,7 +96,10 @@ def base_checks(docs, variant):
         for v in versions:
             schema = v.get("schema", {}).get("openAPIV3Schema", {})
             check(schema.get("type") == "object", f"CRD {name} {v['name']}: structural schema (type: object)")
-            check("status" in (v.get("subresources") or {}), f"CRD {name} {v['name']}: status subresource")
+            # Kinds with a status (pools, announcements) need the subresource; IPAddressClaim has
+            # none (like KEP-1880's IPAddress) and is only created and deleted.
+            if "status" in schema.get("properties", {}):
+                check("status" in (v.get("subresources") or {}), f"CRD {name} {v['name']}: status subresource")
     pool_crd = find(docs, "CustomResourceDefinition", "ipaddresspools.drawbridge.dev")
     if pool_crd:
         schema = pool_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -49,6 +49,9 @@ EXPECTED = {
     "lb-controller": [
         *[(v, "", "services", "", CLUSTER) for v in READ],
         *[(v, "drawbridge.dev", "ipaddresspools", "", CLUSTER) for v in READ],
+        *[(v, "", "namespaces", "", CLUSTER) for v in READ],
+        *[(v, "drawbridge.dev", "ipaddressclaims", "", CLUSTER) for v in ("list", "get", "create", "delete")],
+        ("patch", "drawbridge.dev", "ipaddresspools", "status", CLUSTER),
         ("patch", "", "services", "status", CLUSTER),
         *EVENTS,
         # Leader election (kube-lease-manager): the Lease drawbridge-lb-controller in its namespace.
