@@ -402,3 +402,31 @@ async fn service_health_reports_unhealthy_proxy() {
     health.set_node_eligible(false);
     assert_eq!(get(SocketAddr::new(LOOPBACK, port), "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn service_health_without_addresses_listens_dual_stack() {
+    let (health, _clock) = manual();
+    let mut servers = ServiceHealthServers::new(vec![], health);
+    let port = free_port();
+    assert!(
+        servers
+            .sync(&[svc("demo", "web", port, 1)])
+            .await
+            .is_empty()
+    );
+    let listening = servers.listening();
+    let addrs = &listening[&("demo".to_string(), "web".to_string())];
+    assert_eq!(addrs.len(), 1, "{addrs:?}");
+    assert!(addrs[0].ip().is_unspecified(), "{addrs:?}");
+    assert_eq!(get(SocketAddr::new(LOOPBACK, port), "/").await.status, 200);
+    if addrs[0].is_ipv6() {
+        let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), port);
+        assert_eq!(get(v6, "/").await.status, 200, "IPv6 loopback too");
+    }
+    servers.shutdown().await;
+    assert!(
+        TcpStream::connect(SocketAddr::new(LOOPBACK, port))
+            .await
+            .is_err()
+    );
+}
