@@ -133,6 +133,11 @@ pub struct Metrics {
     pub response_bytes: Family<RouteLabels, Counter>,
     /// `drawbridge_gateway_upstream_connect_duration_seconds`: new upstream TCP connections.
     pub upstream_connect_duration: Histogram,
+    /// `drawbridge_gateway_upstream_connect_failures_total`: connects that failed (refused,
+    /// timed out, unreachable); each one counts towards passive health.
+    pub upstream_connect_failures: Counter,
+    /// `drawbridge_gateway_endpoint_ejections_total`: endpoints ejected by passive health.
+    pub endpoint_ejections: Counter,
     /// `drawbridge_gateway_config_syncs_total`: route tables published.
     pub config_syncs: Counter,
     /// `drawbridge_gateway_last_config_sync_timestamp_seconds`.
@@ -150,6 +155,8 @@ impl Default for Metrics {
             request_bytes: Family::default(),
             response_bytes: Family::default(),
             upstream_connect_duration: duration_buckets(),
+            upstream_connect_failures: Counter::default(),
+            endpoint_ejections: Counter::default(),
             config_syncs: Counter::default(),
             last_config_sync: Gauge::default(),
             certificate_expiry: Family::default(),
@@ -185,6 +192,16 @@ impl Metrics {
             "drawbridge_gateway_upstream_connect_duration_seconds",
             "Time to open a new connection to an endpoint",
             m.upstream_connect_duration.clone(),
+        );
+        registry.register(
+            "drawbridge_gateway_upstream_connect_failures",
+            "Upstream connects that failed",
+            m.upstream_connect_failures.clone(),
+        );
+        registry.register(
+            "drawbridge_gateway_endpoint_ejections",
+            "Endpoints ejected by passive health (repeated connect failures)",
+            m.endpoint_ejections.clone(),
         );
         registry.register(
             "drawbridge_gateway_config_syncs",

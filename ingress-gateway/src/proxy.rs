@@ -40,9 +40,9 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::{Method, Metrics, RouteStats, StatusClass};
 use crate::policy::UpstreamProtocol;
@@ -412,9 +412,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        self.metrics.upstream_connect_failures.inc();
         if let Some(f) = ctx.in_flight.take()
             && f.state().connect_failed()
         {
+            self.metrics.endpoint_ejections.inc();
             tracing::warn!(endpoint = %peer._address, "endpoint ejected after repeated connect failures");
         }
         // Nothing reached the endpoint: another one may take any request.
@@ -425,6 +427,42 @@ impl ProxyHttp for Gateway {
         });
         e.set_retry(ctx.tries < MAX_TRIES && untried_left);
         e
+    }
+
+    /// Pingora's default error answer, except that upstream timeouts answer 504 (nginx's
+    /// `proxy_*_timeout` behaviour) instead of 502.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            ConnectTimedout | ReadTimedout | WriteTimedout
+                if *e.esource() == ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(error) = session.respond_error(code).await {
+                tracing::debug!(%error, "error response not delivered");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn connected_to_upstream(

@@ -26,10 +26,15 @@ pub const STEP: Duration = Duration::from_secs(5);
 // === Origin ===
 
 /// An HTTP/1.1 origin on `ip:0` answering every request with JSON: its name, and the Host,
-/// path, X-Forwarded-For and X-Forwarded-Proto it received.
+/// path, X-Forwarded-For and X-Forwarded-Proto it received (plus the other forwarding headers,
+/// the request header names, the body length and the method). It reads the whole body first.
+/// `/sleep/<ms>` answers after `ms` milliseconds; a request with `x-test-hop: 1` gets a response
+/// carrying hop-by-hop fields (`Connection: x-hop`, `X-Hop`, `Keep-Alive`).
 pub struct Origin {
     pub name: String,
     pub addr: SocketAddr,
+    /// TCP connections accepted so far (did anything arrive?).
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -40,11 +45,14 @@ impl Origin {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let name_owned: Arc<str> = name.into();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let name = name_owned.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -56,16 +64,44 @@ impl Origin {
                                     .and_then(|v| v.to_str().ok())
                                     .map(str::to_string)
                             };
-                            let body = json!({
+                            let names: Vec<String> = req
+                                .headers()
+                                .keys()
+                                .map(|k| k.as_str().to_string())
+                                .collect();
+                            let hop = h("x-test-hop").is_some();
+                            let method = req.method().to_string();
+                            let path = req.uri().path().to_string();
+                            let mut body = json!({
                                 "origin": &*name,
                                 "host": h("host"),
-                                "path": req.uri().path(),
+                                "path": &path,
                                 "xff": h("x-forwarded-for"),
                                 "xfp": h("x-forwarded-proto"),
+                                "xfh": h("x-forwarded-host"),
+                                "xfport": h("x-forwarded-port"),
+                                "xri": h("x-real-ip"),
+                                "xrid": h("x-request-id"),
+                                "method": method,
+                                "headers": names,
                             });
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
-                                body.to_string(),
-                            ))))
+                            let received =
+                                req.into_body().collect().await.map(|b| b.to_bytes().len());
+                            body["body_len"] = json!(received.ok());
+                            if let Some(ms) =
+                                path.strip_prefix("/sleep/").and_then(|m| m.parse().ok())
+                            {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                            if hop {
+                                let headers = resp.headers_mut();
+                                headers.insert("connection", "x-hop".parse().unwrap());
+                                headers.insert("x-hop", "1".parse().unwrap());
+                                headers.insert("keep-alive", "timeout=5".parse().unwrap());
+                                headers.insert("x-end-to-end", "1".parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -77,6 +113,7 @@ impl Origin {
         Origin {
             name: name.to_string(),
             addr,
+            accepted,
             task,
         }
     }
@@ -98,6 +135,8 @@ pub struct Gateway {
     pub metrics: SocketAddr,
     pub manifests: PathBuf,
     pub state: PathBuf,
+    /// The gateway's stderr (logs), captured when started with [`Gateway::start_with`].
+    pub log: Option<PathBuf>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -112,13 +151,27 @@ impl Gateway {
     /// listeners accept connections (both are one Pingora service, started together; only the
     /// HTTP port is probed, since a bare TCP probe of the HTTPS port logs a handshake error).
     pub async fn start(objects: &[Value]) -> Gateway {
+        Gateway::start_inner(objects, &[], false).await
+    }
+
+    /// Like [`Gateway::start`] with extra flags; stderr goes to [`Gateway::log`].
+    pub async fn start_with(objects: &[Value], args: &[&str]) -> Gateway {
+        Gateway::start_inner(objects, args, true).await
+    }
+
+    async fn start_inner(objects: &[Value], extra: &[&str], capture: bool) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
+        let log = capture.then(|| dir.path().join("gateway.log"));
         let manifests = dir.path().join("manifests");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&manifests).unwrap();
         write_manifests(&manifests, objects);
         let (http, https, metrics) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_ingress-gateway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ingress-gateway"));
+        if let Some(log) = &log {
+            command.stderr(std::fs::File::create(log).unwrap());
+        }
+        let child = command
             .arg("--manifests")
             .arg(&manifests)
             .arg("--state-dir")
@@ -133,6 +186,7 @@ impl Gateway {
                 "--metrics-addr",
                 &metrics.to_string(),
             ])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -147,6 +201,7 @@ impl Gateway {
             metrics,
             manifests,
             state,
+            log,
             child,
             _dir: dir,
         };
