@@ -760,24 +760,24 @@ pub fn jump_rules() -> Vec<(Table, &'static str, Vec<String>)> {
     ]
 }
 
-/// The chains created empty before the jump rules can refer to them.
-fn base_chains_text() -> String {
-    let mut out = String::from("*nat\n");
-    for name in [SERVICES, POSTROUTING] {
-        put!(out, ":{name} - [0:0]\n");
-    }
-    out.push_str("COMMIT\n*filter\n");
-    for name in [
-        SERVICES,
-        EXTERNAL_SERVICES,
-        FORWARD,
-        NODEPORTS,
-        PROXY_FIREWALL,
-    ] {
-        put!(out, ":{name} - [0:0]\n");
-    }
-    out.push_str("COMMIT\n");
-    out
+/// Whether `iptables-save` output already holds the jump rule `(chain, args)`: a rule in `chain`
+/// with the same comment and target (iptables-save reorders matches, so the text is not compared
+/// whole).
+fn has_jump(save_output: &str, chain: &str, args: &[String]) -> bool {
+    let comment = args
+        .iter()
+        .position(|a| a == "--comment")
+        .and_then(|i| args.get(i + 1));
+    let target = args.last();
+    let prefix = format!("-A {chain} ");
+    save_output.lines().any(|line| {
+        line.starts_with(&prefix)
+            && target.is_some_and(|t| line.ends_with(&format!("-j {t}")))
+            && comment.is_none_or(|c| {
+                line.contains(&format!("--comment \"{c}\""))
+                    || line.contains(&format!("--comment {c} "))
+            })
+    })
 }
 
 /// Names of the chains starting with [`CHAIN_PREFIX`] in `iptables-save` output.
@@ -1168,9 +1168,10 @@ impl<R: Runner> IptablesProxier<R> {
 
     /// Brings the kernel to `table`:
     /// - nothing sent when the rendered ruleset equals the last successfully written one;
-    /// - full sync (first time, or after any failure): the jump rules from the built-in chains
-    ///   are ensured (`-C`, else `-I … 1`), every chain is written, and every `DRAWBRIDGE-*`
-    ///   chain the kernel holds that is not wanted any more is flushed and deleted;
+    /// - full sync (first time, or after any failure): every chain is written, every
+    ///   `DRAWBRIDGE-*` chain the kernel holds that is not wanted any more is flushed and deleted,
+    ///   then the jump rules from the built-in chains that `iptables-save` did not show are
+    ///   inserted (`-I … 1`);
     /// - partial sync: `DRAWBRIDGE-SERVICES` / `-NODEPORTS` / `-MARK-MASQ` / `-POSTROUTING` and
     ///   the filter chains whole, plus the per-Service chains whose rules changed; chains no
     ///   longer wanted are flushed and deleted in the same restore.
@@ -1208,25 +1209,29 @@ impl<R: Runner> IptablesProxier<R> {
     }
 
     fn full_sync(&mut self, ruleset: &Ruleset) -> Result<SyncKind> {
-        self.ensure_jumps()?;
+        let saved_nat = self.runner.save(self.family, Table::Nat)?;
+        let saved_filter = self.runner.save(self.family, Table::Filter)?;
         let wanted: BTreeSet<&str> = ruleset
             .nat_top
             .iter()
             .chain(&ruleset.nat_service)
             .map(|c| c.name.as_str())
             .collect();
-        let stale_nat: Vec<String> = our_chains(&self.runner.save(self.family, Table::Nat)?)
+        let stale_nat: Vec<String> = our_chains(&saved_nat)
             .into_iter()
             .filter(|name| !wanted.contains(name.as_str()))
             .collect();
         let wanted_filter: BTreeSet<&str> =
             ruleset.filter.iter().map(|c| c.name.as_str()).collect();
-        let stale_filter: Vec<String> = our_chains(&self.runner.save(self.family, Table::Filter)?)
+        let stale_filter: Vec<String> = our_chains(&saved_filter)
             .into_iter()
             .filter(|name| !wanted_filter.contains(name.as_str()))
             .collect();
         let text = ruleset.restore_text(|_| true, &stale_nat, &stale_filter);
         self.runner.restore(self.family, &text)?;
+        // After the restore, so that the chains exist; never before it (a restart must not
+        // empty working chains before the new rules are in).
+        self.ensure_jumps(&saved_nat, &saved_filter)?;
         Ok(SyncKind::Full)
     }
 
@@ -1250,13 +1255,17 @@ impl<R: Runner> IptablesProxier<R> {
         Ok(SyncKind::Partial)
     }
 
-    /// Creates our entry chains if missing and the jump rules into them (`-C`, else `-I 1`).
-    fn ensure_jumps(&self) -> Result<()> {
-        self.runner.restore(self.family, &base_chains_text())?;
+    /// Inserts (`-I CHAIN 1`) every jump rule that the `iptables-save` outputs taken before this
+    /// full sync do not show. Checked against the saved text rather than with `iptables -C`: with
+    /// the legacy flavour every `-C` reads the whole table out of the kernel (seconds at 10,000
+    /// Services), while the text is already at hand.
+    fn ensure_jumps(&self, saved_nat: &str, saved_filter: &str) -> Result<()> {
         for (table, chain, args) in jump_rules() {
-            let mut check = vec!["-C".to_string(), chain.to_string()];
-            check.extend(args.iter().cloned());
-            if !self.runner.run(self.family, table, &check)? {
+            let saved = match table {
+                Table::Nat => saved_nat,
+                Table::Filter => saved_filter,
+            };
+            if !has_jump(saved, chain, &args) {
                 let mut insert = vec!["-I".to_string(), chain.to_string(), "1".to_string()];
                 insert.extend(args.iter().cloned());
                 self.runner.run(self.family, table, &insert)?;

@@ -418,9 +418,26 @@ fn kernel_accepts_the_rules_partial_restores_and_cleanup() {
             proxier.sync(&table_of(&world())).expect("full"),
             SyncKind::Full
         );
-        let after = iptables::our_chains(&save(&cli, Table::Nat));
+        let nat = save(&cli, Table::Nat);
+        let after = iptables::our_chains(&nat);
         let want = iptables::Ruleset::build(&table_of(&world()), Family::V4);
         assert_eq!(after.len(), want.nat_top.len() + want.nat_service.len());
+        // A second full sync adds no second copy of the jump rules.
+        for (table, text) in [("nat", &nat), ("filter", &save(&cli, Table::Filter))] {
+            let jumps = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("-A ")
+                        && !l.starts_with("-A DRAWBRIDGE")
+                        && l.contains("-j DRAWBRIDGE")
+                })
+                .count();
+            let expected = iptables::jump_rules()
+                .iter()
+                .filter(|(t, _, _)| t.as_str() == table)
+                .count();
+            assert_eq!(jumps, expected, "{table} jump rules:\n{text}");
+        }
 
         for _ in 0..2 {
             proxier.cleanup().expect("cleanup");

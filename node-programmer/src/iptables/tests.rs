@@ -369,14 +369,13 @@ fn first_sync_is_full_and_ensures_jumps_once() {
         "nat PREROUTING -m comment --comment drawbridge service portals -j DRAWBRIDGE-SERVICES"
     ));
     let restores = fake.restores();
-    // Base chains, then the full ruleset.
-    assert_eq!(restores.len(), 2);
-    assert!(restores[1].contains("-j DNAT --to-destination 192.0.2.10:8080"));
+    assert_eq!(restores.len(), 1);
+    assert!(restores[0].contains("-j DNAT --to-destination 192.0.2.10:8080"));
 
     // Unchanged world: nothing at all is run.
     let commands = fake.commands.lock().expect("commands").len();
     assert_eq!(proxier.sync(&table).expect("sync"), SyncKind::Unchanged);
-    assert_eq!(proxier.runner().restores().len(), 2);
+    assert_eq!(proxier.runner().restores().len(), 1);
     assert_eq!(
         proxier.runner().commands.lock().expect("commands").len(),
         commands
@@ -448,7 +447,7 @@ fn a_failed_restore_forces_a_full_one() {
     let before = proxier.runner().restores().len();
     assert_eq!(proxier.sync(&changed).expect("retry"), SyncKind::Full);
     let restores = proxier.runner().restores();
-    assert_eq!(restores.len(), before + 2, "base chains + full restore");
+    assert_eq!(restores.len(), before + 1, "one full restore");
     let text = restores.last().expect("full");
     assert!(text.contains("--to-destination 192.0.2.50:8080"), "{text}");
 }
@@ -499,6 +498,32 @@ fn cleanup_removes_jumps_and_chains_only_ours() {
             "*nat\n:DRAWBRIDGE-SEP-AAAAAAAAAAAAA - [0:0]\n:DRAWBRIDGE-SERVICES - [0:0]\n-X DRAWBRIDGE-SEP-AAAAAAAAAAAAA\n-X DRAWBRIDGE-SERVICES\nCOMMIT\n"
         ]
     );
+}
+
+/// Jump rules already in the kernel (as `iptables-save` prints them, matches reordered) are not
+/// inserted again.
+#[test]
+fn existing_jumps_are_not_inserted_again() {
+    let fake = FakeRunner::default();
+    fake.saved.lock().expect("lock").insert(
+        "nat",
+        concat!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:DRAWBRIDGE-SERVICES - [0:0]\n",
+            "-A PREROUTING -m comment --comment \"drawbridge service portals\" -j DRAWBRIDGE-SERVICES\n",
+            "-A OUTPUT -m comment --comment \"drawbridge service portals\" -j DRAWBRIDGE-SERVICES\n",
+            "-A POSTROUTING -m comment --comment \"drawbridge postrouting rules\" -j DRAWBRIDGE-POSTROUTING\n",
+            "COMMIT\n"
+        )
+        .to_string(),
+    );
+    let mut proxier = IptablesProxier::new(fake, Family::V4);
+    proxier.sync(&world_with(&["192.0.2.10"])).expect("full");
+    let commands = proxier.runner().commands.lock().expect("lock").clone();
+    assert!(
+        commands.iter().all(|c| c.starts_with("filter -I ")),
+        "{commands:?}"
+    );
+    assert_eq!(commands.len(), jump_rules().len() - 3, "{commands:?}");
 }
 
 #[test]
