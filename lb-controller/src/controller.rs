@@ -302,7 +302,9 @@ pub async fn reconcile_with(
             match made {
                 Ok(true) => {}
                 Ok(false) => {
+                    // Unclaimed unless the next round (which knows this claim) settles it.
                     conflict = true;
+                    unclaimed.extend(ip);
                     tracing::warn!(claim = %name, round, "address claimed by another Service; allocating again");
                 }
                 Err(error) => {
@@ -317,18 +319,6 @@ pub async fn reconcile_with(
         }
         if round == CLAIM_ROUNDS {
             ok = false;
-        }
-    }
-    // Addresses whose claim is still not ours must not be written (conflict after the last round).
-    for c in plan.create.iter().chain(&plan.replace) {
-        if let Some(v) = claim::view(c)
-            && !claims
-                .known
-                .get(&claim::claim_name_of(c))
-                .and_then(claim::view)
-                .is_some_and(|k| views.iter().any(|s| k.names(s) && s.key == v.owner))
-        {
-            unclaimed.insert(v.ip);
         }
     }
     observe.record_pools(&pools, &outcomes);
