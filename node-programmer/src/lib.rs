@@ -29,6 +29,7 @@ pub mod apply;
 pub mod conntrack;
 pub mod health;
 pub mod iptables;
+pub mod l2;
 pub mod model;
 pub mod render;
 pub mod sync;

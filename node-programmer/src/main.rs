@@ -41,6 +41,16 @@ struct Args {
     /// Serve /metrics, /healthz and /readyz here (`off` disables).
     #[arg(long, env = "DRAWBRIDGE_METRICS_ADDR", value_name = "ADDR", default_value = observe::NODE_PROGRAMMER_ADDR)]
     metrics_addr: MetricsAddr,
+
+    /// Answer ARP / NDP for the LoadBalancer IPs whose `drawbridge.dev/announcing-node`
+    /// annotation names this node, on these interfaces (comma list; empty: L2 announcement off).
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_L2_INTERFACES",
+        value_delimiter = ',',
+        value_name = "IF[,IF]"
+    )]
+    l2_interfaces: Vec<String>,
 }
 
 /// Who programs Service rules on this node (`--proxy-mode`).
@@ -83,6 +93,14 @@ async fn main() -> anyhow::Result<()> {
     let source = source::start(&args.source, &[Kind::Service, Kind::EndpointSlice])
         .await
         .context("starting the resource source")?;
+    if !args.l2_interfaces.is_empty() {
+        let l2 = node_programmer::l2::run(
+            source.resources.clone(),
+            node_name.clone(),
+            args.l2_interfaces,
+        );
+        tokio::spawn(l2.instrument(info_span!("l2", node = %node_name)));
+    }
     let span = info_span!("sync", node = %node_name, standalone = source.standalone);
     let observers = Observers {
         events: source.events,

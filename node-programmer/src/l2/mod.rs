@@ -1,0 +1,282 @@
+//! L2 announcement: answer ARP (IPv4) and NDP neighbour solicitations (IPv6) for the LoadBalancer
+//! IPs lb-controller assigned to this node, from userspace, without adding the IPs to any
+//! interface (MetalLB's layer-2 mode; adding them makes kubelet and CNIs take them for node IPs).
+//!
+//! ```text
+//!  Services (annotation drawbridge.dev/announcing-node + status.loadBalancer.ingress)
+//!     │ changed() ticks
+//!     ▼
+//!  run(): responder::announced_ips(services, --node-name)  ── pure
+//!     │ publish Arc<BTreeSet<IpAddr>> (RwLock; readers never wait on a writer for long)
+//!     ▼
+//!  one thread per --l2-interfaces interface: serve()
+//!     ├─ socket::FrameReceiver ─ frame ─> responder::answer() ─> socket::FrameSender (reply)
+//!     ├─ responder::Takeovers: gratuitous ARP / unsolicited NA burst + repeats on takeover
+//!     └─ IPv6: join each announced IP's solicited-node group (socket::MulticastMembership)
+//! ```
+//!
+//! A node whose annotation entry moves away stops answering at its next tick (≤ [`TICK`]); the
+//! new node's gratuitous burst updates neighbours' caches at once (Linux honours gratuitous ARP
+//! for existing entries and NAs with the Override flag).
+
+pub mod arp;
+pub mod ndp;
+pub mod responder;
+pub mod socket;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use drawbridge_resources::Resources;
+
+use responder::Takeovers;
+use socket::{FrameReceiver, FrameSender, MulticastMembership};
+
+/// Receive timeout of the interface threads: the granularity of the gratuitous schedule and the
+/// longest a withdrawn IP is still answered after the set changed.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// First and longest wait before reopening an interface (doubling while opening fails).
+const REOPEN_MIN: Duration = Duration::from_millis(20);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+
+/// The announced set, shared between the watcher task and the interface threads.
+#[derive(Clone, Default)]
+pub struct Announced(Arc<RwLock<Arc<BTreeSet<IpAddr>>>>);
+
+impl Announced {
+    /// The current set (cheap: an `Arc` clone).
+    pub fn get(&self) -> Arc<BTreeSet<IpAddr>> {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the set.
+    pub fn set(&self, ips: BTreeSet<IpAddr>) {
+        let value = Arc::new(ips);
+        match self.0.write() {
+            Ok(mut guard) => *guard = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+/// Follows Services and answers for this node's IPs on `interfaces` until the source ends.
+/// Interfaces that cannot be opened are logged and retried every few seconds; nothing here stops
+/// the process.
+pub async fn run(mut resources: Resources, node: String, interfaces: Vec<String>) {
+    let announced = Announced::default();
+    for name in interfaces {
+        let announced = announced.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("l2-{name}"))
+            .spawn(move || open_and_serve(&name, &announced));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start an L2 interface thread");
+        }
+    }
+    resources.wait_synced().await;
+    loop {
+        let desired = responder::announced_ips(&resources.services.state(), &node);
+        let current = announced.get();
+        if *current != desired {
+            let gained: Vec<String> = desired
+                .difference(&current)
+                .map(|i| i.to_string())
+                .collect();
+            let lost: Vec<String> = current
+                .difference(&desired)
+                .map(|i| i.to_string())
+                .collect();
+            tracing::info!(node = %node, gained = ?gained, lost = ?lost, "L2 announcements changed");
+            announced.set(desired);
+        }
+        if !resources.changed().await {
+            return;
+        }
+    }
+}
+
+fn open_and_serve(name: &str, announced: &Announced) {
+    // A link going down makes the socket report an error; reopen quickly so a node whose link
+    // flaps answers again at once, backing off only while opening keeps failing.
+    let mut backoff = REOPEN_MIN;
+    loop {
+        match socket::open(name, TICK) {
+            Ok(link) => {
+                backoff = REOPEN_MIN;
+                tracing::info!(interface = %name, mac = %format_mac(link.mac), "answering ARP/NDP");
+                let error = serve(
+                    link.mac,
+                    link.index,
+                    link.sender.as_ref(),
+                    link.receiver,
+                    announced,
+                    &|| false,
+                );
+                tracing::warn!(interface = %name, %error, "receive failed; reopening");
+            }
+            Err(error) => {
+                tracing::warn!(interface = %name, %error, retry_ms = backoff.as_millis() as u64,
+                    "cannot open interface for L2 announcements; retrying");
+                backoff = (backoff * 2).min(REOPEN_MAX);
+            }
+        }
+        std::thread::sleep(backoff);
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The interface loop: answer, announce on takeover, keep multicast memberships, until a
+/// receive error (returned) or `stop()` says so (tests). Send errors are logged, not fatal.
+pub fn serve(
+    mac: [u8; 6],
+    index: u32,
+    sender: &dyn FrameSender,
+    mut receiver: Box<dyn FrameReceiver>,
+    announced: &Announced,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Error {
+    let mut takeovers = Takeovers::default();
+    let mut memberships: BTreeMap<IpAddr, Option<MulticastMembership>> = BTreeMap::new();
+    let mut seen: Option<Arc<BTreeSet<IpAddr>>> = None;
+    let send = |frame: &[u8]| {
+        if let Err(error) = sender.send(frame) {
+            tracing::warn!(%error, "sending an ARP/NDP frame failed");
+        }
+    };
+    while !stop() {
+        let set = announced.get();
+        if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &set)) {
+            takeovers.update(&set, Instant::now());
+            memberships.retain(|ip, _| set.contains(ip));
+            for ip in set.iter() {
+                if let IpAddr::V6(v6) = ip {
+                    memberships.entry(*ip).or_insert_with(|| {
+                        MulticastMembership::join(ndp::solicited_node_group(*v6), index)
+                            .map_err(|error| tracing::warn!(%error, ip = %v6, "cannot join the solicited-node group"))
+                            .ok()
+                    });
+                }
+            }
+            seen = Some(set.clone());
+        }
+        for ip in takeovers.due(Instant::now()) {
+            for frame in responder::gratuitous(mac, ip) {
+                send(&frame);
+            }
+        }
+        match receiver.recv() {
+            Ok(Some(frame)) => {
+                if let Some(reply) = responder::answer(&frame, mac, &set) {
+                    send(&reply);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => return error,
+        }
+    }
+    std::io::Error::other("stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    const OURS: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Vec<u8>>>);
+    impl FrameSender for Recorded {
+        fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+            self.0.lock().expect("lock").push(frame.to_vec());
+            Ok(())
+        }
+    }
+    struct Fed(mpsc::Receiver<Vec<u8>>);
+    impl FrameReceiver for Fed {
+        fn recv(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+            match self.0.recv_timeout(Duration::from_millis(2)) {
+                Ok(f) => Ok(Some(f)),
+                Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(std::io::Error::other("closed")),
+            }
+        }
+    }
+
+    /// The loop against fakes: a takeover sends the gratuitous burst, a request is answered,
+    /// a withdrawn IP is not.
+    #[test]
+    fn serve_announces_answers_and_withdraws() {
+        let vip: IpAddr = "203.0.113.10".parse().expect("ip");
+        let announced = Announced::default();
+        announced.set([vip].into());
+        let sent = Arc::new(Recorded::default());
+        let (feed, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (sent, announced, stop) = (sent.clone(), announced.clone(), stop.clone());
+            std::thread::spawn(move || {
+                serve(
+                    OURS,
+                    0,
+                    sent.as_ref(),
+                    Box::new(Fed(rx)),
+                    &announced,
+                    &move || stop.load(Ordering::Relaxed),
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        let burst = sent.0.lock().expect("lock").len();
+        assert_eq!(burst, 6, "3 × (ARP announcement request + reply)");
+        let client = [0x02, 0, 0, 0, 0, 0xc];
+        let request = |target: [u8; 4]| {
+            let b = etherparse::PacketBuilder::ethernet2(client, arp::BROADCAST).arp(
+                etherparse::ArpPacket::from(etherparse::ArpEthIpv4Packet {
+                    operation: etherparse::ArpOperation::REQUEST,
+                    sender_mac: client,
+                    sender_ipv4: [192, 0, 2, 2],
+                    target_mac: [0; 6],
+                    target_ipv4: target,
+                }),
+            );
+            let mut v = vec![];
+            b.write(&mut v).expect("write");
+            v
+        };
+        feed.send(request([203, 0, 113, 10])).expect("feed");
+        std::thread::sleep(Duration::from_millis(50));
+        let frames = sent.0.lock().expect("lock").clone();
+        assert_eq!(frames.len(), burst + 1);
+        let reply = arp::parse_request(&frames[burst]);
+        assert_eq!(reply, None, "the answer is a reply, not a request");
+        assert_eq!(&frames[burst][..6], &client);
+
+        announced.set(BTreeSet::new());
+        std::thread::sleep(Duration::from_millis(30));
+        feed.send(request([203, 0, 113, 10])).expect("feed");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            sent.0.lock().expect("lock").len(),
+            burst + 1,
+            "withdrawn: silent"
+        );
+        stop.store(true, Ordering::Relaxed);
+        thread.join().expect("thread");
+    }
+}
