@@ -30,5 +30,6 @@ pub mod conntrack;
 pub mod health;
 pub mod iptables;
 pub mod model;
+pub mod nftables;
 pub mod render;
 pub mod sync;
