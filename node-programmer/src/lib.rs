@@ -31,5 +31,6 @@ pub mod health;
 pub mod iptables;
 pub mod l2;
 pub mod model;
+pub mod nftables;
 pub mod render;
 pub mod sync;

@@ -6,7 +6,10 @@ use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use drawbridge_resources::telemetry::{self, LogFormat};
 use node_programmer::apply::NftCli;
-use node_programmer::sync::{self, Metrics, Observers, Programmer};
+use node_programmer::model::{IpFamily, NodeContext};
+use node_programmer::nftables::NftProxier;
+use node_programmer::render::Options;
+use node_programmer::sync::{self, Metrics, NodePortPolicy, Observers, Programmer, Proxier};
 use tracing::{Instrument as _, info, info_span};
 
 /// Turns Services + EndpointSlices into the nftables table `ip drawbridge` on this node.
@@ -38,6 +41,29 @@ struct Args {
     #[arg(long, env = "DRAWBRIDGE_PROXY_MODE", value_enum, default_value_t)]
     proxy_mode: ProxyMode,
 
+    /// IP families to program: one table each (`ip drawbridge`, `ip6 drawbridge`); dual-stack is
+    /// two independent proxiers, as kube-proxy runs them (service-proxy.md §1.17).
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_IP_FAMILIES",
+        value_delimiter = ',',
+        default_value = "ipv4,ipv6"
+    )]
+    ip_families: Vec<Family>,
+
+    /// Pod CIDRs of the cluster (kube-proxy `--cluster-cidr` with `--detect-local-mode
+    /// ClusterCIDR`): traffic from them is pod traffic. Enables masquerading off-cluster
+    /// ClusterIP traffic and the pod short-circuit of externalTrafficPolicy=Local. Empty = no
+    /// detector.
+    #[arg(long, env = "DRAWBRIDGE_CLUSTER_CIDR", value_delimiter = ',')]
+    cluster_cidr: Vec<ipnet::IpNet>,
+
+    /// Where NodePorts are accepted: `primary` (the Node's InternalIPs; every non-loopback local
+    /// address until the Node is known), `all` (every local address except loopback), or a
+    /// comma-separated list of CIDRs (local addresses inside them). Never 127.0.0.1.
+    #[arg(long, env = "DRAWBRIDGE_NODEPORT_ADDRESSES", default_value = "primary")]
+    nodeport_addresses: NodePortPolicy,
+
     /// Serve /metrics, /healthz and /readyz here (`off` disables).
     #[arg(long, env = "DRAWBRIDGE_METRICS_ADDR", value_name = "ADDR", default_value = observe::NODE_PROGRAMMER_ADDR)]
     metrics_addr: MetricsAddr,
@@ -51,6 +77,15 @@ struct Args {
         value_name = "IF[,IF]"
     )]
     l2_interfaces: Vec<String>,
+}
+
+/// `--ip-families` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// Table `ip drawbridge`.
+    Ipv4,
+    /// Table `ip6 drawbridge`.
+    Ipv6,
 }
 
 /// Who programs Service rules on this node (`--proxy-mode`).
@@ -90,9 +125,12 @@ async fn main() -> anyhow::Result<()> {
         // Nothing to sync; SIGTERM ends the process.
         std::future::pending::<()>().await;
     }
-    let source = source::start(&args.source, &[Kind::Service, Kind::EndpointSlice])
-        .await
-        .context("starting the resource source")?;
+    let source = source::start(
+        &args.source,
+        &[Kind::Service, Kind::EndpointSlice, Kind::Node],
+    )
+    .await
+    .context("starting the resource source")?;
     if !args.l2_interfaces.is_empty() {
         let l2 = node_programmer::l2::run(
             source.resources.clone(),
@@ -105,8 +143,27 @@ async fn main() -> anyhow::Result<()> {
     let observers = Observers {
         events: source.events,
         health,
+        after_sync: None,
     };
-    let programmer = Programmer::new(node_name, NftCli::new()).with_metrics(metrics);
+    let proxiers: Vec<Box<dyn Proxier>> = args
+        .ip_families
+        .iter()
+        .map(|family| {
+            let family = match family {
+                Family::Ipv4 => IpFamily::V4,
+                Family::Ipv6 => IpFamily::V6,
+            };
+            let options = Options {
+                family,
+                local_traffic: args.cluster_cidr.clone(),
+                ..Options::default()
+            };
+            Box::new(NftProxier::new(options, NftCli::new())) as Box<dyn Proxier>
+        })
+        .collect();
+    let programmer = Programmer::with_proxiers(NodeContext::named(node_name), proxiers)
+        .with_metrics(metrics)
+        .with_nodeport_policy(args.nodeport_addresses);
     sync::run(source.resources, programmer, observers)
         .instrument(span)
         .await

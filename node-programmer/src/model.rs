@@ -1,24 +1,32 @@
-//! Pure core: Services + EndpointSlices + this node's name → [`ServiceTable`], the desired state.
+//! Pure core: Services + EndpointSlices + this node ([`NodeContext`]) → one [`ServiceTable`] per IP
+//! family, the desired state.
 //!
 //! No I/O here. The rules follow kube-proxy (`pkg/proxy/topology.go` `CategorizeEndpoints`,
 //! `pkg/proxy/service.go`, `pkg/proxy/endpointslicecache.go`) as summarised in
 //! `shared/reference/service-proxy.md` §1.0–§1.6, §1.9, §1.11, §1.15:
 //!
-//! - one [`ServicePort`] per `(Service, spec.ports[])` of every Service that has an IPv4 ClusterIP
-//!   (headless `None` and `ExternalName` Services are skipped, §1.0);
+//! - one [`ServicePort`] per `(Service, spec.ports[])` of every Service that has a ClusterIP of the
+//!   table's [`IpFamily`] (headless `None` and `ExternalName` Services are skipped, §1.0); dual-stack
+//!   is two independent tables, as kube-proxy runs one proxier per family (§1.17);
 //! - Services labelled `service.kubernetes.io/service-proxy-name` with a value other than
 //!   `drawbridge` are skipped (KEP-2447);
 //! - EndpointSlices join their Service by label `kubernetes.io/service-name`, and a slice port joins
 //!   a Service port by *name* and protocol (kube-proxy's `ServicePortName`);
 //! - endpoints from all slices of a Service are merged and deduplicated by `(address, port)`;
-//! - endpoint selection: Ready, else serving-and-terminating, per policy (§1.1, §1.15).
+//! - endpoint selection: Ready, else serving-and-terminating, per policy (§1.1, §1.15); the
+//!   Cluster set is narrowed by topology hints (node, then zone) when every Ready endpoint carries
+//!   them and one matches this node (§1.14, KEP-2433/4444/3015);
+//! - `sessionAffinity: ClientIP` with `timeoutSeconds` (default 10800, §1.10),
+//!   `loadBalancerSourceRanges` (§1.12), `healthCheckNodePort` (§1.7).
 //!
 //! A malformed object (an unparsable IP, a port out of range) is returned as a [`Skipped`] entry
 //! and left out; everything else is still built.
 
 use std::collections::{BTreeMap, btree_map::Entry};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use drawbridge_resources::names;
 use k8s_openapi::api::core::v1::Service;
@@ -34,6 +42,15 @@ pub enum Error {
     #[error("{field}: {value:?} is not an IP address")]
     InvalidIp {
         /// The field, spelled as in the API (`spec.clusterIPs`, `endpoints[].addresses`, ...).
+        field: &'static str,
+        /// The text found.
+        value: String,
+    },
+    /// A `loadBalancerSourceRanges` entry does not parse as a CIDR. Only that entry is dropped;
+    /// the remaining ranges still apply (an all-invalid list admits nobody: fail closed).
+    #[error("{field}: {value:?} is not a CIDR")]
+    InvalidCidr {
+        /// The field, spelled as in the API.
         field: &'static str,
         /// The text found.
         value: String,
@@ -131,6 +148,66 @@ impl TrafficPolicy {
     }
 }
 
+/// The IP family of one table (kube-proxy runs one proxier per family, §1.17).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum IpFamily {
+    /// IPv4: `ip` tables, `addressType: IPv4` slices.
+    #[default]
+    V4,
+    /// IPv6: `ip6` tables, `addressType: IPv6` slices.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: &IpAddr) -> IpFamily {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// EndpointSlice `addressType` of this family.
+    pub fn address_type(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+
+    /// Both families, IPv4 first.
+    pub const ALL: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+}
+
+/// What the model needs to know about the node it programs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// `--node-name`: endpoints with this `nodeName` are local; node topology hints match it.
+    pub name: String,
+    /// The Node's `topology.kubernetes.io/zone` label, for zone hints (§1.14); `None` = no zone
+    /// filtering.
+    pub zone: Option<String>,
+    /// The Node's `status.addresses[type=InternalIP]`: its primary addresses, where NodePorts
+    /// are accepted by default (`--nodeport-addresses primary`, §1.3). Empty = not known.
+    pub internal_ips: Vec<IpAddr>,
+}
+
+impl NodeContext {
+    /// A node without a zone label.
+    pub fn named(name: impl Into<String>) -> Self {
+        NodeContext {
+            name: name.into(),
+            zone: None,
+            internal_ips: vec![],
+        }
+    }
+}
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` default: 3 hours (k8s.io/api `ClientIPConfig`).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
+/// Largest valid `timeoutSeconds` (1 day).
+pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86400;
+
 /// kube-proxy's `ServicePortName`: the identity of one Service port, and the base of its chain names.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServicePortName {
@@ -161,8 +238,8 @@ impl fmt::Display for ServicePortName {
 /// One backend address for a Service port (from an EndpointSlice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
-    /// `endpoints[].addresses[0]` (kube-proxy uses only the first address).
-    pub ip: Ipv4Addr,
+    /// `endpoints[].addresses[0]` (kube-proxy uses only the first address); of the table's family.
+    pub ip: IpAddr,
     /// `ports[].port` of the slice port matching the Service port's name.
     pub port: u16,
 }
@@ -174,17 +251,30 @@ pub struct Endpoint {
 pub struct ServicePort {
     /// Identity, also the base of the nft chain names.
     pub id: ServicePortName,
-    /// The IPv4 entry of `spec.clusterIPs` (or `spec.clusterIP`).
-    pub cluster_ip: Ipv4Addr,
+    /// The entry of `spec.clusterIPs` (or `spec.clusterIP`) of the table's family.
+    pub cluster_ip: IpAddr,
     /// `spec.ports[].port`.
     pub port: u16,
     /// `spec.ports[].nodePort`, if allocated.
     pub node_port: Option<u16>,
-    /// IPv4 `spec.externalIPs` (§1.5).
-    pub external_ips: Vec<Ipv4Addr>,
-    /// IPv4 `status.loadBalancer.ingress[].ip` with `ipMode` VIP or unset; `Proxy` entries are
-    /// ignored (KEP-1860, §1.4). Only for `type: LoadBalancer`.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` of the table's family (§1.5).
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of the table's family with `ipMode` VIP or unset;
+    /// `Proxy` entries are ignored (KEP-1860, §1.4). Only for `type: LoadBalancer`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` of the table's family: new connections to the LB IPs (not
+    /// NodePorts, not externalIPs) from other sources are dropped before DNAT (§1.12). Empty = no
+    /// filtering. Only meaningful with `load_balancer_ips`.
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// `sessionAffinity: ClientIP`: `Some(timeoutSeconds)` (default 10800, §1.10); `None` for
+    /// `sessionAffinity: None`.
+    pub session_affinity: Option<u32>,
+    /// `spec.healthCheckNodePort` (LoadBalancer with eTP=Local): the port of this Service's health
+    /// server (§1.7).
+    pub health_check_node_port: Option<u16>,
+    /// Ready endpoints on this node (kube-proxy `LocalReadyEndpoints`, the health server's count;
+    /// serving-terminating ones are not counted).
+    pub local_ready_endpoints: usize,
     /// `spec.internalTrafficPolicy` (ClusterIP traffic, §1.9).
     pub internal_policy: TrafficPolicy,
     /// `spec.externalTrafficPolicy`, effective: `Local` only when the port is externally
@@ -253,6 +343,10 @@ struct Candidate {
     serving: bool,
     terminating: bool,
     local: bool,
+    /// `hints.forNodes`: `None` without node hints, else whether one names this node.
+    node_hint: Option<bool>,
+    /// `hints.forZones`: `None` without zone hints, else whether one is this node's zone.
+    zone_hint: Option<bool>,
 }
 
 impl Candidate {
@@ -280,17 +374,33 @@ type ServiceEndpoints = BTreeMap<SlicePortKey, BTreeMap<Endpoint, Candidate>>;
 // === impl ServiceTable ===
 
 impl ServiceTable {
-    /// Builds the desired table from the current Services and EndpointSlices, as seen by the
-    /// node named `node_name`. Returns the table and the objects that were left out.
-    ///
-    /// Deterministic: input order does not matter.
+    /// The IPv4 table as seen by node `node_name` (no zone label). Shorthand for
+    /// [`ServiceTable::build_for`].
     pub fn build<'a>(
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         node_name: &str,
     ) -> (ServiceTable, Vec<Skipped>) {
+        Self::build_for(
+            services,
+            slices,
+            &NodeContext::named(node_name),
+            IpFamily::V4,
+        )
+    }
+
+    /// Builds the desired table of `family` from the current Services and EndpointSlices, as
+    /// seen by `node`. Returns the table and the objects (or parts) that were left out.
+    ///
+    /// Deterministic: input order does not matter.
+    pub fn build_for<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &NodeContext,
+        family: IpFamily,
+    ) -> (ServiceTable, Vec<Skipped>) {
         let mut skipped = Vec::new();
-        let endpoints = collect_endpoints(slices, node_name, &mut skipped);
+        let endpoints = collect_endpoints(slices, node, family, &mut skipped);
 
         let mut services: Vec<&Service> = services.into_iter().collect();
         services.sort_by(|a, b| {
@@ -302,7 +412,15 @@ impl ServiceTable {
         for service in services {
             let namespace = service.metadata.namespace.clone().unwrap_or_default();
             let name = service.metadata.name.clone().unwrap_or_default();
-            match service_ports(service, &namespace, &name) {
+            let mut report = |error| {
+                skipped.push(Skipped {
+                    kind: "Service",
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    error,
+                })
+            };
+            match service_ports(service, &namespace, &name, family, &mut report) {
                 Ok(built) => {
                     let empty = ServiceEndpoints::new();
                     let eps = endpoints
@@ -316,12 +434,7 @@ impl ServiceTable {
                         ports.push(port);
                     }
                 }
-                Err(error) => skipped.push(Skipped {
-                    kind: "Service",
-                    namespace,
-                    name,
-                    error,
-                }),
+                Err(error) => report(error),
             }
         }
         ports.sort_by(|a, b| a.id.cmp(&b.id));
@@ -330,11 +443,14 @@ impl ServiceTable {
     }
 }
 
-/// The Service's ports, without endpoints; `Ok(vec![])` for Services that are not ours to program.
+/// The Service's ports of `family`, without endpoints; `Ok(vec![])` for Services that are not
+/// ours to program. Problems that drop only a part (a bad source range) go to `report`.
 fn service_ports(
     service: &Service,
     namespace: &str,
     name: &str,
+    family: IpFamily,
+    report: &mut dyn FnMut(Error),
 ) -> Result<Vec<ServicePort>, Error> {
     let labels = service.metadata.labels.as_ref();
     if let Some(proxy) = labels.and_then(|l| l.get(names::LABEL_SERVICE_PROXY_NAME))
@@ -358,24 +474,25 @@ fn service_ports(
         if text.is_empty() || text == "None" {
             return Ok(vec![]); // Headless.
         }
-        if let IpAddr::V4(ip) = parse_ip("spec.clusterIPs", text)?
-            && cluster_ip.is_none()
-        {
+        let ip = parse_ip("spec.clusterIPs", text)?;
+        if IpFamily::of(&ip) == family && cluster_ip.is_none() {
             cluster_ip = Some(ip);
         }
     }
-    // No IPv4 ClusterIP: IPv6-only Service, not this (IPv4) proxier's business (§1.17).
+    // No ClusterIP of this family: not this proxier's business (§1.17).
     let Some(cluster_ip) = cluster_ip else {
         return Ok(vec![]);
     };
 
     let mut external_ips = Vec::new();
     for text in spec.external_ips.iter().flatten() {
-        if let IpAddr::V4(ip) = parse_ip("spec.externalIPs", text)? {
+        let ip = parse_ip("spec.externalIPs", text)?;
+        if IpFamily::of(&ip) == family {
             external_ips.push(ip);
         }
     }
     let mut load_balancer_ips = Vec::new();
+    let mut source_ranges = Vec::new();
     if spec.type_.as_deref() == Some("LoadBalancer") {
         let ingress = service
             .status
@@ -390,20 +507,67 @@ fn service_ports(
             let Some(text) = entry.ip.as_deref().filter(|t| !t.is_empty()) else {
                 continue;
             };
-            if let IpAddr::V4(ip) = parse_ip("status.loadBalancer.ingress[].ip", text)? {
+            let ip = parse_ip("status.loadBalancer.ingress[].ip", text)?;
+            if IpFamily::of(&ip) == family {
                 load_balancer_ips.push(ip);
             }
+        }
+        let ranges = spec
+            .load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default();
+        for text in ranges {
+            match text.trim().parse::<IpNet>() {
+                Ok(net) => {
+                    let in_family = match family {
+                        IpFamily::V4 => matches!(net, IpNet::V4(_)),
+                        IpFamily::V6 => matches!(net, IpNet::V6(_)),
+                    };
+                    if in_family {
+                        source_ranges.push(net.trunc());
+                    }
+                }
+                Err(_) => report(Error::InvalidCidr {
+                    field: "spec.loadBalancerSourceRanges",
+                    value: text.clone(),
+                }),
+            }
+        }
+        if !ranges.is_empty() && source_ranges.is_empty() {
+            // Ranges were given but none admits this family (or none parses): admit nobody
+            // rather than everybody. The unspecified /32 (/128) matches no real source.
+            source_ranges.push(match family {
+                IpFamily::V4 => "0.0.0.0/32".parse().expect("literal CIDR"),
+                IpFamily::V6 => "::/128".parse().expect("literal CIDR"),
+            });
         }
     }
     external_ips.sort();
     external_ips.dedup();
     load_balancer_ips.sort();
     load_balancer_ips.dedup();
+    source_ranges.sort();
+    source_ranges.dedup();
     // An address listed both ways is dispatched once (same external chain either way).
     external_ips.retain(|ip| !load_balancer_ips.contains(ip));
 
     let internal_policy = TrafficPolicy::parse(spec.internal_traffic_policy.as_deref());
     let external_policy = TrafficPolicy::parse(spec.external_traffic_policy.as_deref());
+    let session_affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(t))
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS)
+    });
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(n) if n != 0 && spec.type_.as_deref() == Some("LoadBalancer") => {
+            Some(parse_port("spec.healthCheckNodePort", n)?)
+        }
+        _ => None,
+    };
 
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
@@ -425,6 +589,14 @@ fn service_ports(
             node_port,
             external_ips: external_ips.clone(),
             load_balancer_ips: load_balancer_ips.clone(),
+            load_balancer_source_ranges: if load_balancer_ips.is_empty() {
+                vec![]
+            } else {
+                source_ranges.clone()
+            },
+            session_affinity,
+            health_check_node_port: None,
+            local_ready_endpoints: 0,
             internal_policy,
             external_policy: TrafficPolicy::Cluster,
             cluster_endpoints: vec![],
@@ -434,15 +606,19 @@ fn service_ports(
         if built.externally_accessible() {
             built.external_policy = external_policy;
         }
+        if built.external_policy == TrafficPolicy::Local {
+            built.health_check_node_port = health_check_node_port;
+        }
         ports.push(built);
     }
     Ok(ports)
 }
 
-/// Merges all IPv4 EndpointSlices by owning Service (`(namespace, service-name label)`).
+/// Merges all EndpointSlices of `family` by owning Service (`(namespace, service-name label)`).
 fn collect_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node_name: &str,
+    node: &NodeContext,
+    family: IpFamily,
     skipped: &mut Vec<Skipped>,
 ) -> BTreeMap<(String, String), ServiceEndpoints> {
     let mut slices: Vec<&EndpointSlice> = slices.into_iter().collect();
@@ -452,8 +628,8 @@ fn collect_endpoints<'a>(
 
     let mut by_service: BTreeMap<(String, String), ServiceEndpoints> = BTreeMap::new();
     for slice in slices {
-        // IPv6 and FQDN slices are not this proxier's (§1.17).
-        if slice.address_type != "IPv4" {
+        // Other families' and FQDN slices are not this proxier's (§1.17).
+        if slice.address_type != family.address_type() {
             continue;
         }
         let Some(service) = slice
@@ -465,7 +641,7 @@ fn collect_endpoints<'a>(
             continue; // Not attached to a Service (custom slice without the label).
         };
         let namespace = slice.metadata.namespace.clone().unwrap_or_default();
-        match slice_endpoints(slice, node_name) {
+        match slice_endpoints(slice, node, family) {
             Ok(ports) => {
                 let merged = by_service.entry((namespace, service.clone())).or_default();
                 for (key, endpoints) in ports {
@@ -495,30 +671,41 @@ fn collect_endpoints<'a>(
 }
 
 /// One slice's endpoints by slice port; all-or-nothing (a bad address skips the slice).
-fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<ServiceEndpoints, Error> {
+fn slice_endpoints(
+    slice: &EndpointSlice,
+    node: &NodeContext,
+    family: IpFamily,
+) -> Result<ServiceEndpoints, Error> {
     let mut addresses = Vec::new();
     for endpoint in &slice.endpoints {
         let Some(text) = endpoint.addresses.first() else {
             continue;
         };
-        let ip = match parse_ip("endpoints[].addresses", text)? {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(_) => {
-                return Err(Error::InvalidIp {
-                    field: "endpoints[].addresses",
-                    value: text.clone(),
-                });
-            }
-        };
+        let ip = parse_ip("endpoints[].addresses", text)?;
+        if IpFamily::of(&ip) != family {
+            return Err(Error::InvalidIp {
+                field: "endpoints[].addresses",
+                value: text.clone(),
+            });
+        }
         let conditions = endpoint.conditions.as_ref();
         // API defaults: nil ready/serving mean true, nil terminating means false
         // (kube-proxy endpointslicecache.go).
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let hints = endpoint.hints.as_ref();
         let candidate = Candidate {
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            local: endpoint.node_name.as_deref() == Some(node_name),
+            local: endpoint.node_name.as_deref() == Some(node.name.as_str()),
+            node_hint: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .filter(|n| !n.is_empty())
+                .map(|n| n.iter().any(|h| h.name == node.name)),
+            zone_hint: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .filter(|z| !z.is_empty())
+                .map(|z| z.iter().any(|h| Some(&h.name) == node.zone.as_ref())),
         };
         addresses.push((ip, candidate));
     }
@@ -548,7 +735,10 @@ fn slice_endpoints(slice: &EndpointSlice, node_name: &str) -> Result<ServiceEndp
     Ok(ports)
 }
 
-/// kube-proxy `CategorizeEndpoints` without topology hints (§1.1).
+/// kube-proxy `CategorizeEndpoints` (§1.1) with topology (§1.14): the Cluster set keeps only the
+/// Ready endpoints hinted for this node when every Ready endpoint has node hints and one matches
+/// (PreferSameNode), else those hinted for this node's zone when every Ready endpoint has zone
+/// hints and one matches (PreferSameZone), else all Ready ones; partial hints are ignored.
 fn select_endpoints(port: &mut ServicePort, candidates: &BTreeMap<Endpoint, Candidate>) {
     let pick = |filter: &dyn Fn(&Candidate) -> bool| -> Vec<Endpoint> {
         candidates
@@ -562,8 +752,22 @@ fn select_endpoints(port: &mut ServicePort, candidates: &BTreeMap<Endpoint, Cand
         .any(|c| c.ready || c.serving_terminating());
 
     if port.uses_cluster_endpoints() {
-        let mut cluster = pick(&|c| c.ready);
+        let ready = || candidates.values().filter(|c| c.ready);
+        let mut cluster = if ready().next().is_some()
+            && ready().all(|c| c.node_hint.is_some())
+            && ready().any(|c| c.node_hint == Some(true))
+        {
+            pick(&|c| c.ready && c.node_hint == Some(true))
+        } else if ready().next().is_some()
+            && ready().all(|c| c.zone_hint.is_some())
+            && ready().any(|c| c.zone_hint == Some(true))
+        {
+            pick(&|c| c.ready && c.zone_hint == Some(true))
+        } else {
+            pick(&|c| c.ready)
+        };
         if cluster.is_empty() {
+            // Fallback ignores topology (kube-proxy topology.go).
             cluster = pick(&|c| c.serving_terminating());
         }
         port.cluster_endpoints = cluster;
@@ -575,6 +779,7 @@ fn select_endpoints(port: &mut ServicePort, candidates: &BTreeMap<Endpoint, Cand
         }
         port.local_endpoints = local;
     }
+    port.local_ready_endpoints = candidates.values().filter(|c| c.local && c.ready).count();
     port.has_endpoints = any_usable;
 }
 

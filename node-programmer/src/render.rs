@@ -1,42 +1,45 @@
-//! Pure: [`ServiceTable`] → nft text for table `ip drawbridge`, in kube-proxy's nftables layout
-//! (service-proxy.md §2; kube-proxy `pkg/proxy/nftables/proxier.go`), with one deliberate
-//! departure: the policy chains pick an endpoint with one `numgen … goto` rule per endpoint
-//! (kube-proxy iptables' `statistic --probability 1/(n-i)` spreading) instead of an anonymous
-//! `numgen … vmap { … }`, which nft 1.0.6 loads superlinearly slowly (see `policy_rules`).
+//! Pure: [`ServiceTable`] → nft text for table `ip drawbridge` (IPv4) or `ip6 drawbridge` (IPv6),
+//! in kube-proxy's nftables layout (service-proxy.md §2; kube-proxy `pkg/proxy/nftables/proxier.go`),
+//! with one deliberate departure: the policy chains pick an endpoint with one `numgen … goto` rule
+//! per endpoint (kube-proxy iptables' `statistic --probability 1/(n-i)` spreading) instead of an
+//! anonymous `numgen … vmap { … }`, which nft 1.0.6 loads superlinearly slowly (see `policy_rules`).
 //!
 //! ```text
+//!  filter-prerouting / filter-output (-110) ─> firewall-check ─ @firewall-ips ─> firewall-H-… (source ranges)
 //!  nat-prerouting / nat-output (-100) ─> services ─┬─ ip daddr . proto . port  vmap @service-ips
 //!                                                  └─ fib daddr type local ...  vmap @service-nodeports
 //!      @service-ips:  ClusterIP ─> goto service-H-ns/svc/proto/port   (or local-… for iTP=Local)
 //!                     LB IP / externalIP ─> goto external-H-… ─> mark-for-masquerade? ─> service-/local-…
-//!      service-H-…:   numgen random mod N 0 goto endpoint-H-…__ip_0/port ; … mod 2 0 … ; goto …_{N-1}
-//!      endpoint-H-…:  ip saddr <ep> jump mark-for-masquerade ; dnat to <ep>:<port>
+//!      service-H-…:   [ip saddr @affinity-… goto endpoint-…]* ; numgen random mod N 0 goto endpoint-… ; …
+//!      endpoint-H-…:  ip saddr <ep> jump mark-for-masquerade ; [update @affinity-…] ; dnat to <ep>:<port>
 //!  filter-input/forward/output (-110), filter-output-post-dnat (-90):
 //!      @no-endpoint-services / @no-endpoint-nodeports ─> goto reject-chain | drop ; cluster-ips-check
 //!  nat-postrouting (100) ─> masquerading: marked 0x4000 ─> masquerade fully-random
 //! ```
 //!
-//! Output is deterministic (everything sorted) so that "same world" means "same text", which is
-//! how the sync loop decides there is nothing to do. Chains are emitted before whatever refers to
-//! them (endpoint → policy → external → maps → dispatch → base chains), so the text never depends
-//! on nft resolving forward references. No rule carries an anonymous set or map (`{ … }`);
-//! only the named sets/maps do, which nft 1.0.6 loads in near-linear time.
+//! Two ways out:
+//! - [`transaction`] / [`transaction_with`]: the whole table, replacing whatever is there (a full
+//!   sync: first sync after start, after a failed transaction, after an option change);
+//! - the per-port pieces ([`PortChains`], [`write_port_objects`]) and the map contents ([`Maps`])
+//!   that `nftables::NftProxier` diffs against what it last applied for a partial sync
+//!   (service-proxy.md §2.5).
 //!
-//! The text is written into one `String` sized up front ([`transaction`]); chain names are
-//! hashed once per render.
-//!
-//! Not rendered yet (no inputs for them): `firewall-*` / `loadBalancerSourceRanges`, ClientIP
-//! affinity sets, the ServiceCIDR drop in `cluster-ips-check`, the pod-source short-circuit of
-//! eTP=Local external chains (needs a local-traffic detector), `nodeport-ips` (NodePorts are
-//! accepted on every local address except 127.0.0.0/8).
+//! Output is deterministic (everything sorted) so that "same world" means "same text". Objects are
+//! emitted before whatever refers to them (affinity sets → endpoint → policy → external/firewall →
+//! maps → dispatch → base chains), so the text never depends on nft resolving forward references.
+//! Per-Service rules carry no anonymous set or map except a `firewall-…` chain's source ranges
+//! (one small set per Service with `loadBalancerSourceRanges`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy};
+use crate::model::{
+    Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, ServiceTable, TrafficPolicy,
+};
 
 /// `write!` into the output `String` (which cannot fail): the text is built in one buffer, with
 /// no intermediate `String` per line.
@@ -45,9 +48,10 @@ macro_rules! put {
         $out.write_fmt(format_args!($($arg)*)).expect("writing to a String cannot fail")
     };
 }
-/// The nftables family we program (IPv4 only for now, §1.17).
+/// The nftables family of the IPv4 table.
 pub const FAMILY: &str = "ip";
-/// The one table node-programmer owns; nothing outside it is ever touched.
+/// The one table name node-programmer owns (in families `ip` and `ip6`); nothing outside it is
+/// ever touched.
 pub const TABLE: &str = "drawbridge";
 /// Masquerade mark bit (kube-proxy default, bit 14; §1.13).
 pub const MASQUERADE_MARK: u32 = 0x4000;
@@ -60,51 +64,164 @@ const CHAIN_NAME_BASE_MAX: usize = 240;
 const PRIORITY_DSTNAT: i32 = -100;
 const PRIORITY_SRCNAT: i32 = 100;
 
-/// The whole transaction for one sync: create-if-missing, delete, recreate — one atomic
-/// `nft -f -` input that replaces table `ip drawbridge` and touches no other table.
+/// Where NodePorts are accepted (`--nodeport-addresses`, §1.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every local address except loopback (`fib daddr type local`, never 127.0.0.0/8 or ::1).
+    #[default]
+    AllLocal,
+    /// Only local addresses inside these CIDRs (set `nodeport-ips`, kube-proxy's
+    /// `--nodeport-addresses`; `primary` resolves to the Node's InternalIPs as /32 or /128).
+    Cidrs(Vec<IpNet>),
+}
+
+/// Rendering options that are not part of the Service world.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Which table: `ip drawbridge` (V4) or `ip6 drawbridge` (V6).
+    pub family: IpFamily,
+    /// Local pod traffic detector (kube-proxy `--detect-local-mode ClusterCIDR` with
+    /// `--cluster-cidr`): sources inside these CIDRs are pods of this cluster. With it, ClusterIP
+    /// traffic from other sources is masqueraded and eTP=Local external chains short-circuit pod
+    /// traffic to the cluster endpoints (§1.2, §1.6). Empty = no detector (kube-proxy's
+    /// default when the mode is unset): no ClusterIP masquerade, no pod short-circuit.
+    pub local_traffic: Vec<IpNet>,
+    /// Where NodePorts are accepted.
+    pub nodeport_addresses: NodePortAddresses,
+}
+
+impl Options {
+    /// Default options for `family`.
+    pub fn for_family(family: IpFamily) -> Options {
+        Options {
+            family,
+            ..Options::default()
+        }
+    }
+
+    /// The detector CIDRs of this table's family.
+    fn local_traffic(&self) -> Vec<IpNet> {
+        self.local_traffic
+            .iter()
+            .filter(|net| net_family(net) == self.family)
+            .copied()
+            .collect()
+    }
+}
+
+fn net_family(net: &IpNet) -> IpFamily {
+    match net {
+        IpNet::V4(_) => IpFamily::V4,
+        IpNet::V6(_) => IpFamily::V6,
+    }
+}
+
+/// Family-specific spellings.
+#[derive(Clone, Copy, Debug)]
+pub struct Syntax {
+    /// Table family: `ip` or `ip6`.
+    pub family: &'static str,
+    /// Address match keyword: `ip` (`ip daddr`) or `ip6`.
+    pub addr: &'static str,
+    /// Set key type: `ipv4_addr` or `ipv6_addr`.
+    pub addr_type: &'static str,
+    /// Loopback, never a NodePort destination: `127.0.0.0/8` or `::1`.
+    pub loopback: &'static str,
+}
+
+impl Syntax {
+    /// The spellings of `family`.
+    pub fn of(family: IpFamily) -> Syntax {
+        match family {
+            IpFamily::V4 => Syntax {
+                family: "ip",
+                addr: "ip",
+                addr_type: "ipv4_addr",
+                loopback: "127.0.0.0/8",
+            },
+            IpFamily::V6 => Syntax {
+                family: "ip6",
+                addr: "ip6",
+                addr_type: "ipv6_addr",
+                loopback: "::1",
+            },
+        }
+    }
+}
+
+/// The whole IPv4 transaction with default options (see [`transaction_with`]).
+pub fn transaction(table: &ServiceTable) -> String {
+    transaction_with(table, &Options::default())
+}
+
+/// The whole transaction for one full sync: create-if-missing, delete, recreate — one atomic
+/// `nft -f -` input that replaces table `<family> drawbridge` and touches no other table.
 ///
 /// Existing connections survive: their NAT bindings live in conntrack, not in the table.
 ///
-/// Written into one buffer sized up front: at 10,000 Services × 10 endpoints the text is ~27 MB,
-/// and rendering it as a `ruleset` copied into a `format!` held it twice at the peak.
-pub fn transaction(table: &ServiceTable) -> String {
-    let mut out = String::with_capacity(estimated_len(table) + TRANSACTION_HEAD.len());
-    out.push_str(TRANSACTION_HEAD);
-    write_ruleset(&mut out, table);
-    // The sync loop keeps the last applied text; give back the estimate's slack (in place).
+/// Written into one buffer sized up front: at 10,000 Services × 10 endpoints the text is ~27 MB.
+pub fn transaction_with(table: &ServiceTable, options: &Options) -> String {
+    let head = table_head(options.family);
+    let mut out = String::with_capacity(estimated_len(table) + head.len());
+    out.push_str(&head);
+    let names: Vec<PortChains> = table.ports.iter().map(PortChains::new).collect();
+    let maps = Maps::build(table, &names, options);
+    write_ruleset(&mut out, table, &names, &maps, options);
     out.shrink_to_fit();
     out
 }
 
 /// Creates the table if missing (so the delete cannot fail), then deletes it.
-const TRANSACTION_HEAD: &str = "add table ip drawbridge\ndelete table ip drawbridge\n";
-
-/// The transaction that removes everything node-programmer installed (no error if absent).
-pub fn cleanup_transaction() -> String {
-    TRANSACTION_HEAD.to_string()
+fn table_head(family: IpFamily) -> String {
+    let f = Syntax::of(family).family;
+    format!("add table {f} {TABLE}\ndelete table {f} {TABLE}\n")
 }
 
-/// The `table ip drawbridge { … }` block for `table` (what the golden files hold).
+/// The transaction that removes everything node-programmer's nftables backend installed, both
+/// families (no error if absent).
+pub fn cleanup_transaction() -> String {
+    IpFamily::ALL.into_iter().map(table_head).collect()
+}
+
+/// The `table ip drawbridge { … }` block for `table` with default options (the golden files).
 pub fn ruleset(table: &ServiceTable) -> String {
+    ruleset_with(table, &Options::default())
+}
+
+/// The `table <family> drawbridge { … }` block for `table`.
+pub fn ruleset_with(table: &ServiceTable, options: &Options) -> String {
     let mut out = String::with_capacity(estimated_len(table));
-    write_ruleset(&mut out, table);
+    let names: Vec<PortChains> = table.ports.iter().map(PortChains::new).collect();
+    let maps = Maps::build(table, &names, options);
+    write_ruleset(&mut out, table, &names, &maps, options);
     out
 }
 
-/// Appends the `table ip drawbridge { … }` block to `out`.
-fn write_ruleset(out: &mut String, table: &ServiceTable) {
-    // Every chain name hashed once per sync (sha256 per name; three per port plus one per
-    // endpoint, each used two or three times below).
-    let names: Vec<PortChains> = table.ports.iter().map(PortChains::new).collect();
-    let maps = Maps::build(table, &names);
-    let o = out;
-    put!(o, "table {FAMILY} {TABLE} {{\n");
+/// Appends the `table <family> drawbridge { … }` block to `out`.
+fn write_ruleset(
+    o: &mut String,
+    table: &ServiceTable,
+    names: &[PortChains],
+    maps: &Maps,
+    options: &Options,
+) {
+    let sx = Syntax::of(options.family);
+    put!(o, "table {} {TABLE} {{\n", sx.family);
     put!(
         o,
-        "\tcomment \"drawbridge node-programmer: Services and EndpointSlices; rewritten on every change\"\n"
+        "\tcomment \"drawbridge node-programmer: Services and EndpointSlices\"\n"
     );
+    write_static_helpers(o);
+    for (port, names) in table.ports.iter().zip(names) {
+        write_port_objects(o, port, names, options);
+    }
+    write_maps(o, maps, options);
+    write_dispatch(o, options);
+    o.push_str("}\n");
+}
 
-    // Helpers (§2.3).
+/// Helper chains every port refers to (§2.3).
+fn write_static_helpers(o: &mut String) {
     chain(
         o,
         "mark-for-masquerade",
@@ -120,105 +237,298 @@ fn write_ruleset(out: &mut String, table: &ServiceTable) {
             "masquerade fully-random",
         ],
     );
+}
 
-    // Per-endpoint chains (§2.4): every endpoint reachable under any policy, once.
-    for (port, names) in table.ports.iter().zip(&names) {
-        let proto = port.id.protocol.as_str();
-        for (endpoint, name) in &names.endpoints {
-            open_chain(o, name);
-            // Hairpin: a pod reaching itself through its Service must see a reply from the
-            // Service IP, so SNAT it.
-            put!(o, "\t\tip saddr {} jump mark-for-masquerade\n", endpoint.ip);
+/// Every set and chain of one Service port, as blocks inside a `table … { }`: affinity sets,
+/// endpoint chains, policy chains, the external chain and the firewall chain, in that order (each
+/// refers only to objects before it). A partial sync emits exactly these for a changed port, after
+/// flushing the chains that already exist.
+pub fn write_port_objects(
+    o: &mut String,
+    port: &ServicePort,
+    names: &PortChains,
+    options: &Options,
+) {
+    let sx = Syntax::of(options.family);
+    let proto = port.id.protocol.as_str();
+
+    // ClientIP affinity (§1.10): one dynamic set per endpoint, keyed by client address.
+    if let Some(timeout) = port.session_affinity {
+        for endpoint in &names.endpoints {
             put!(
                 o,
-                "\t\tmeta l4proto {proto} dnat to {}:{}\n",
-                endpoint.ip,
-                endpoint.port
+                "\n\tset {} {{\n\t\ttype {}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}\n",
+                endpoint.affinity,
+                sx.addr_type
             );
-            close_chain(o);
         }
     }
 
-    // Policy chains: spread new connections at random over the selected endpoints.
-    for (port, names) in table.ports.iter().zip(&names) {
-        if uses_cluster_chain(port) {
-            policy_rules(o, &names.service, names, &port.cluster_endpoints);
+    // Per-endpoint chains (§2.4): every endpoint reachable under any policy, once.
+    for endpoint in &names.endpoints {
+        open_chain(o, &endpoint.chain);
+        // Hairpin: a pod reaching itself through its Service must see a reply from the
+        // Service IP, so SNAT it.
+        put!(
+            o,
+            "\t\t{} saddr {} jump mark-for-masquerade\n",
+            sx.addr,
+            endpoint.endpoint.ip
+        );
+        if port.session_affinity.is_some() {
+            put!(
+                o,
+                "\t\tupdate @{} {{ {} saddr }}\n",
+                endpoint.affinity,
+                sx.addr
+            );
         }
-        if uses_local_chain(port) {
-            policy_rules(o, &names.local, names, &port.local_endpoints);
-        }
+        put!(
+            o,
+            "\t\tmeta l4proto {proto} dnat to {}\n",
+            SocketText(&endpoint.endpoint)
+        );
+        close_chain(o);
     }
 
-    // External chains (§1.6): LB IPs, externalIPs and NodePorts enter here.
-    for (port, names) in table.ports.iter().zip(&names) {
-        if uses_external_chain(port) {
-            open_chain(o, &names.external);
-            external_rules(o, port, names);
-            close_chain(o);
+    // Policy chains: spread new connections at random over the selected endpoints. The chain
+    // ClusterIP traffic uses first masquerades off-cluster sources (kube-proxy, with a
+    // local-traffic detector; §1.2) — matched on the ClusterIP so short-circuited external
+    // traffic is not affected.
+    let detector = options.local_traffic();
+    let internal_masquerade = |o: &mut String| {
+        if !detector.is_empty() {
+            put!(
+                o,
+                "\t\t{} daddr {} {proto} dport {} {} saddr != {} jump mark-for-masquerade\n",
+                sx.addr,
+                port.cluster_ip,
+                port.port,
+                sx.addr,
+                SetText(&detector)
+            );
         }
+    };
+    if uses_cluster_chain(port) {
+        open_chain(o, &names.service);
+        if port.internal_policy == TrafficPolicy::Cluster {
+            internal_masquerade(o);
+        }
+        policy_rules(o, port, names, &port.cluster_endpoints, sx);
+        close_chain(o);
+    }
+    if uses_local_chain(port) {
+        open_chain(o, &names.local);
+        if port.internal_policy == TrafficPolicy::Local {
+            internal_masquerade(o);
+        }
+        policy_rules(o, port, names, &port.local_endpoints, sx);
+        close_chain(o);
     }
 
-    // Maps and sets (§2.2).
-    set(
-        o,
-        "cluster-ips",
-        "ipv4_addr",
-        "Active ClusterIPs",
-        &maps.cluster_ips,
-    );
-    vmap(
-        o,
-        "service-ips",
-        "ipv4_addr . inet_proto . inet_service",
-        "ClusterIP, ExternalIP and LoadBalancer IP traffic",
-        maps.service_ips.iter().map(|(k, v)| (IpKeyText(k), v)),
-    );
-    vmap(
-        o,
-        "service-nodeports",
-        "inet_proto . inet_service",
-        "NodePort traffic",
-        maps.service_nodeports
-            .iter()
-            .map(|(k, v)| (PortKeyText(k), v)),
-    );
-    vmap(
-        o,
-        "no-endpoint-services",
-        "ipv4_addr . inet_proto . inet_service",
-        "vmap to drop or reject packets to services with no endpoints",
-        maps.no_endpoint_services
-            .iter()
-            .map(|(k, v)| (IpKeyText(k), v)),
-    );
-    vmap(
-        o,
-        "no-endpoint-nodeports",
-        "inet_proto . inet_service",
-        "vmap to drop or reject packets to service nodeports with no endpoints",
-        maps.no_endpoint_nodeports
-            .iter()
-            .map(|(k, v)| (PortKeyText(k), v)),
-    );
+    // External chain (§1.6): LB IPs, externalIPs and NodePorts enter here.
+    if uses_external_chain(port) {
+        open_chain(o, &names.external);
+        external_rules(o, port, names, options);
+        close_chain(o);
+    }
 
-    // Dispatch (§2.3).
+    // Firewall chain (§1.12): LB IPs with loadBalancerSourceRanges.
+    if uses_firewall_chain(port) {
+        open_chain(o, &names.firewall);
+        put!(
+            o,
+            "\t\t{} saddr != {} drop comment \"loadBalancerSourceRanges\"\n",
+            sx.addr,
+            SetText(&port.load_balancer_source_ranges)
+        );
+        close_chain(o);
+    }
+}
+
+/// Every chain name [`write_port_objects`] emits for `port`, in emission order.
+pub fn port_chain_names<'n>(port: &ServicePort, names: &'n PortChains) -> Vec<&'n str> {
+    let mut out: Vec<&str> = names.endpoints.iter().map(|e| e.chain.as_str()).collect();
+    if uses_cluster_chain(port) {
+        out.push(&names.service);
+    }
+    if uses_local_chain(port) {
+        out.push(&names.local);
+    }
+    if uses_external_chain(port) {
+        out.push(&names.external);
+    }
+    if uses_firewall_chain(port) {
+        out.push(&names.firewall);
+    }
+    out
+}
+
+/// Every set name [`write_port_objects`] emits for `port` (the affinity sets).
+pub fn port_set_names<'n>(port: &ServicePort, names: &'n PortChains) -> Vec<&'n str> {
+    if port.session_affinity.is_none() {
+        return vec![];
+    }
+    names
+        .endpoints
+        .iter()
+        .map(|e| e.affinity.as_str())
+        .collect()
+}
+
+/// The named maps and sets with their contents (§2.2).
+fn write_maps(o: &mut String, maps: &Maps, options: &Options) {
+    let sx = Syntax::of(options.family);
+    for (name, def) in map_definitions(sx, options) {
+        let elements = maps.elements(name);
+        put!(o, "\n\t{} {name} {{\n\t\t{}\n", def.kind, def.type_line);
+        if def.interval {
+            o.push_str("\t\tflags interval\n");
+        }
+        put!(o, "\t\tcomment \"{}\"\n", def.comment);
+        if !elements.is_empty() {
+            o.push_str("\t\telements = {\n");
+            for (key, value) in elements {
+                match value {
+                    Some(v) => put!(o, "\t\t\t{key} : {v},\n"),
+                    None => put!(o, "\t\t\t{key},\n"),
+                }
+            }
+            o.push_str("\t\t}\n");
+        }
+        o.push_str("\t}\n");
+    }
+}
+
+/// Shape of one named set or map.
+pub struct MapDefinition {
+    /// `set` or `map`.
+    pub kind: &'static str,
+    /// `type …` line.
+    pub type_line: String,
+    /// `flags interval` (CIDR elements).
+    pub interval: bool,
+    /// The comment nft keeps with it.
+    pub comment: &'static str,
+}
+
+/// The named sets and maps of the table, in emission order.
+pub fn map_definitions(sx: Syntax, options: &Options) -> Vec<(&'static str, MapDefinition)> {
+    let addr = sx.addr_type;
+    let ip_key = format!("type {addr} . inet_proto . inet_service : verdict");
+    let port_key = "type inet_proto . inet_service : verdict".to_string();
+    let mut defs = vec![
+        (
+            "cluster-ips",
+            MapDefinition {
+                kind: "set",
+                type_line: format!("type {addr}"),
+                interval: false,
+                comment: "Active ClusterIPs",
+            },
+        ),
+        (
+            "service-ips",
+            MapDefinition {
+                kind: "map",
+                type_line: ip_key.clone(),
+                interval: false,
+                comment: "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+            },
+        ),
+        (
+            "service-nodeports",
+            MapDefinition {
+                kind: "map",
+                type_line: port_key.clone(),
+                interval: false,
+                comment: "NodePort traffic",
+            },
+        ),
+        (
+            "no-endpoint-services",
+            MapDefinition {
+                kind: "map",
+                type_line: ip_key.clone(),
+                interval: false,
+                comment: "vmap to drop or reject packets to services with no endpoints",
+            },
+        ),
+        (
+            "no-endpoint-nodeports",
+            MapDefinition {
+                kind: "map",
+                type_line: port_key,
+                interval: false,
+                comment: "vmap to drop or reject packets to service nodeports with no endpoints",
+            },
+        ),
+        (
+            "firewall-ips",
+            MapDefinition {
+                kind: "map",
+                type_line: ip_key,
+                interval: false,
+                comment: "destinations that are subject to LoadBalancerSourceRanges",
+            },
+        ),
+    ];
+    if matches!(options.nodeport_addresses, NodePortAddresses::Cidrs(_)) {
+        defs.push((
+            "nodeport-ips",
+            MapDefinition {
+                kind: "set",
+                type_line: format!("type {addr}"),
+                interval: true,
+                comment: "IPs that accept NodePort traffic",
+            },
+        ));
+    }
+    defs
+}
+
+/// Dispatch and base chains (§2.1, §2.3): fixed for given options.
+fn write_dispatch(o: &mut String, options: &Options) {
+    let sx = Syntax::of(options.family);
+    let a = sx.addr;
+    let nodeports = match options.nodeport_addresses {
+        NodePortAddresses::AllLocal => format!(
+            "fib daddr type local {a} daddr != {} meta l4proto . th dport vmap @service-nodeports",
+            sx.loopback
+        ),
+        NodePortAddresses::Cidrs(_) => format!(
+            "fib daddr type local {a} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"
+        ),
+    };
     chain(
         o,
         "services",
         &[
-            "ip daddr . meta l4proto . th dport vmap @service-ips",
-            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+            &format!("{a} daddr . meta l4proto . th dport vmap @service-ips"),
+            &nodeports,
         ],
     );
     chain(
         o,
         "service-endpoints-check",
-        &["ip daddr . meta l4proto . th dport vmap @no-endpoint-services"],
+        &[&format!(
+            "{a} daddr . meta l4proto . th dport vmap @no-endpoint-services"
+        )],
     );
     chain(
         o,
         "nodeport-endpoints-check",
-        &["ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports"],
+        &[&format!(
+            "{a} daddr != {} meta l4proto . th dport vmap @no-endpoint-nodeports",
+            sx.loopback
+        )],
+    );
+    chain(
+        o,
+        "firewall-check",
+        &[&format!(
+            "{a} daddr . meta l4proto . th dport vmap @firewall-ips"
+        )],
     );
     // Reject traffic to an active ClusterIP on a port no Service defines (it was not DNATed).
     // kube-proxy's second rule, dropping unallocated IPs of the ServiceCIDRs, needs a ServiceCIDR
@@ -226,13 +536,23 @@ fn write_ruleset(out: &mut String, table: &ServiceTable) {
     chain(
         o,
         "cluster-ips-check",
-        &["ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""],
+        &[&format!(
+            "{a} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""
+        )],
     );
 
     // Base chains (§2.1). Filter chains run before DNAT so they see the Service address; every
     // filter jump is for new connections only. `reject` is not allowed in prerouting on kernels
     // before 5.9, hence input/forward/output.
     let filter = PRIORITY_DSTNAT - 10;
+    base_chain(
+        o,
+        "filter-prerouting",
+        "filter",
+        "prerouting",
+        filter,
+        &["ct state new jump firewall-check"],
+    );
     base_chain(
         o,
         "filter-input",
@@ -261,7 +581,10 @@ fn write_ruleset(out: &mut String, table: &ServiceTable) {
         "filter",
         "output",
         filter,
-        &["ct state new jump service-endpoints-check"],
+        &[
+            "ct state new jump service-endpoints-check",
+            "ct state new jump firewall-check",
+        ],
     );
     base_chain(
         o,
@@ -295,15 +618,13 @@ fn write_ruleset(out: &mut String, table: &ServiceTable) {
         PRIORITY_SRCNAT,
         &["jump masquerading"],
     );
-
-    o.push_str("}\n");
 }
 
 /// An upper estimate of the rendered size, so the text is written into one allocation instead
 /// of a chain of doubling reallocations (each briefly holding old + new). Counted from the
-/// layout below with the longest IPv4 address and port; checked against the real size in tests.
+/// layout with the longest IPv4 address and port; checked against the real size in tests.
 fn estimated_len(table: &ServiceTable) -> usize {
-    const FIXED: usize = 4096;
+    const FIXED: usize = 6144;
     table
         .ports
         .iter()
@@ -311,18 +632,29 @@ fn estimated_len(table: &ServiceTable) -> usize {
             // `external-<H>-ns/svc/proto/port`, the longest policy chain name (protocol ≤ 4).
             let name =
                 9 + 9 + port.id.namespace.len() + port.id.name.len() + port.id.port.len() + 7;
-            // `endpoint-<H>-…__255.255.255.255/65535`.
-            let endpoint_name = name + 23;
+            // `endpoint-<H>-…__255.255.255.255/65535` (IPv6 addresses are longer).
+            let ip_len = if port.cluster_ip.is_ipv6() { 39 } else { 15 };
+            let ip_extra = ip_len - 15;
+            let endpoint_name = name + 8 + ip_len;
             let endpoints = port.cluster_endpoints.len() + port.local_endpoints.len();
             // Endpoint chain (its name, hairpin and DNAT rules) + its policy rule (name again).
-            let per_endpoint = 2 * endpoint_name + 149;
-            // Policy chain, ClusterIP element, cluster-ips element.
-            let mut per_port = 2 * name + 70;
+            let mut per_endpoint = 2 * endpoint_name + 149 + 2 * ip_extra;
+            if port.session_affinity.is_some() {
+                // Affinity set, update rule, policy check.
+                per_endpoint += 3 * endpoint_name + 150;
+            }
+            // Policy chain, ClusterIP element, cluster-ips element (+ the detector's
+            // masquerade rule).
+            let mut per_port = 2 * name + 70 + 4 * ip_extra + 120;
             if port.externally_accessible() {
                 // Local and external chains and their rules, one element per external IP and
                 // NodePort, in the served or the no-endpoint maps.
                 let ips = port.external_ips.len() + port.load_balancer_ips.len() + 1;
-                per_port += 4 * name + 250 + 2 * ips * (name + 40);
+                per_port += 4 * name + 350 + 2 * ips * (name + 40 + ip_extra);
+            }
+            if !port.load_balancer_source_ranges.is_empty() {
+                per_port += port.load_balancer_source_ranges.len() * (ip_len + 6)
+                    + (2 + port.load_balancer_ips.len()) * (name + 60);
             }
             endpoints * per_endpoint + per_port
         })
@@ -346,15 +678,26 @@ pub fn hash_and_truncate(base: &str) -> String {
     name
 }
 
-/// `<prefix>-<H>-ns/svc/proto/portname`, prefix `service` (Cluster policy), `local` or `external`.
+/// `<prefix>-<H>-ns/svc/proto/portname`, prefix `service` (Cluster policy), `local`, `external`
+/// or `firewall`.
 pub fn policy_chain(prefix: &str, id: &ServicePortName) -> String {
     format!("{prefix}-{}", hash_and_truncate(&port_base(id)))
 }
 
-/// `endpoint-<H>-ns/svc/proto/portname__ip/port`.
+/// `endpoint-<H>-ns/svc/proto/portname__ip/port` (IPv6 colons become dots: nft names allow no `:`).
 pub fn endpoint_chain(id: &ServicePortName, endpoint: &Endpoint) -> String {
-    let base = format!("{}__{}/{}", port_base(id), endpoint.ip, endpoint.port);
-    format!("endpoint-{}", hash_and_truncate(&base))
+    format!(
+        "endpoint-{}",
+        hash_and_truncate(&endpoint_base(id, endpoint))
+    )
+}
+
+fn endpoint_base(id: &ServicePortName, endpoint: &Endpoint) -> String {
+    let ip = match endpoint.ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => ip.to_string().replace(':', "."),
+    };
+    format!("{}__{ip}/{}", port_base(id), endpoint.port)
 }
 
 /// kube-proxy `servicePortChainNameBase`: `ns/svc/proto/portname`.
@@ -368,22 +711,36 @@ fn port_base(id: &ServicePortName) -> String {
     )
 }
 
-/// The chain names of one Service port, each hashed once per render.
-struct PortChains {
+/// One endpoint's object names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointNames {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// `endpoint-<H>-…`: its DNAT chain.
+    pub chain: String,
+    /// `affinity-<H>-…`: its ClientIP affinity set (kube-proxy names it after the endpoint chain).
+    pub affinity: String,
+}
+
+/// The object names of one Service port, each hashed once per render.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortChains {
     /// `service-…`: Cluster-policy endpoint choice.
-    service: String,
+    pub service: String,
     /// `local-…`: Local-policy endpoint choice.
-    local: String,
+    pub local: String,
     /// `external-…`: entry for LB IPs, externalIPs and NodePorts.
-    external: String,
-    /// Every endpoint reachable under any policy (cluster ∪ local), sorted and deduplicated,
-    /// with its `endpoint-…` chain name.
-    endpoints: Vec<(Endpoint, String)>,
+    pub external: String,
+    /// `firewall-…`: loadBalancerSourceRanges check.
+    pub firewall: String,
+    /// Every endpoint reachable under any policy (cluster ∪ local), sorted and deduplicated.
+    pub endpoints: Vec<EndpointNames>,
 }
 
 impl PortChains {
-    fn new(port: &ServicePort) -> PortChains {
-        // The three policy chains share one hash: kube-proxy hashes the base, not the prefix.
+    /// Names for `port`.
+    pub fn new(port: &ServicePort) -> PortChains {
+        // The policy chains share one hash: kube-proxy hashes the base, not the prefix.
         let hashed = hash_and_truncate(&port_base(&port.id));
         let mut endpoints: Vec<&Endpoint> = port
             .cluster_endpoints
@@ -396,19 +753,39 @@ impl PortChains {
             service: format!("service-{hashed}"),
             local: format!("local-{hashed}"),
             external: format!("external-{hashed}"),
+            firewall: format!("firewall-{hashed}"),
             endpoints: endpoints
                 .into_iter()
-                .map(|e| (*e, endpoint_chain(&port.id, e)))
+                .map(|e| {
+                    let hashed = hash_and_truncate(&endpoint_base(&port.id, e));
+                    EndpointNames {
+                        endpoint: *e,
+                        chain: format!("endpoint-{hashed}"),
+                        affinity: format!("affinity-{hashed}"),
+                    }
+                })
                 .collect(),
         }
     }
 
-    fn endpoint(&self, endpoint: &Endpoint) -> &str {
+    /// Only the policy chain names (one hash), no endpoint names: enough for [`port_elements`].
+    pub fn policy_only(port: &ServicePort) -> PortChains {
+        let hashed = hash_and_truncate(&port_base(&port.id));
+        PortChains {
+            service: format!("service-{hashed}"),
+            local: format!("local-{hashed}"),
+            external: format!("external-{hashed}"),
+            firewall: format!("firewall-{hashed}"),
+            endpoints: vec![],
+        }
+    }
+
+    fn endpoint(&self, endpoint: &Endpoint) -> &EndpointNames {
         let i = self
             .endpoints
-            .binary_search_by(|(e, _)| e.cmp(endpoint))
+            .binary_search_by(|e| e.endpoint.cmp(endpoint))
             .expect("every selected endpoint has a chain");
-        &self.endpoints[i].1
+        &self.endpoints[i]
     }
 
     /// The chain ClusterIP traffic goes to (iTP).
@@ -436,24 +813,41 @@ fn uses_external_chain(port: &ServicePort) -> bool {
     port.has_endpoints && port.externally_accessible()
 }
 
-fn external_rules(o: &mut String, port: &ServicePort, names: &PortChains) {
+/// The firewall chain exists for LB IPs with source ranges (kube-proxy `usesFWChain`).
+fn uses_firewall_chain(port: &ServicePort) -> bool {
+    !port.load_balancer_source_ranges.is_empty() && !port.load_balancer_ips.is_empty()
+}
+
+fn external_rules(o: &mut String, port: &ServicePort, names: &PortChains, options: &Options) {
     let cluster = &names.service;
+    let sx = Syntax::of(options.family);
     match port.external_policy {
         // The endpoint may be on another node: SNAT so the reply comes back through us.
         TrafficPolicy::Cluster => put!(o, "\t\tjump mark-for-masquerade\n"),
         TrafficPolicy::Local => {
-            // kube-proxy first short-circuits traffic from local pods to the cluster chain; that
-            // needs a pod-CIDR / interface detector, which drawbridge does not have yet.
+            // Pod traffic (with a detector) goes to the cluster set as if it had gone out to the
+            // LB and back; client source kept (kube-proxy "short-circuit pod traffic").
+            let detector = options.local_traffic();
+            if !detector.is_empty() && uses_cluster_chain(port) {
+                put!(
+                    o,
+                    "\t\t{} saddr {} goto {cluster} comment \"short-circuit pod traffic\"\n",
+                    sx.addr,
+                    SetText(&detector)
+                );
+            }
             // Host-originated traffic: the LB IP may be local and become the source, so SNAT it,
-            // and serve it from the cluster set as if it had gone out to the LB and back.
+            // and serve it from the cluster set.
             put!(
                 o,
                 "\t\tfib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\"\n"
             );
-            put!(
-                o,
-                "\t\tfib saddr type local goto {cluster} comment \"short-circuit local traffic\"\n"
-            );
+            if uses_cluster_chain(port) {
+                put!(
+                    o,
+                    "\t\tfib saddr type local goto {cluster} comment \"short-circuit local traffic\"\n"
+                );
+            }
         }
     }
     if port.has_external_endpoints() {
@@ -466,8 +860,9 @@ fn external_rules(o: &mut String, port: &ServicePort, names: &PortChains) {
     // Else (eTP=Local, no local endpoint): fall through un-NATed; @no-endpoint-services drops it.
 }
 
-/// A policy chain (`service-…` or `local-…`): a uniform random choice among `endpoints`, as one
-/// rule per endpoint instead of kube-proxy's one anonymous verdict map.
+/// The rules of a policy chain (`service-…` or `local-…`): affinity checks (§1.10), then a
+/// uniform random choice among `endpoints`, as one rule per endpoint instead of kube-proxy's one
+/// anonymous verdict map.
 ///
 /// For endpoints e_0 … e_{n-1}, rule i (i < n-1) is `numgen random mod (n-i) 0 goto <e_i>`: it
 /// fires with probability 1/(n-i) among the packets that reach it, and the last rule is a plain
@@ -478,20 +873,33 @@ fn external_rules(o: &mut String, port: &ServicePort, names: &PortChains) {
 ///
 /// This deliberately departs from kube-proxy's nftables layout (`numgen random mod n vmap
 /// { 0 : goto …, … }`, one anonymous verdict map per chain) for nft 1.0.6's sake (Debian 12),
-/// whose userspace spends superlinear time on anonymous sets and maps; the rules are the spreading
-/// kube-proxy itself uses in iptables mode. Measured on this machine (service-proxy.md "Measured
-/// on this machine"; docs/benchmarks.md "Dataplane"): 10,000 Services × 10 endpoints load in
-/// ~275 s with the anonymous vmaps and in 5.8 s with these rules; at 30,000 the vmaps took more
-/// than 300 s and these rules 25.5 s (node-programmer's own full sync at 10,000: 275 s → 11.3 s
-/// on a loaded machine); the first-packet cost is the same (~12 µs p50). The endpoint chains
-/// stay, so hairpin masquerade is exact and ClientIP affinity can be added as kube-proxy does it
-/// (an `@affinity-…` check before these rules). A new connection evaluates up to n-1
-/// numgen+cmp rules instead of one map lookup; conntrack handles every later packet.
-fn policy_rules(o: &mut String, chain: &str, names: &PortChains, endpoints: &[Endpoint]) {
-    open_chain(o, chain);
+/// whose userspace spends superlinear time on anonymous sets and maps. Measured on this machine
+/// (docs/benchmarks.md "Dataplane"): 10,000 Services × 10 endpoints load in ~275 s with the
+/// anonymous vmaps and in 5.8 s with these rules; the first-packet cost is the same (~12 µs p50).
+/// A new connection evaluates up to n-1 numgen+cmp rules instead of one map lookup; conntrack
+/// handles every later packet.
+fn policy_rules(
+    o: &mut String,
+    port: &ServicePort,
+    names: &PortChains,
+    endpoints: &[Endpoint],
+    sx: Syntax,
+) {
+    if port.session_affinity.is_some() {
+        for endpoint in endpoints {
+            let e = names.endpoint(endpoint);
+            put!(
+                o,
+                "\t\t{} saddr @{} goto {}\n",
+                sx.addr,
+                e.affinity,
+                e.chain
+            );
+        }
+    }
     let n = endpoints.len();
     for (i, endpoint) in endpoints.iter().enumerate() {
-        let target = names.endpoint(endpoint);
+        let target = &names.endpoint(endpoint).chain;
         let remaining = n - i;
         if remaining > 1 {
             // `mod K 0` is how nft lists `numgen random mod K == 0`; rendering the listed form
@@ -501,15 +909,14 @@ fn policy_rules(o: &mut String, chain: &str, names: &PortChains, endpoints: &[En
             put!(o, "\t\tgoto {target}\n");
         }
     }
-    close_chain(o);
 }
 
 // === map contents ===
 
 /// Map key `ip . proto . port`, ordered numerically.
-type IpKey = (Ipv4Addr, Protocol, u16);
+pub type IpKey = (IpAddr, Protocol, u16);
 /// Map key `proto . nodePort`.
-type PortKey = (Protocol, u16);
+pub type PortKey = (Protocol, u16);
 
 /// `ip . proto . port`, as nft writes a concatenated key.
 struct IpKeyText<'a>(&'a IpKey);
@@ -531,77 +938,233 @@ impl fmt::Display for PortKeyText<'_> {
     }
 }
 
-/// A verdict-map value: a jump target or a fixed verdict. Borrowed names, so the maps hold no
-/// copies of chain names.
-#[derive(Clone, Copy)]
-enum Verdict<'a> {
-    Goto(&'a str),
-    Drop,
-}
+/// `ip:port` or `[ip6]:port`, as `dnat to` takes it.
+struct SocketText<'a>(&'a Endpoint);
 
-impl fmt::Display for Verdict<'_> {
+impl fmt::Display for SocketText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Verdict::Goto(chain) => write!(f, "goto {chain}"),
-            Verdict::Drop => f.write_str("drop"),
+        match self.0.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.0.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.0.port),
         }
     }
 }
 
-#[derive(Default)]
-struct Maps<'a> {
-    cluster_ips: BTreeSet<Ipv4Addr>,
-    // Typed keys sort numerically (as text, "10.0.0.10" would sort before "10.0.0.9").
-    service_ips: BTreeMap<IpKey, Verdict<'a>>,
-    service_nodeports: BTreeMap<PortKey, Verdict<'a>>,
-    no_endpoint_services: BTreeMap<IpKey, Verdict<'a>>,
-    no_endpoint_nodeports: BTreeMap<PortKey, Verdict<'a>>,
+/// One value, or `{ a, b }` for several (an anonymous set; used only for CIDR lists).
+struct SetText<'a>(&'a [IpNet]);
+
+impl fmt::Display for SetText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [one] = self.0 {
+            return write!(f, "{one}");
+        }
+        f.write_str("{ ")?;
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{item}")?;
+        }
+        f.write_str(" }")
+    }
 }
 
-impl<'a> Maps<'a> {
-    /// Element placement, as kube-proxy `syncProxyRules` (§1.11 table). `names[i]` belongs to
-    /// `table.ports[i]`.
-    fn build(table: &ServiceTable, names: &'a [PortChains]) -> Maps<'a> {
-        let mut maps = Maps::default();
+/// Contents of the named sets and maps, typed and sorted (as text, "10.0.0.10" would sort before
+/// "10.0.0.9"). Values are verdict texts (`goto <chain>`, `drop`). Owned, so the incremental sync
+/// keeps the last applied copy and diffs it against the next (kube-proxy `nftElementStorage`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maps {
+    /// `cluster-ips`.
+    pub cluster_ips: BTreeSet<IpAddr>,
+    /// `service-ips`.
+    pub service_ips: BTreeMap<IpKey, String>,
+    /// `service-nodeports`.
+    pub service_nodeports: BTreeMap<PortKey, String>,
+    /// `no-endpoint-services`.
+    pub no_endpoint_services: BTreeMap<IpKey, String>,
+    /// `no-endpoint-nodeports`.
+    pub no_endpoint_nodeports: BTreeMap<PortKey, String>,
+    /// `firewall-ips`.
+    pub firewall_ips: BTreeMap<IpKey, String>,
+    /// `nodeport-ips` (only with [`NodePortAddresses::Cidrs`]).
+    pub nodeport_ips: BTreeSet<IpNet>,
+}
+
+const REJECT: &str = "goto reject-chain";
+const DROP: &str = "drop";
+
+/// One verdict-map element's identity: map name and typed key. Keys are unique across ports
+/// (`model` claims every destination for one port), so an element belongs to exactly one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ElementKey {
+    /// `service-ips`, `no-endpoint-services` or `firewall-ips`: `ip . proto . port`.
+    Ip(&'static str, IpKey),
+    /// `service-nodeports` or `no-endpoint-nodeports`: `proto . nodePort`.
+    Port(&'static str, PortKey),
+}
+
+impl ElementKey {
+    /// The map this element lives in.
+    pub fn map(&self) -> &'static str {
+        match self {
+            ElementKey::Ip(map, _) | ElementKey::Port(map, _) => map,
+        }
+    }
+
+    /// The key as nft writes it.
+    pub fn key_text(&self) -> String {
+        match self {
+            ElementKey::Ip(_, key) => IpKeyText(key).to_string(),
+            ElementKey::Port(_, key) => PortKeyText(key).to_string(),
+        }
+    }
+}
+
+/// The verdict-map elements one port contributes, with their verdict text (§1.11 table; kube-proxy
+/// `syncProxyRules`). Needs only the port's policy chain names (endpoint names may be empty).
+pub fn port_elements(port: &ServicePort, names: &PortChains) -> Vec<(ElementKey, String)> {
+    let mut out = Vec::new();
+    let proto = port.id.protocol;
+    let no_endpoint = if !port.has_endpoints { REJECT } else { DROP };
+    let external = || format!("goto {}", names.external);
+
+    let key = (port.cluster_ip, proto, port.port);
+    if port.has_internal_endpoints() {
+        out.push((
+            ElementKey::Ip("service-ips", key),
+            format!("goto {}", names.internal(port)),
+        ));
+    } else {
+        out.push((
+            ElementKey::Ip("no-endpoint-services", key),
+            no_endpoint.into(),
+        ));
+    }
+    for ip in port.external_ips.iter().chain(&port.load_balancer_ips) {
+        let key = (*ip, proto, port.port);
+        if port.has_endpoints {
+            out.push((ElementKey::Ip("service-ips", key), external()));
+        }
+        if !port.has_external_endpoints() {
+            out.push((
+                ElementKey::Ip("no-endpoint-services", key),
+                no_endpoint.into(),
+            ));
+        }
+    }
+    if uses_firewall_chain(port) {
+        for ip in &port.load_balancer_ips {
+            out.push((
+                ElementKey::Ip("firewall-ips", (*ip, proto, port.port)),
+                format!("goto {}", names.firewall),
+            ));
+        }
+    }
+    if let Some(node_port) = port.node_port {
+        let key = (proto, node_port);
+        if port.has_endpoints {
+            out.push((ElementKey::Port("service-nodeports", key), external()));
+        }
+        if !port.has_external_endpoints() {
+            out.push((
+                ElementKey::Port("no-endpoint-nodeports", key),
+                no_endpoint.into(),
+            ));
+        }
+    }
+    out
+}
+
+impl Maps {
+    /// Element placement for the whole table. `names[i]` belongs to `table.ports[i]`.
+    pub fn build(table: &ServiceTable, names: &[PortChains], options: &Options) -> Maps {
+        let mut maps = Maps {
+            cluster_ips: cluster_ips(table),
+            nodeport_ips: nodeport_ips(options),
+            ..Maps::default()
+        };
         for (port, names) in table.ports.iter().zip(names) {
-            let proto = port.id.protocol;
-            let no_endpoint = if !port.has_endpoints {
-                Verdict::Goto("reject-chain")
-            } else {
-                Verdict::Drop
-            };
-            let external = Verdict::Goto(&names.external);
-
-            maps.cluster_ips.insert(port.cluster_ip);
-            let key = (port.cluster_ip, proto, port.port);
-            if port.has_internal_endpoints() {
-                maps.service_ips
-                    .insert(key, Verdict::Goto(names.internal(port)));
-            } else {
-                maps.no_endpoint_services.insert(key, no_endpoint);
-            }
-
-            for ip in port.external_ips.iter().chain(&port.load_balancer_ips) {
-                let key = (*ip, proto, port.port);
-                if port.has_endpoints {
-                    maps.service_ips.insert(key, external);
-                }
-                if !port.has_external_endpoints() {
-                    maps.no_endpoint_services.insert(key, no_endpoint);
-                }
-            }
-
-            if let Some(node_port) = port.node_port {
-                let key = (proto, node_port);
-                if port.has_endpoints {
-                    maps.service_nodeports.insert(key, external);
-                }
-                if !port.has_external_endpoints() {
-                    maps.no_endpoint_nodeports.insert(key, no_endpoint);
+            for (key, value) in port_elements(port, names) {
+                let target = match key {
+                    ElementKey::Ip("service-ips", _) => &mut maps.service_ips,
+                    ElementKey::Ip("no-endpoint-services", _) => &mut maps.no_endpoint_services,
+                    ElementKey::Ip(_, _) => &mut maps.firewall_ips,
+                    ElementKey::Port("service-nodeports", k) => {
+                        maps.service_nodeports.insert(k, value);
+                        continue;
+                    }
+                    ElementKey::Port(_, k) => {
+                        maps.no_endpoint_nodeports.insert(k, value);
+                        continue;
+                    }
+                };
+                if let ElementKey::Ip(_, k) = key {
+                    target.insert(k, value);
                 }
             }
         }
         maps
+    }
+
+    /// The elements of set or map `name` as `(key text, value text)` (`None` for sets), sorted.
+    pub fn elements(&self, name: &str) -> Vec<(String, Option<String>)> {
+        fn ip_map(m: &BTreeMap<IpKey, String>) -> Vec<(String, Option<String>)> {
+            m.iter()
+                .map(|(k, v)| (IpKeyText(k).to_string(), Some(v.clone())))
+                .collect()
+        }
+        fn port_map(m: &BTreeMap<PortKey, String>) -> Vec<(String, Option<String>)> {
+            m.iter()
+                .map(|(k, v)| (PortKeyText(k).to_string(), Some(v.clone())))
+                .collect()
+        }
+        match name {
+            "cluster-ips" => self
+                .cluster_ips
+                .iter()
+                .map(|ip| (ip.to_string(), None))
+                .collect(),
+            "service-ips" => ip_map(&self.service_ips),
+            "service-nodeports" => port_map(&self.service_nodeports),
+            "no-endpoint-services" => ip_map(&self.no_endpoint_services),
+            "no-endpoint-nodeports" => port_map(&self.no_endpoint_nodeports),
+            "firewall-ips" => ip_map(&self.firewall_ips),
+            "nodeport-ips" => self
+                .nodeport_ips
+                .iter()
+                .map(|net| (net.to_string(), None))
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    /// Every set/map name this struct holds contents for (the `cluster-ips` and `nodeport-ips`
+    /// sets, then the verdict maps).
+    pub const NAMES: [&'static str; 7] = [
+        "cluster-ips",
+        "service-ips",
+        "service-nodeports",
+        "no-endpoint-services",
+        "no-endpoint-nodeports",
+        "firewall-ips",
+        "nodeport-ips",
+    ];
+}
+
+/// Contents of set `cluster-ips`: every programmed ClusterIP.
+pub fn cluster_ips(table: &ServiceTable) -> BTreeSet<IpAddr> {
+    table.ports.iter().map(|p| p.cluster_ip).collect()
+}
+
+/// Contents of set `nodeport-ips` (empty unless [`NodePortAddresses::Cidrs`]).
+pub fn nodeport_ips(options: &Options) -> BTreeSet<IpNet> {
+    match &options.nodeport_addresses {
+        NodePortAddresses::Cidrs(cidrs) => cidrs
+            .iter()
+            .filter(|c| net_family(c) == options.family)
+            .map(IpNet::trunc)
+            .collect(),
+        NodePortAddresses::AllLocal => BTreeSet::new(),
     }
 }
 
@@ -633,43 +1196,6 @@ fn base_chain(out: &mut String, name: &str, kind: &str, hook: &str, priority: i3
         put!(out, "\t\t{rule}\n");
     }
     close_chain(out);
-}
-
-fn set(out: &mut String, name: &str, ty: &str, comment: &str, elements: &BTreeSet<Ipv4Addr>) {
-    put!(
-        out,
-        "\n\tset {name} {{\n\t\ttype {ty}\n\t\tcomment \"{comment}\"\n"
-    );
-    if !elements.is_empty() {
-        out.push_str("\t\telements = {\n");
-        for element in elements {
-            put!(out, "\t\t\t{element},\n");
-        }
-        out.push_str("\t\t}\n");
-    }
-    out.push_str("\t}\n");
-}
-
-/// A verdict map with `(key, verdict)` elements, already in order.
-fn vmap<K: fmt::Display, V: fmt::Display>(
-    out: &mut String,
-    name: &str,
-    ty: &str,
-    comment: &str,
-    elements: impl ExactSizeIterator<Item = (K, V)>,
-) {
-    put!(
-        out,
-        "\n\tmap {name} {{\n\t\ttype {ty} : verdict\n\t\tcomment \"{comment}\"\n"
-    );
-    if elements.len() > 0 {
-        out.push_str("\t\telements = {\n");
-        for (key, verdict) in elements {
-            put!(out, "\t\t\t{key} : {verdict},\n");
-        }
-        out.push_str("\t\t}\n");
-    }
-    out.push_str("\t}\n");
 }
 
 #[cfg(test)]

@@ -1,23 +1,27 @@
 //! The loop: wait until Services and EndpointSlices are listed once, then on every change tick
-//! recompute the whole desired table, render it, and apply it only if the text differs from what
-//! was last applied successfully (level-triggered, idempotent; service-proxy.md §1.0, §1.18).
+//! recompute the desired table of each IP family and hand it to that family's [`Proxier`], which
+//! writes only the difference from what it last applied (level-triggered, idempotent;
+//! service-proxy.md §1.0, §1.18, §2.5).
 //!
 //! ```text
-//!  Resources::changed() ─(debounce 10 ms)─> Programmer::sync
-//!      ServiceTable::build ─> render::transaction ─> same as last applied? ── yes ─> nothing
-//!                                                            └─ no ─> Apply::apply ─ ok ─> remember text
-//!                                                                                └ err ─> log, back off, retry
+//!  Resources::changed() ─(debounce 10 ms)─┐   (or a stale-chain deadline)
+//!                                         ▼
+//!  Programmer::sync ── for each family: ServiceTable::build_for ─> Proxier::sync
+//!                                                                   ├ Unchanged: nothing sent
+//!                                                                   ├ Partial / Full: one transaction
+//!                                                                   └ Err: log, back off, next one is full
 //! ```
 //!
 //! Observability (kube-proxy's metric names, so existing dashboards and alerts work unchanged):
-//! `kubeproxy_sync_proxy_rules_duration_seconds`, `kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
-//! `kubeproxy_sync_proxy_rules_nftables_sync_failures_total` and
+//! `kubeproxy_sync_proxy_rules_duration_seconds` (+ `_full_` / `_partial_` variants),
+//! `kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
+//! `kubeproxy_sync_proxy_rules_nftables_sync_failures_total`,
+//! `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}` and
 //! `kubeproxy_network_programming_duration_seconds` (from the EndpointSlice annotation
 //! `endpoints.kubernetes.io/last-change-trigger-time`). Malformed Services and EndpointSlices get
 //! one `SkippedService` Warning Event each (again only when the problem changes). `/readyz` turns
 //! 200 after the first successful sync.
 
-use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -29,15 +33,19 @@ use drawbridge_resources::{Kind, ObjectKey, Resources};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::ObjectRef;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use crate::apply::{self, Apply};
-use crate::model::{ServiceTable, Skipped};
-use crate::render;
+use crate::apply::Apply;
+use crate::model::{IpFamily, NodeContext, ServiceTable, Skipped, TrafficPolicy};
+use crate::nftables::{NftProxier, SyncKind};
+use crate::render::{self, NodePortAddresses};
+use ipnet::IpNet;
 
 /// Change ticks closer together than this are handled as one sync.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -71,23 +79,135 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What one [`Programmer::sync`] did.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The desired text equals the last applied one: nothing was sent to nft.
+    /// Every family's kernel state already matched: nothing was sent.
     Unchanged,
-    /// A transaction was applied.
+    /// At least one transaction was applied, none failed.
     Applied,
-    /// The transaction failed; the previous ruleset stays in force.
-    Failed(apply::Error),
+    /// A transaction failed; that family's previous rules stay in force and its next sync is a
+    /// full one.
+    Failed(ProxierError),
 }
 
-/// Synchronous core of the loop: desired state → text → apply if changed. Owns the applier and
-/// the memory of what the kernel holds.
-pub struct Programmer<A> {
-    node_name: String,
-    applier: A,
-    /// SHA-256 of the text of the last transaction that succeeded; `None` until the first one (so
-    /// the first sync after a restart always rewrites the table, replacing whatever a previous run
-    /// left). A digest, not the text: at 10,000 Services the text is ~28 MB.
-    last_applied: Option<[u8; 32]>,
+/// A backend's failure, boxed so nftables and iptables backends share the loop.
+pub type ProxierError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One backend instance owning one IP family's rules (nftables table or iptables chains).
+///
+/// Contract (service-proxy.md §2.5): `sync` brings the kernel to `table` with one atomic
+/// transaction, sends nothing when nothing changed, and after an error does a full resync next
+/// time. `next_wakeup` asks for a sync without a change (stale chains due for deletion).
+pub trait Proxier: Send {
+    /// The family this instance programs.
+    fn family(&self) -> IpFamily;
+    /// Brings the kernel to `table`.
+    ///
+    /// # Errors
+    /// The backend's transaction failed; nothing changed.
+    fn sync(&mut self, table: &ServiceTable, now: Instant) -> Result<SyncKind, ProxierError>;
+    /// When a sync is due without a change, if ever.
+    fn next_wakeup(&self) -> Option<Instant> {
+        None
+    }
+    /// Where NodePorts are accepted from now on (resolved from `--nodeport-addresses` and the
+    /// Node); a change takes effect at the next sync.
+    fn set_nodeport_addresses(&mut self, _addresses: NodePortAddresses) {}
+}
+
+/// `--nodeport-addresses` (service-proxy.md §1.3; kube-proxy nftables default `primary`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortPolicy {
+    /// The Node's InternalIPs; every non-loopback local address until the Node is known.
+    #[default]
+    Primary,
+    /// Every local address except loopback.
+    All,
+    /// Local addresses inside these CIDRs.
+    Cidrs(Vec<IpNet>),
+}
+
+impl std::str::FromStr for NodePortPolicy {
+    type Err = ipnet::AddrParseError;
+
+    /// `primary`, `all`, or comma-separated CIDRs.
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text.trim() {
+            "primary" | "" => Ok(NodePortPolicy::Primary),
+            "all" => Ok(NodePortPolicy::All),
+            list => list
+                .split(',')
+                .map(|c| c.trim().parse::<IpNet>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(NodePortPolicy::Cidrs),
+        }
+    }
+}
+
+impl NodePortPolicy {
+    /// What the rules should accept for `node`.
+    pub fn resolve(&self, node: &NodeContext) -> NodePortAddresses {
+        match self {
+            NodePortPolicy::All => NodePortAddresses::AllLocal,
+            NodePortPolicy::Cidrs(cidrs) => NodePortAddresses::Cidrs(cidrs.clone()),
+            NodePortPolicy::Primary if node.internal_ips.is_empty() => NodePortAddresses::AllLocal,
+            NodePortPolicy::Primary => NodePortAddresses::Cidrs(
+                node.internal_ips
+                    .iter()
+                    .map(|ip| IpNet::from(*ip))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl<A: Apply + Send> Proxier for NftProxier<A> {
+    fn family(&self) -> IpFamily {
+        self.options().family
+    }
+
+    fn sync(&mut self, table: &ServiceTable, now: Instant) -> Result<SyncKind, ProxierError> {
+        NftProxier::sync(self, table, now).map_err(|e| Box::new(e) as ProxierError)
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        NftProxier::next_wakeup(self)
+    }
+
+    fn set_nodeport_addresses(&mut self, addresses: NodePortAddresses) {
+        let mut options = self.options().clone();
+        options.nodeport_addresses = addresses;
+        self.set_options(options);
+    }
+}
+
+impl Proxier for Box<dyn Proxier> {
+    fn family(&self) -> IpFamily {
+        (**self).family()
+    }
+
+    fn sync(&mut self, table: &ServiceTable, now: Instant) -> Result<SyncKind, ProxierError> {
+        (**self).sync(table, now)
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        (**self).next_wakeup()
+    }
+
+    fn set_nodeport_addresses(&mut self, addresses: NodePortAddresses) {
+        (**self).set_nodeport_addresses(addresses);
+    }
+}
+
+/// Synchronous core of the loop: desired state per family → its [`Proxier`]. Owns the
+/// proxiers and what was last reported.
+pub struct Programmer<P> {
+    node: NodeContext,
+    /// `--nodeport-addresses`, resolved against `node` at every sync.
+    nodeport_policy: NodePortPolicy,
+    /// One per IP family (IPv4 first).
+    proxiers: Vec<P>,
+    /// The tables last handed to the proxiers, per family (health-check servers and conntrack
+    /// cleanup read them after a sync).
+    tables: Vec<ServiceTable>,
     /// Problems reported last time, so an unchanged bad object is logged once, not every tick.
     last_skipped: Vec<Skipped>,
     /// Metric handles (unregistered unless [`Programmer::with_metrics`]).
@@ -114,6 +234,20 @@ pub struct Metrics {
     /// `kubeproxy_network_programming_duration_seconds`: from an EndpointSlice's
     /// `last-change-trigger-time` to the sync that made the rules reflect it.
     pub network_programming_duration: Histogram,
+    /// `kubeproxy_sync_full_proxy_rules_duration_seconds`: syncs that rewrote a whole table.
+    pub sync_full_duration: Histogram,
+    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds`: syncs that wrote only changes.
+    pub sync_partial_duration: Histogram,
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"|"external"}`:
+    /// Service ports with a Local policy and no local endpoint (their traffic is dropped here).
+    pub no_local_endpoints: Family<NoLocalLabels, Gauge>,
+}
+
+/// Label of `kubeproxy_sync_proxy_rules_no_local_endpoints_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoLocalLabels {
+    /// `internal` (internalTrafficPolicy) or `external` (externalTrafficPolicy).
+    pub traffic_policy: &'static str,
 }
 
 impl Default for Metrics {
@@ -129,6 +263,9 @@ impl Default for Metrics {
             last_sync_timestamp: Gauge::default(),
             nftables_sync_failures: Counter::default(),
             network_programming_duration: Histogram::new(programming),
+            sync_full_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            sync_partial_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            no_local_endpoints: Family::default(),
         }
     }
 }
@@ -157,17 +294,54 @@ impl Metrics {
             "In Cluster Network Programming Latency in seconds",
             m.network_programming_duration.clone(),
         );
+        registry.register(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            m.sync_full_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            m.sync_partial_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints",
+            "Number of services with a Local traffic policy and no endpoints",
+            m.no_local_endpoints.clone(),
+        );
         m
     }
 }
 
-impl<A: Apply> Programmer<A> {
-    /// A programmer for node `node_name` (endpoints with this `nodeName` are local).
+impl<A: Apply + Send> Programmer<NftProxier<A>> {
+    /// An IPv4-only nftables programmer for node `node_name` (endpoints with this `nodeName` are
+    /// local), applying through `applier`.
     pub fn new(node_name: impl Into<String>, applier: A) -> Self {
+        Programmer::with_proxiers(
+            NodeContext::named(node_name),
+            vec![NftProxier::new(render::Options::default(), applier)],
+        )
+    }
+
+    /// The first proxier's applier (tests inspect the fake).
+    pub fn applier(&self) -> &A {
+        self.proxiers[0].applier()
+    }
+
+    /// The first proxier's applier, mutably (tests inject failures).
+    pub fn applier_mut(&mut self) -> &mut A {
+        self.proxiers[0].applier_mut()
+    }
+}
+
+impl<P: Proxier> Programmer<P> {
+    /// A programmer for `node` driving `proxiers` (one per family).
+    pub fn with_proxiers(node: NodeContext, proxiers: Vec<P>) -> Self {
         Programmer {
-            node_name: node_name.into(),
-            applier,
-            last_applied: None,
+            node,
+            nodeport_policy: NodePortPolicy::All,
+            tables: proxiers.iter().map(|_| ServiceTable::default()).collect(),
+            proxiers,
             last_skipped: vec![],
             metrics: Metrics::default(),
             trigger_times: HashMap::new(),
@@ -182,41 +356,125 @@ impl<A: Apply> Programmer<A> {
         self
     }
 
+    /// The same programmer accepting NodePorts per `policy` (default in tests: every local
+    /// address but loopback).
+    pub fn with_nodeport_policy(mut self, policy: NodePortPolicy) -> Self {
+        self.nodeport_policy = policy;
+        self
+    }
+
     /// Objects left out by the last sync, and why.
     pub fn skipped(&self) -> &[Skipped] {
         &self.last_skipped
     }
 
-    /// The applier (tests inspect the fake).
-    pub fn applier(&self) -> &A {
-        &self.applier
+    /// The proxiers, one per family.
+    pub fn proxiers(&self) -> &[P] {
+        &self.proxiers
     }
 
-    /// The applier, mutably (tests inject failures).
-    pub fn applier_mut(&mut self) -> &mut A {
-        &mut self.applier
+    /// The tables of the last sync, one per proxier (same order).
+    pub fn tables(&self) -> &[ServiceTable] {
+        &self.tables
     }
 
-    /// One full pass over the current world.
+    /// Updates what the model knows about this node (zone label for topology hints); takes
+    /// effect at the next sync.
+    pub fn set_node(&mut self, node: NodeContext) {
+        self.node = node;
+    }
+
+    /// The earliest time a proxier wants a sync without a change.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.proxiers.iter().filter_map(P::next_wakeup).min()
+    }
+
+    /// One pass over the current world, every family.
     pub fn sync<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> Outcome {
         let started = Instant::now();
+        let services: Vec<&Service> = services.into_iter().collect();
         let slices: Vec<&EndpointSlice> = slices.into_iter().collect();
-        let outcome = self.sync_inner(services, &slices, started);
-        self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
+        let mut outcome = Outcome::Unchanged;
+        let mut all_skipped = Vec::new();
+        let mut full = false;
+        let mut no_local = (0i64, 0i64);
+        let nodeports = self.nodeport_policy.resolve(&self.node);
+        for i in 0..self.proxiers.len() {
+            self.proxiers[i].set_nodeport_addresses(nodeports.clone());
+            let family = self.proxiers[i].family();
+            let (table, skipped) = ServiceTable::build_for(
+                services.iter().copied(),
+                slices.iter().copied(),
+                &self.node,
+                family,
+            );
+            all_skipped.extend(skipped);
+            for port in &table.ports {
+                if port.internal_policy == TrafficPolicy::Local && port.local_endpoints.is_empty() {
+                    no_local.0 += 1;
+                }
+                if port.external_policy == TrafficPolicy::Local && port.local_endpoints.is_empty() {
+                    no_local.1 += 1;
+                }
+            }
+            match self.proxiers[i].sync(&table, Instant::now()) {
+                Ok(SyncKind::Unchanged) => {}
+                Ok(kind) => {
+                    full |= matches!(kind, SyncKind::Full { .. });
+                    info!(
+                        family = ?family,
+                        service_ports = table.ports.len(),
+                        ?kind,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "programmed Service rules"
+                    );
+                    if !matches!(outcome, Outcome::Failed(_)) {
+                        outcome = Outcome::Applied;
+                    }
+                }
+                Err(e) => outcome = Outcome::Failed(e),
+            }
+            self.tables[i] = table;
+        }
+        if all_skipped != self.last_skipped {
+            for s in &all_skipped {
+                warn!(kind = s.kind, namespace = %s.namespace, name = %s.name, error = %s.error, "skipping malformed object");
+            }
+            self.last_skipped = all_skipped;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.sync_duration.observe(elapsed);
         match &outcome {
             Outcome::Failed(_) => {
                 self.metrics.nftables_sync_failures.inc();
             }
             Outcome::Applied | Outcome::Unchanged => {
+                if matches!(outcome, Outcome::Applied) {
+                    if full {
+                        self.metrics.sync_full_duration.observe(elapsed);
+                    } else {
+                        self.metrics.sync_partial_duration.observe(elapsed);
+                    }
+                }
                 let now = unix_now();
                 self.metrics.last_sync_timestamp.set(now);
                 self.observe_programming(&slices, now);
+                self.metrics
+                    .no_local_endpoints
+                    .get_or_create(&NoLocalLabels {
+                        traffic_policy: "internal",
+                    })
+                    .set(no_local.0);
+                self.metrics
+                    .no_local_endpoints
+                    .get_or_create(&NoLocalLabels {
+                        traffic_policy: "external",
+                    })
+                    .set(no_local.1);
             }
         }
         outcome
@@ -254,47 +512,6 @@ impl<A: Apply> Programmer<A> {
         }
         self.trigger_times = seen;
     }
-
-    fn sync_inner<'a>(
-        &mut self,
-        services: impl IntoIterator<Item = &'a Service>,
-        slices: &[&'a EndpointSlice],
-        started: Instant,
-    ) -> Outcome {
-        let (table, skipped) =
-            ServiceTable::build(services, slices.iter().copied(), &self.node_name);
-        if skipped != self.last_skipped {
-            for s in &skipped {
-                warn!(kind = s.kind, namespace = %s.namespace, name = %s.name, error = %s.error, "skipping malformed object");
-            }
-            self.last_skipped = skipped;
-        }
-        let text = render::transaction(&table);
-        let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
-        if self.last_applied == Some(digest) {
-            debug!("nftables table already up to date");
-            return Outcome::Unchanged;
-        }
-        match self.applier.apply(&text) {
-            Ok(()) => {
-                info!(
-                    service_ports = table.ports.len(),
-                    bytes = text.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "programmed nftables table {} {}",
-                    render::FAMILY,
-                    render::TABLE
-                );
-                self.last_applied = Some(digest);
-                Outcome::Applied
-            }
-            Err(e) => {
-                // Whatever state the kernel is in, the next attempt rewrites the whole table.
-                self.last_applied = None;
-                Outcome::Failed(e)
-            }
-        }
-    }
 }
 
 /// Doubling retry delay, [`BACKOFF_INITIAL`] up to [`BACKOFF_MAX`].
@@ -323,10 +540,13 @@ impl Backoff {
 
 /// Runs until the source ends: nothing is programmed before both stores have synced once
 /// (kube-proxy `isInitialized`). Failed transactions are logged and retried; they never end it.
-pub async fn run<A: Apply + Send + 'static>(
+/// Besides change ticks, the loop wakes when a proxier asks (stale chains due for deletion).
+/// When the source carries Nodes, this node's `topology.kubernetes.io/zone` label feeds topology
+/// hints (§1.14).
+pub async fn run<P: Proxier + 'static>(
     mut resources: Resources,
-    programmer: Programmer<A>,
-    observe: Observers,
+    programmer: Programmer<P>,
+    observe: Observers<P>,
 ) -> Result<()> {
     let _alive = observe.health.liveness_guard("sync");
     let mut events = EventSet::default();
@@ -337,6 +557,11 @@ pub async fn run<A: Apply + Send + 'static>(
     loop {
         let services: Vec<Arc<Service>> = resources.services.state();
         let slices: Vec<Arc<EndpointSlice>> = resources.endpoint_slices.state();
+        let node = node_context(&resources, &programmer.node.name);
+        if node != programmer.node {
+            info!(zone = ?node.zone, "node topology changed");
+            programmer.set_node(node);
+        }
         // nft may take a while on big tables; keep it off the async workers.
         let (returned, outcome) = tokio::task::spawn_blocking(move || {
             let mut programmer = programmer;
@@ -355,29 +580,80 @@ pub async fn run<A: Apply + Send + 'static>(
                 skipped_events(&resources, programmer.skipped()),
             )
             .await;
+        if let Some(after_sync) = &observe.after_sync {
+            after_sync(
+                &programmer,
+                &resources,
+                !matches!(outcome, Outcome::Failed(_)),
+            );
+        }
 
         if let Outcome::Failed(e) = outcome {
             let delay = backoff.next_delay();
-            error!(error = %e, retry_in_s = delay.as_secs(), "nftables transaction failed; keeping the previous rules");
+            error!(error = %e, retry_in_s = delay.as_secs(), "rules transaction failed; keeping the previous rules");
             // Changes during the wait are not lost: the retry reads the stores afresh.
             tokio::time::sleep(delay).await;
             continue;
         }
         backoff.reset();
         observe.health.set_ready();
-        if !resources.changed().await {
-            return Err(Error::SourceEnded);
+        let wakeup = programmer.next_wakeup();
+        tokio::select! {
+            changed = resources.changed() => {
+                if !changed {
+                    return Err(Error::SourceEnded);
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            () = sleep_until(wakeup) => {}
         }
-        tokio::time::sleep(DEBOUNCE).await;
     }
 }
 
-/// What the loop reports to besides logs: Events and readiness.
-pub struct Observers {
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// This node as the model sees it: its name, and its zone label when the Node is known.
+fn node_context(resources: &Resources, name: &str) -> NodeContext {
+    let node = resources.nodes.get(&ObjectRef::new(name));
+    let zone = node.as_ref().and_then(|node| {
+        node.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("topology.kubernetes.io/zone").cloned())
+    });
+    let internal_ips = node
+        .as_ref()
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    NodeContext {
+        name: name.to_string(),
+        zone,
+        internal_ips,
+    }
+}
+
+/// Called after every sync with the programmer (its last tables) and whether the sync
+/// succeeded; runs on the async task, so it must not block (hand work to a task).
+pub type AfterSync<P> = Box<dyn Fn(&Programmer<P>, &Resources, bool) + Send + Sync>;
+
+/// What the loop reports to besides logs: Events, readiness, and an after-sync hook.
+pub struct Observers<P> {
     /// Where `SkippedService` Events go.
     pub events: Arc<dyn EventRecorder>,
     /// Ready after the first successful sync; not alive once the loop ends.
     pub health: Health,
+    /// Health-check servers, proxy health, conntrack cleanup: whatever follows a sync.
+    pub after_sync: Option<AfterSync<P>>,
 }
 
 /// One `SkippedService` Warning per skipped object, with its uid when the store has it.

@@ -128,6 +128,38 @@ impl Svc {
         self
     }
 
+    /// `sessionAffinity: ClientIP` with `timeoutSeconds`.
+    pub(crate) fn client_ip_affinity(mut self, timeout: i32) -> Self {
+        use k8s_openapi::api::core::v1::{ClientIPConfig, SessionAffinityConfig};
+        self.spec().session_affinity = Some("ClientIP".into());
+        self.spec().session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(timeout),
+            }),
+        });
+        self
+    }
+
+    pub(crate) fn source_range(mut self, cidr: &str) -> Self {
+        self.spec()
+            .load_balancer_source_ranges
+            .get_or_insert_default()
+            .push(cidr.into());
+        self
+    }
+
+    pub(crate) fn health_check_node_port(mut self, port: i32) -> Self {
+        self.spec().health_check_node_port = Some(port);
+        self
+    }
+
+    /// Sets `spec.clusterIPs` (dual-stack) and `spec.clusterIP` to the first.
+    pub(crate) fn cluster_ips(mut self, ips: &[&str]) -> Self {
+        self.spec().cluster_ip = Some(ips[0].into());
+        self.spec().cluster_ips = Some(ips.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     pub(crate) fn build(self) -> Service {
         self.0
     }
@@ -209,6 +241,31 @@ impl Slice {
 
     pub(crate) fn not_ready(self, ip: &str, node: &str) -> Self {
         self.endpoint(ip, node, false, false, false)
+    }
+
+    /// Sets topology hints on the last endpoint added.
+    pub(crate) fn hints(mut self, zones: &[&str], nodes: &[&str]) -> Self {
+        use k8s_openapi::api::discovery::v1::{EndpointHints, ForNode, ForZone};
+        let last = self.0.endpoints.last_mut().expect("endpoint first");
+        last.hints = Some(EndpointHints {
+            for_zones: (!zones.is_empty()).then(|| {
+                zones
+                    .iter()
+                    .map(|z| ForZone {
+                        name: z.to_string(),
+                    })
+                    .collect()
+            }),
+            for_nodes: (!nodes.is_empty()).then(|| {
+                nodes
+                    .iter()
+                    .map(|n| ForNode {
+                        name: n.to_string(),
+                    })
+                    .collect()
+            }),
+        });
+        self
     }
 
     pub(crate) fn build(self) -> EndpointSlice {
@@ -587,4 +644,191 @@ fn input_order_does_not_matter() {
     let (t1, _) = build(&[s1.clone(), s2.clone()], &[e1.clone(), e2.clone()]);
     let (t2, _) = build(&[s2, s1], &[e2, e1]);
     assert_eq!(t1, t2);
+}
+
+// === affinity, source ranges, health check, topology, dual-stack ===
+
+#[test]
+fn client_ip_affinity_defaults_and_bounds() {
+    let table = |timeout| {
+        let (t, _) = build(&[web().client_ip_affinity(timeout).build()], &[]);
+        only_port(&t).session_affinity
+    };
+    assert_eq!(table(60), Some(60));
+    // Out of range (API validation would refuse it): the default, 3 hours.
+    assert_eq!(table(0), Some(DEFAULT_AFFINITY_TIMEOUT_SECONDS));
+    assert_eq!(table(86401), Some(DEFAULT_AFFINITY_TIMEOUT_SECONDS));
+    let (t, _) = build(&[web().build()], &[]);
+    assert_eq!(only_port(&t).session_affinity, None);
+}
+
+#[test]
+fn source_ranges_apply_to_lb_ips_only_and_fail_closed() {
+    let (t, skipped) = build(
+        &[web()
+            .lb_ip("203.0.113.10")
+            .source_range("198.51.100.0/24")
+            .source_range("198.51.100.7/24")
+            .source_range("2001:db8::/64")
+            .source_range("not-a-cidr")
+            .build()],
+        &[],
+    );
+    let port = only_port(&t);
+    // Host bits cleared and deduplicated; the IPv6 range belongs to the IPv6 table.
+    assert_eq!(
+        port.load_balancer_source_ranges,
+        vec!["198.51.100.0/24".parse::<IpNet>().expect("cidr")]
+    );
+    assert!(
+        matches!(skipped[0].error, Error::InvalidCidr { .. }),
+        "{skipped:?}"
+    );
+
+    // Only invalid ranges: nobody is admitted, rather than everybody.
+    let (t, _) = build(
+        &[web().lb_ip("203.0.113.10").source_range("bad").build()],
+        &[],
+    );
+    assert_eq!(
+        only_port(&t).load_balancer_source_ranges,
+        vec!["0.0.0.0/32".parse::<IpNet>().expect("cidr")]
+    );
+    // No LB IP: nothing to filter.
+    let (t, _) = build(&[web().source_range("198.51.100.0/24").build()], &[]);
+    assert!(only_port(&t).load_balancer_source_ranges.is_empty());
+}
+
+#[test]
+fn health_check_node_port_and_local_ready_count() {
+    let services = [web()
+        .node_port(30080)
+        .lb_ip("203.0.113.10")
+        .etp_local()
+        .health_check_node_port(32000)
+        .build()];
+    let slices = [mk_slice("ns", "web-1", "web")
+        .port("http", 8080)
+        .ready("192.0.2.1", "node-a")
+        .ready("192.0.2.2", "node-b")
+        .serving_terminating("192.0.2.3", "node-a")
+        .build()];
+    let (t, _) = build(&services, &slices);
+    let port = only_port(&t);
+    assert_eq!(port.health_check_node_port, Some(32000));
+    // Serving-terminating local endpoints are not counted (KEP-1669).
+    assert_eq!(port.local_ready_endpoints, 1);
+
+    // eTP=Cluster: no health check server even if the field is set.
+    let services = [web()
+        .lb_ip("203.0.113.10")
+        .health_check_node_port(32000)
+        .build()];
+    let (t, _) = build(&services, &[]);
+    assert_eq!(only_port(&t).health_check_node_port, None);
+}
+
+fn zoned(node: &str, zone: &str, slices: &[EndpointSlice]) -> ServicePort {
+    let node = NodeContext {
+        name: node.into(),
+        zone: Some(zone.into()),
+        internal_ips: vec![],
+    };
+    let (t, _) = ServiceTable::build_for(&[web().build()], slices, &node, IpFamily::V4);
+    only_port(&t).clone()
+}
+
+#[test]
+fn zone_hints_narrow_the_cluster_set_only_when_complete() {
+    let hinted = mk_slice("ns", "web-1", "web")
+        .port("http", 8080)
+        .ready("192.0.2.1", "node-a")
+        .hints(&["zone-a"], &[])
+        .ready("192.0.2.2", "node-b")
+        .hints(&["zone-b"], &[])
+        .build();
+    assert_eq!(
+        zoned("node-a", "zone-a", std::slice::from_ref(&hinted)).cluster_endpoints,
+        vec![ep("192.0.2.1", 8080)]
+    );
+    // No endpoint for our zone: no filtering.
+    assert_eq!(
+        zoned("node-c", "zone-c", std::slice::from_ref(&hinted))
+            .cluster_endpoints
+            .len(),
+        2
+    );
+    // Partial hints are ignored (safe transitions, KEP-2433).
+    let partial = mk_slice("ns", "web-1", "web")
+        .port("http", 8080)
+        .ready("192.0.2.1", "node-a")
+        .hints(&["zone-a"], &[])
+        .ready("192.0.2.2", "node-b")
+        .build();
+    assert_eq!(
+        zoned("node-a", "zone-a", &[partial])
+            .cluster_endpoints
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn node_hints_win_over_zone_hints() {
+    let slice = mk_slice("ns", "web-1", "web")
+        .port("http", 8080)
+        .ready("192.0.2.1", "node-a")
+        .hints(&["zone-a"], &["node-a"])
+        .ready("192.0.2.2", "node-b")
+        .hints(&["zone-a"], &["node-b"])
+        .build();
+    assert_eq!(
+        zoned("node-b", "zone-a", &[slice]).cluster_endpoints,
+        vec![ep("192.0.2.2", 8080)]
+    );
+}
+
+#[test]
+fn dual_stack_builds_one_table_per_family() {
+    let services = [mk_service("ns", "web")
+        .cluster_ips(&["198.18.0.10", "2001:db8:ffff::10"])
+        .port("http", 80)
+        .lb_ip("203.0.113.10")
+        .lb_ip("2001:db8:1::10")
+        .build()];
+    let slices = [
+        mk_slice("ns", "web-v4", "web")
+            .port("http", 8080)
+            .ready("192.0.2.1", "node-a")
+            .build(),
+        mk_slice("ns", "web-v6", "web")
+            .address_type("IPv6")
+            .port("http", 8080)
+            .ready("2001:db8:2::1", "node-a")
+            .build(),
+    ];
+    let node = NodeContext::named("node-a");
+    let (v4, s4) = ServiceTable::build_for(&services, &slices, &node, IpFamily::V4);
+    let (v6, s6) = ServiceTable::build_for(&services, &slices, &node, IpFamily::V6);
+    assert!(s4.is_empty() && s6.is_empty(), "{s4:?} {s6:?}");
+    assert_eq!(
+        only_port(&v4).cluster_ip,
+        "198.18.0.10".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        only_port(&v4).cluster_endpoints,
+        vec![ep("192.0.2.1", 8080)]
+    );
+    assert_eq!(
+        only_port(&v6).cluster_ip,
+        "2001:db8:ffff::10".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        only_port(&v6).load_balancer_ips,
+        vec!["2001:db8:1::10".parse::<IpAddr>().expect("ip")]
+    );
+    assert_eq!(
+        only_port(&v6).cluster_endpoints,
+        vec![ep("2001:db8:2::1", 8080)]
+    );
 }

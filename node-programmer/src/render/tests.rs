@@ -43,6 +43,7 @@ fn golden(name: &str, actual: &str) {
 /// - `demo/local`: LoadBalancer with eTP=Local, one endpoint here and one on node-b;
 /// - `demo/local-elsewhere`: eTP=Local LoadBalancer whose only endpoint is on node-b (DROP external);
 /// - `demo/empty`: LoadBalancer without endpoints (REJECT everywhere);
+/// - `demo/sticky`: ClientIP affinity (60 s) and loadBalancerSourceRanges on its LB IP;
 /// - `demo/dns`: UDP + TCP ports of the same number, matched by port name.
 pub(crate) fn small_world() -> ServiceTable {
     let services = [
@@ -73,6 +74,14 @@ pub(crate) fn small_world() -> ServiceTable {
             .node_port(30090)
             .lb_ip("203.0.113.20")
             .build(),
+        mk_service("demo", "sticky")
+            .cluster_ip("198.18.0.40")
+            .port("http", 80)
+            .lb_ip("203.0.113.40")
+            .client_ip_affinity(60)
+            .source_range("198.51.100.0/24")
+            .source_range("203.0.113.0/24")
+            .build(),
         mk_service("demo", "dns")
             .cluster_ip("198.18.0.53")
             .port_proto("dns", 53, "UDP")
@@ -95,6 +104,11 @@ pub(crate) fn small_world() -> ServiceTable {
             .port("http", 8080)
             .ready("192.0.2.30", "node-b")
             .build(),
+        mk_slice("demo", "sticky-abc", "sticky")
+            .port("http", 8080)
+            .ready("192.0.2.40", "node-a")
+            .ready("192.0.2.41", "node-b")
+            .build(),
         mk_slice("demo", "dns-abc", "dns")
             .port_proto("dns", 1053, "UDP")
             .port_proto("dns-tcp", 1053, "TCP")
@@ -114,6 +128,59 @@ fn golden_empty() {
 #[test]
 fn golden_small_world() {
     golden("small-world", &ruleset(&small_world()));
+}
+
+/// The IPv6 table of a dual-stack world, with a pod-CIDR detector and `--nodeport-addresses`.
+#[test]
+fn golden_ipv6_world() {
+    use crate::model::{IpFamily, NodeContext};
+    let services = [
+        mk_service("demo", "web")
+            .cluster_ips(&["198.18.0.10", "2001:db8:ffff::10"])
+            .port("http", 80)
+            .node_port(30080)
+            .lb_ip("203.0.113.10")
+            .lb_ip("2001:db8:1::10")
+            .source_range("2001:db8:3::/48")
+            .build(),
+        mk_service("demo", "local")
+            .cluster_ips(&["2001:db8:ffff::11"])
+            .port("http", 80)
+            .node_port(30081)
+            .lb_ip("2001:db8:1::11")
+            .etp_local()
+            .client_ip_affinity(30)
+            .build(),
+    ];
+    let slices = [
+        mk_slice("demo", "web-v6", "web")
+            .address_type("IPv6")
+            .port("http", 8080)
+            .ready("2001:db8:2::10", "node-a")
+            .ready("2001:db8:2::11", "node-b")
+            .build(),
+        mk_slice("demo", "local-v6", "local")
+            .address_type("IPv6")
+            .port("http", 8080)
+            .ready("2001:db8:2::20", "node-a")
+            .build(),
+    ];
+    let (table, skipped) = ServiceTable::build_for(
+        &services,
+        &slices,
+        &NodeContext::named("node-a"),
+        IpFamily::V6,
+    );
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let options = Options {
+        family: IpFamily::V6,
+        local_traffic: vec!["2001:db8:2::/64".parse().expect("cidr")],
+        nodeport_addresses: NodePortAddresses::Cidrs(vec![
+            "2001:db8:4::1/128".parse().expect("cidr"),
+            "198.51.100.1/32".parse().expect("cidr"),
+        ]),
+    };
+    golden("ipv6-world", &ruleset_with(&table, &options));
 }
 
 #[test]
@@ -299,7 +366,11 @@ fn rules_use_no_anonymous_sets_or_maps() {
             || (l.ends_with(" {")
                 && ["table ", "chain ", "set ", "map "]
                     .iter()
-                    .any(|p| l.starts_with(p)));
+                    .any(|p| l.starts_with(p)))
+            // `update @set { ip saddr }` is a set update, not an anonymous set; a firewall
+            // chain's source ranges are the one deliberate anonymous set (small, per Service).
+            || line.trim_start().starts_with("update @")
+            || line.contains("drop comment \"loadBalancerSourceRanges\"");
         assert!(declaration, "anonymous set or map in a rule: {line}");
     }
 }
