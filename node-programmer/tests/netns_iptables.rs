@@ -608,6 +608,35 @@ fn traffic_through_a_programmed_node() {
         "untouched ClusterIP",
     );
 
+    // A restart: a new proxier (no memory of what it wrote) takes over the rules in place with a
+    // full sync; traffic keeps flowing and nothing is duplicated.
+    drop(proxier);
+    let mut proxier = IptablesProxier::new(cli.clone(), Family::V4);
+    assert_eq!(
+        proxier.sync(&table_of(&changed)).expect("full"),
+        SyncKind::Full
+    );
+    ok(
+        &t.client,
+        "http://203.0.113.20/",
+        "192.0.2.1",
+        "LB IP after a restart",
+    );
+    ok(
+        &t.client,
+        "http://203.0.113.11/",
+        "198.51.100.2",
+        "eTP=Local after a restart",
+    );
+    let nat = save(&cli, Table::Nat);
+    assert_eq!(
+        nat.lines()
+            .filter(|l| l.starts_with("-A PREROUTING") && l.contains("DRAWBRIDGE"))
+            .count(),
+        1,
+        "{nat}"
+    );
+
     proxier.cleanup().expect("cleanup");
     let left = drawbridge_lines(&cli);
     assert!(left.is_empty(), "left behind: {left:?}");

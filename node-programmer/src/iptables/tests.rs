@@ -329,6 +329,38 @@ fn comments_are_dropped_in_large_clusters() {
     assert!(small.contains("-m comment --comment \"demo/web:http cluster IP\""));
 }
 
+/// ClientIP affinity, as kube-proxy writes it: one `-m recent --rcheck` rule per endpoint before the
+/// random choice (§1.10). (`Ruleset::build` passes the Service's timeout once the model has it.)
+#[test]
+fn affinity_rules_precede_the_random_choice() {
+    let table = world_with(&["192.0.2.10", "192.0.2.11"]);
+    let port = table
+        .ports
+        .iter()
+        .find(|p| p.id.name == "web")
+        .expect("web");
+    let names = PortChains::new(port);
+    let chain = policy_chain(
+        &names.svc,
+        &names,
+        &port.cluster_endpoints,
+        Some(10800),
+        false,
+    );
+    let rules: Vec<&str> = chain.rules.lines().collect();
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    for (rule, (_, sep)) in rules[..2].iter().zip(&names.endpoints) {
+        assert_eq!(
+            *rule,
+            format!(
+                "-A {} -m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}",
+                names.svc
+            )
+        );
+    }
+    assert!(rules[2].contains("--probability 0.5000000000"));
+}
+
 // === proxier ===
 
 fn world_with(web_endpoints: &[&str]) -> ServiceTable {
