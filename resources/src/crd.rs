@@ -242,7 +242,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 /// `#[derive(CustomResource)]` kinds here (the `crds_fresh` test then covers them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt as _;
-    vec![IPAddressPool::crd(), IPAddressClaim::crd()]
+    vec![
+        IPAddressPool::crd(),
+        IPAddressClaim::crd(),
+        crate::crd_l2::L2Announcement::crd(),
+    ]
 }
 
 /// [`crds`] as multi-document YAML — exactly what `crdgen` prints and `deploy/base/crds.yaml` holds.
