@@ -109,6 +109,15 @@ impl Family {
     }
 }
 
+impl From<crate::model::IpFamily> for Family {
+    fn from(family: crate::model::IpFamily) -> Family {
+        match family {
+            crate::model::IpFamily::V4 => Family::V4,
+            crate::model::IpFamily::V6 => Family::V6,
+        }
+    }
+}
+
 /// The two iptables tables we write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Table {
@@ -214,27 +223,31 @@ impl PortChains {
     }
 }
 
-// === per-port facts still missing from the model ===
+// === per-port inputs ===
 
-/// `sessionAffinity: ClientIP` timeout in seconds, if set. Not in the model yet (always `None`).
-fn session_affinity(_port: &ServicePort) -> Option<u32> {
-    None
+/// `sessionAffinity: ClientIP` timeout in seconds, if set (§1.10).
+fn session_affinity(port: &ServicePort) -> Option<u32> {
+    port.session_affinity
 }
 
-/// `loadBalancerSourceRanges` as iptables `-s` arguments. Not in the model yet (always empty).
-fn source_ranges(_port: &ServicePort) -> Vec<String> {
-    vec![]
+/// `loadBalancerSourceRanges` as iptables `-s` arguments (§1.12).
+fn source_ranges(port: &ServicePort) -> Vec<String> {
+    port.load_balancer_source_ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
-/// Whether this node's own address is inside one of the source ranges (then the LB IPs are
-/// allowed as sources too, §1.12). Needs node addresses the model does not carry yet.
+/// Whether this node's own address is inside one of the source ranges (then kube-proxy also
+/// allows the LB IPs as sources, §1.12). Not done: the table does not carry the node's
+/// addresses (the nftables backend does not do it either).
 fn node_in_source_ranges(_port: &ServicePort) -> bool {
     false
 }
 
-/// `healthCheckNodePort`, if any. Not in the model yet (always `None`).
-fn health_check_node_port(_port: &ServicePort) -> Option<u16> {
-    None
+/// `healthCheckNodePort`, if any: ACCEPTed in filter `DRAWBRIDGE-NODEPORTS` (§1.3).
+fn health_check_node_port(port: &ServicePort) -> Option<u16> {
+    port.health_check_node_port
 }
 
 // === the ruleset ===

@@ -761,3 +761,36 @@ fn new_connections_spread_evenly_over_endpoints() {
         );
     }
 }
+
+/// The golden rule sets with ClientIP affinity (`-m recent`), `loadBalancerSourceRanges`
+/// (`DRAWBRIDGE-FW-*` + `DRAWBRIDGE-PROXY-FIREWALL`) and a healthCheckNodePort load into a real
+/// kernel in both families (`iptables-restore` / `ip6tables-restore`) and both flavours present.
+#[test]
+fn feature_rules_load_in_both_families() {
+    require_root!();
+    let mut lab = Lab::new("f");
+    let ns = lab.netns("node");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/iptables/golden");
+    for flavour in [Flavour::Legacy, Flavour::Nft] {
+        for (family, file) in [
+            (Family::V4, "features-v4.rules"),
+            (Family::V6, "features-v6.rules"),
+        ] {
+            if !flavour.present(family) {
+                continue;
+            }
+            let text = std::fs::read_to_string(dir.join(file)).expect("golden file");
+            let cli = IptablesCli::in_netns(flavour, &ns);
+            cli.restore(family, &text)
+                .unwrap_or_else(|e| panic!("{flavour:?} {family:?} {file}: {e}"));
+            let nat = cli.save(family, Table::Nat).expect("save");
+            assert!(nat.contains("--rcheck --seconds 600 --reap"), "{nat}");
+            let filter = cli.save(family, Table::Filter).expect("save");
+            assert!(filter.contains("-A DRAWBRIDGE-PROXY-FIREWALL"), "{filter}");
+            assert!(filter.contains("--dport 32071 -j ACCEPT"), "{filter}");
+            iptables::cleanup_with(&cli, family).expect("cleanup");
+            let nat = cli.save(family, Table::Nat).expect("save");
+            assert!(!nat.contains("DRAWBRIDGE"), "{nat}");
+        }
+    }
+}

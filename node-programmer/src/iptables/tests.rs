@@ -138,6 +138,67 @@ fn golden_small_world() {
     );
 }
 
+/// ClientIP affinity, loadBalancerSourceRanges and a healthCheckNodePort, in both families:
+/// - `demo/sticky`: ClusterIP, ClientIP affinity 600 s, two endpoints;
+/// - `demo/fenced`: LoadBalancer with `loadBalancerSourceRanges`, eTP=Local, a healthCheckNodePort.
+fn features_world(family: crate::model::IpFamily) -> ServiceTable {
+    use crate::model::{IpFamily, NodeContext};
+    let services = [
+        mk_service("demo", "sticky")
+            .cluster_ips(&["198.18.0.70", "2001:db8:18::70"])
+            .port("http", 80)
+            .client_ip_affinity(600)
+            .build(),
+        mk_service("demo", "fenced")
+            .cluster_ips(&["198.18.0.71", "2001:db8:18::71"])
+            .port("http", 80)
+            .node_port(30071)
+            .lb_ip("203.0.113.71")
+            .lb_ip("2001:db8:203::71")
+            .etp_local()
+            .source_range("198.51.100.0/24")
+            .source_range("2001:db8:51::/48")
+            .health_check_node_port(32071)
+            .build(),
+    ];
+    let (v4, v6) = (family == IpFamily::V4, family == IpFamily::V6);
+    let addr = |a: &str, b: &str| if v4 { a.to_string() } else { b.to_string() };
+    let slices = [
+        mk_slice("demo", "sticky-abc", "sticky")
+            .address_type(if v6 { "IPv6" } else { "IPv4" })
+            .port("http", 8080)
+            .ready(&addr("192.0.2.70", "2001:db8:2::70"), "node-a")
+            .ready(&addr("192.0.2.71", "2001:db8:2::71"), "node-b")
+            .build(),
+        mk_slice("demo", "fenced-abc", "fenced")
+            .address_type(if v6 { "IPv6" } else { "IPv4" })
+            .port("http", 8080)
+            .ready(&addr("192.0.2.72", "2001:db8:2::72"), "node-a")
+            .build(),
+    ];
+    let (table, skipped) =
+        ServiceTable::build_for(&services, &slices, &NodeContext::named("node-a"), family);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(table.ports.len(), 2, "{table:?}");
+    table
+}
+
+#[test]
+fn golden_features_v4() {
+    golden(
+        "features-v4",
+        &Ruleset::build(&features_world(crate::model::IpFamily::V4), Family::V4).full_text(),
+    );
+}
+
+#[test]
+fn golden_features_v6() {
+    golden(
+        "features-v6",
+        &Ruleset::build(&features_world(crate::model::IpFamily::V6), Family::V6).full_text(),
+    );
+}
+
 /// kube-proxy's own test vectors (`pkg/proxy/iptables/proxier_test.go`: `KUBE-SVC-XPGD46QRK7WJZT7O`
 /// for `ns1/svc1:p80` tcp, `KUBE-SEP-SXIVWICOYRO3J4NJ` for its endpoint 10.180.0.1:80).
 #[test]
