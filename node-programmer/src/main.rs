@@ -1,4 +1,7 @@
-//! `node-programmer`: one per node; programs table `ip drawbridge` from Services + EndpointSlices.
+//! `node-programmer`: one per node; programs Service rules (nftables tables `ip drawbridge` /
+//! `ip6 drawbridge`, or `DRAWBRIDGE-*` iptables chains) from Services + EndpointSlices, serves
+//! kube-proxy's health endpoints and healthCheckNodePorts, cleans stale UDP conntrack entries,
+//! and answers ARP/NDP for announced LoadBalancer IPs.
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -9,7 +12,17 @@ use node_programmer::apply::NftCli;
 use node_programmer::model::{IpFamily, NodeContext};
 use node_programmer::nftables::NftProxier;
 use node_programmer::render::Options;
-use node_programmer::sync::{self, Metrics, NodePortPolicy, Observers, Programmer, Proxier};
+use node_programmer::conntrack::{self, NetlinkConntrack};
+use node_programmer::health::{self, ProxyHealth, ServiceHealthServers};
+use node_programmer::iptables::{self, Flavour, IptablesCli};
+use node_programmer::sync::{
+    self, IptablesBackend, Metrics, NodePortPolicy, Observers, Programmer, Proxier,
+};
+use drawbridge_resources::events::{Event, EventRecorder};
+use drawbridge_resources::ObjectKey;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::{debug, warn};
 use tracing::{Instrument as _, info, info_span};
 
 /// Turns Services + EndpointSlices into the nftables table `ip drawbridge` on this node.
@@ -28,7 +41,9 @@ struct Args {
     #[command(flatten)]
     source: SourceArgs,
 
-    /// Delete table `ip drawbridge` (no error if absent) and exit.
+    /// Remove everything node-programmer ever installed — tables `ip drawbridge` and
+    /// `ip6 drawbridge`, every `DRAWBRIDGE-*` iptables chain and jump rule (both families, both
+    /// iptables flavours) — and exit.
     #[arg(long, env = "DRAWBRIDGE_CLEANUP")]
     cleanup: bool,
 
@@ -36,8 +51,9 @@ struct Args {
     #[arg(long, env = "DRAWBRIDGE_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
 
-    /// `nftables`: program Service rules. `none`: program nothing (kube-proxy keeps doing it),
-    /// delete table `ip drawbridge` if a previous run left it, and stay up for health/metrics.
+    /// `nftables`: program Service rules in nftables. `iptables`: in iptables chains (hosts without
+    /// usable nftables). `none`: program nothing (kube-proxy keeps doing it), and stay up for L2
+    /// announcements, health and metrics. Every mode removes the other modes' rules at start.
     #[arg(long, env = "DRAWBRIDGE_PROXY_MODE", value_enum, default_value_t)]
     proxy_mode: ProxyMode,
 
@@ -63,6 +79,11 @@ struct Args {
     /// comma-separated list of CIDRs (local addresses inside them). Never 127.0.0.1.
     #[arg(long, env = "DRAWBRIDGE_NODEPORT_ADDRESSES", default_value = "primary")]
     nodeport_addresses: NodePortPolicy,
+
+    /// kube-proxy's proxy health server (`/healthz`, `/livez`; what cloud LBs probe for
+    /// externalTrafficPolicy=Cluster) — `off` disables.
+    #[arg(long, env = "DRAWBRIDGE_HEALTHZ_ADDR", default_value = health::DEFAULT_HEALTHZ_ADDR)]
+    healthz_addr: String,
 
     /// Serve /metrics, /healthz and /readyz here (`off` disables).
     #[arg(long, env = "DRAWBRIDGE_METRICS_ADDR", value_name = "ADDR", default_value = observe::NODE_PROGRAMMER_ADDR)]
@@ -94,6 +115,9 @@ enum ProxyMode {
     /// node-programmer owns table `ip drawbridge`.
     #[default]
     Nftables,
+    /// node-programmer owns the `DRAWBRIDGE-*` chains of tables nat and filter
+    /// (`iptables-legacy-restore` when installed, else `iptables-restore`).
+    Iptables,
     /// Another proxy (kube-proxy) does; see deploy/overlays/keep-kube-proxy.
     None,
 }
@@ -106,25 +130,43 @@ async fn main() -> anyhow::Result<()> {
     if args.cleanup {
         NftCli::new()
             .delete_table()
-            .context("deleting table ip drawbridge")?;
-        info!("table ip drawbridge deleted");
+            .context("deleting tables ip/ip6 drawbridge")?;
+        iptables::cleanup_everywhere(None).context("deleting DRAWBRIDGE-* iptables chains")?;
+        info!("tables ip/ip6 drawbridge and DRAWBRIDGE-* iptables chains deleted");
         return Ok(());
     }
     let node_name = args.node_name.context("--node-name is required")?;
     let (mut registry, health) = (observe::registry("node-programmer"), Health::default());
     let metrics = Metrics::register(&mut registry);
+    let proxy_health = ProxyHealth::new(health::DEFAULT_HEALTH_TIMEOUT);
+    proxy_health.register(&mut registry);
     let _metrics_server = observe::serve_if(args.metrics_addr, registry, health.clone())
         .await
         .context("starting the metrics endpoint")?;
-    if args.proxy_mode == ProxyMode::None {
+    let _healthz_server = match args.healthz_addr.as_str() {
+        "off" | "" => None,
+        addr => {
+            let addr: SocketAddr = addr.parse().context("--healthz-addr")?;
+            Some(
+                health::serve(addr, proxy_health.clone())
+                    .await
+                    .context("starting the proxy health server")?,
+            )
+        }
+    };
+
+    // Switching modes removes the other modes' rules (kube-proxy does the same at start).
+    if args.proxy_mode != ProxyMode::Nftables {
         NftCli::new()
             .delete_table()
-            .context("deleting table ip drawbridge")?;
-        info!(node = %node_name, "--proxy-mode none: table ip drawbridge removed; programming no Service rules");
-        health.set_ready();
-        // Nothing to sync; SIGTERM ends the process.
-        std::future::pending::<()>().await;
+            .context("deleting tables ip/ip6 drawbridge")?;
     }
+    if args.proxy_mode != ProxyMode::Iptables
+        && let Err(error) = iptables::cleanup_everywhere(None)
+    {
+        warn!(%error, "removing DRAWBRIDGE-* iptables chains left by an earlier run failed");
+    }
+
     let source = source::start(
         &args.source,
         &[Kind::Service, Kind::EndpointSlice, Kind::Node],
@@ -139,26 +181,44 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::spawn(l2.instrument(info_span!("l2", node = %node_name)));
     }
+    if args.proxy_mode == ProxyMode::None {
+        info!(node = %node_name, "--proxy-mode none: programming no Service rules");
+        health.set_ready();
+        proxy_health.updated();
+        // Nothing to sync; SIGTERM ends the process.
+        std::future::pending::<()>().await;
+    }
+
     let span = info_span!("sync", node = %node_name, standalone = source.standalone);
+    let after_sync = follow_syncs(proxy_health.clone(), source.events.clone());
     let observers = Observers {
         events: source.events,
         health,
-        after_sync: None,
+        after_sync: Some(after_sync),
+        proxy_health: Some(proxy_health),
     };
-    let proxiers: Vec<Box<dyn Proxier>> = args
+    let families: Vec<IpFamily> = args
         .ip_families
         .iter()
-        .map(|family| {
-            let family = match family {
-                Family::Ipv4 => IpFamily::V4,
-                Family::Ipv6 => IpFamily::V6,
-            };
-            let options = Options {
-                family,
-                local_traffic: args.cluster_cidr.clone(),
-                ..Options::default()
-            };
-            Box::new(NftProxier::new(options, NftCli::new())) as Box<dyn Proxier>
+        .map(|family| match family {
+            Family::Ipv4 => IpFamily::V4,
+            Family::Ipv6 => IpFamily::V6,
+        })
+        .collect();
+    let flavour = Flavour::detect();
+    let proxiers: Vec<Box<dyn Proxier>> = families
+        .into_iter()
+        .map(|family| match args.proxy_mode {
+            ProxyMode::Iptables => Box::new(IptablesBackend::new(IptablesCli::new(flavour), family))
+                as Box<dyn Proxier>,
+            _ => {
+                let options = Options {
+                    family,
+                    local_traffic: args.cluster_cidr.clone(),
+                    ..Options::default()
+                };
+                Box::new(NftProxier::new(options, NftCli::new())) as Box<dyn Proxier>
+            }
         })
         .collect();
     let programmer = Programmer::with_proxiers(NodeContext::named(node_name), proxiers)
@@ -168,4 +228,56 @@ async fn main() -> anyhow::Result<()> {
         .instrument(span)
         .await
         .context("sync loop ended")
+}
+
+/// What follows each sync (kube-proxy `syncProxyRules` epilogue, service-proxy.md §2.5 step 7):
+/// the healthCheckNodePort servers follow the new tables (bind failures become Warning Events
+/// `FailedToStartServiceHealthcheck`), and after a successful sync stale UDP conntrack entries
+/// are deleted. Runs on its own task, fed the latest wanted state through a watch channel, so a
+/// slow conntrack dump never holds up the rules.
+fn follow_syncs(
+    proxy_health: ProxyHealth,
+    events: Arc<dyn EventRecorder>,
+) -> sync::AfterSync<Box<dyn Proxier>> {
+    let (tx, mut rx) = tokio::sync::watch::channel((Vec::new(), Vec::new(), false));
+    tokio::spawn(
+        async move {
+            let mut servers = ServiceHealthServers::new(vec![], proxy_health);
+            while rx.changed().await.is_ok() {
+                let (wanted, udp, succeeded) = rx.borrow_and_update().clone();
+                for failure in servers.sync(&wanted).await {
+                    warn!(%failure, "healthCheckNodePort server not started");
+                    let key =
+                        ObjectKey::namespaced(Kind::Service, &failure.namespace, &failure.name);
+                    events
+                        .publish(Event::warning(
+                            key,
+                            "FailedToStartServiceHealthcheck",
+                            "Listen",
+                            failure.to_string(),
+                        ))
+                        .await;
+                }
+                if succeeded && !udp.is_empty() {
+                    let cleaned = tokio::task::spawn_blocking(move || {
+                        let mut table = NetlinkConntrack::open()?;
+                        conntrack::cleanup(&mut table, &udp)
+                    })
+                    .await;
+                    match cleaned {
+                        Ok(Ok(report)) => debug!(?report, "UDP conntrack cleanup"),
+                        Ok(Err(error)) => warn!(%error, "UDP conntrack cleanup failed"),
+                        Err(error) => warn!(%error, "UDP conntrack cleanup task failed"),
+                    }
+                }
+            }
+        }
+        .instrument(info_span!("after-sync")),
+    );
+    Box::new(move |programmer, _resources, succeeded| {
+        let tables = programmer.tables();
+        let wanted = sync::service_health(tables);
+        let udp = sync::udp_service_ports(tables);
+        tx.send_replace((wanted, udp, succeeded));
+    })
 }

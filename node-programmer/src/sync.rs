@@ -22,7 +22,7 @@
 //! one `SkippedService` Warning Event each (again only when the problem changes). `/readyz` turns
 //! 200 after the first successful sync.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ use prometheus_client::registry::Registry;
 use tracing::{error, info, warn};
 
 use crate::apply::Apply;
+use crate::conntrack::UdpServicePort;
+use crate::health::{self, ProxyHealth, ServiceHealth};
+use crate::iptables::{self, IptablesProxier};
+use crate::model::Protocol;
 use crate::model::{IpFamily, NodeContext, ServiceTable, Skipped, TrafficPolicy};
 use crate::nftables::{NftProxier, SyncKind};
 use crate::render::{self, NodePortAddresses};
@@ -111,6 +115,102 @@ pub trait Proxier: Send {
     /// Where NodePorts are accepted from now on (resolved from `--nodeport-addresses` and the
     /// Node); a change takes effect at the next sync.
     fn set_nodeport_addresses(&mut self, _addresses: NodePortAddresses) {}
+}
+
+/// The iptables backend as a [`Proxier`] (`--proxy-mode iptables`).
+pub struct IptablesBackend<R> {
+    family: IpFamily,
+    inner: IptablesProxier<R>,
+}
+
+impl<R: iptables::Runner> IptablesBackend<R> {
+    /// The iptables proxier of `family` driving `runner`.
+    pub fn new(runner: R, family: IpFamily) -> Self {
+        let inner_family = match family {
+            IpFamily::V4 => iptables::Family::V4,
+            IpFamily::V6 => iptables::Family::V6,
+        };
+        IptablesBackend {
+            family,
+            inner: IptablesProxier::new(runner, inner_family),
+        }
+    }
+
+    /// The wrapped proxier.
+    pub fn inner(&self) -> &IptablesProxier<R> {
+        &self.inner
+    }
+}
+
+impl<R: iptables::Runner + Send> Proxier for IptablesBackend<R> {
+    fn family(&self) -> IpFamily {
+        self.family
+    }
+
+    fn sync(&mut self, table: &ServiceTable, _now: Instant) -> Result<SyncKind, ProxierError> {
+        match self.inner.sync(table) {
+            Ok(iptables::SyncKind::Unchanged) => Ok(SyncKind::Unchanged),
+            Ok(iptables::SyncKind::Partial) => Ok(SyncKind::Partial {
+                changed_ports: 0,
+                bytes: 0,
+            }),
+            Ok(iptables::SyncKind::Full) => Ok(SyncKind::Full { bytes: 0 }),
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+}
+
+/// The healthCheckNodePort servers wanted after a sync (§1.7): one per Service with a
+/// `healthCheckNodePort` (eTP=Local LoadBalancer), with its Ready local endpoint count (the
+/// largest over its ports and families). Sorted by namespace/name.
+pub fn service_health(tables: &[ServiceTable]) -> Vec<ServiceHealth> {
+    let mut by_service: BTreeMap<(String, String), ServiceHealth> = BTreeMap::new();
+    for port in tables.iter().flat_map(|t| &t.ports) {
+        let Some(health_check_node_port) = port.health_check_node_port else {
+            continue;
+        };
+        let entry = by_service
+            .entry((port.id.namespace.clone(), port.id.name.clone()))
+            .or_insert_with(|| ServiceHealth {
+                namespace: port.id.namespace.clone(),
+                name: port.id.name.clone(),
+                health_check_node_port,
+                local_ready_endpoints: 0,
+            });
+        entry.local_ready_endpoints = entry.local_ready_endpoints.max(port.local_ready_endpoints);
+    }
+    by_service.into_values().collect()
+}
+
+/// The UDP Service ports whose stale conntrack entries are deleted after a sync (§1.16): ports
+/// with at least one usable endpoint; frontends are the ClusterIP, externalIPs and LB IPs.
+pub fn udp_service_ports(tables: &[ServiceTable]) -> Vec<UdpServicePort> {
+    let mut out = Vec::new();
+    for port in tables.iter().flat_map(|t| &t.ports) {
+        if port.id.protocol != Protocol::Udp {
+            continue;
+        }
+        let serving: std::collections::BTreeSet<std::net::IpAddr> = port
+            .cluster_endpoints
+            .iter()
+            .chain(&port.local_endpoints)
+            .map(|e| e.ip)
+            .collect();
+        if serving.is_empty() {
+            continue;
+        }
+        let mut ips = vec![port.cluster_ip];
+        ips.extend(&port.external_ips);
+        ips.extend(&port.load_balancer_ips);
+        out.push(UdpServicePort {
+            service: port.id.to_string(),
+            ips,
+            port: port.port,
+            node_port: port.node_port.unwrap_or(0),
+            serving_endpoints: serving,
+        });
+    }
+    out
 }
 
 /// `--nodeport-addresses` (service-proxy.md §1.3; kube-proxy nftables default `primary`).
@@ -557,6 +657,11 @@ pub async fn run<P: Proxier + 'static>(
     loop {
         let services: Vec<Arc<Service>> = resources.services.state();
         let slices: Vec<Arc<EndpointSlice>> = resources.endpoint_slices.state();
+        if let Some(proxy_health) = &observe.proxy_health
+            && let Some(node) = resources.nodes.get(&ObjectRef::new(&programmer.node.name))
+        {
+            proxy_health.set_node_eligible(health::node_eligible(&node));
+        }
         let node = node_context(&resources, &programmer.node.name);
         if node != programmer.node {
             info!(zone = ?node.zone, "node topology changed");
@@ -597,11 +702,17 @@ pub async fn run<P: Proxier + 'static>(
         }
         backoff.reset();
         observe.health.set_ready();
+        if let Some(proxy_health) = &observe.proxy_health {
+            proxy_health.updated();
+        }
         let wakeup = programmer.next_wakeup();
         tokio::select! {
             changed = resources.changed() => {
                 if !changed {
                     return Err(Error::SourceEnded);
+                }
+                if let Some(proxy_health) = &observe.proxy_health {
+                    proxy_health.queued();
                 }
                 tokio::time::sleep(DEBOUNCE).await;
             }
@@ -652,8 +763,11 @@ pub struct Observers<P> {
     pub events: Arc<dyn EventRecorder>,
     /// Ready after the first successful sync; not alive once the loop ends.
     pub health: Health,
-    /// Health-check servers, proxy health, conntrack cleanup: whatever follows a sync.
+    /// Health-check servers, conntrack cleanup: whatever follows a sync.
     pub after_sync: Option<AfterSync<P>>,
+    /// kube-proxy's `/healthz` / `/livez` state: `queued()` on every change, `updated()` after
+    /// every successful sync, node eligibility from the Node (§1.8).
+    pub proxy_health: Option<ProxyHealth>,
 }
 
 /// One `SkippedService` Warning per skipped object, with its uid when the store has it.
