@@ -794,3 +794,112 @@ fn feature_rules_load_in_both_families() {
         }
     }
 }
+
+/// ClientIP affinity (`-m recent`): 30 new connections from one client all reach the same one of
+/// three endpoints (without affinity the chance of that is 3 × (1/3)^30). And
+/// `loadBalancerSourceRanges`: the LB IP is dropped for a client outside the ranges and served once
+/// the client's range is allowed, while the NodePort ignores the ranges (§1.12).
+#[test]
+fn session_affinity_and_source_ranges() {
+    require_root!();
+    let mut lab = Lab::new("a");
+    let t = topology(&mut lab);
+    let endpoints = ["192.0.2.10", "192.0.2.11", "192.0.2.12"];
+    for ip in &endpoints[1..] {
+        run(&[
+            "ip",
+            "-n",
+            &t.pod,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "p0",
+        ]);
+    }
+    lab.spawn(&t.pod, &["python3", "-c", WHOAMI]);
+    let world = |ranges: &[&str]| -> Vec<Value> {
+        vec![
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "demo", "name": "sticky"},
+                "spec": {
+                    "type": "LoadBalancer", "clusterIP": "198.18.0.40", "clusterIPs": ["198.18.0.40"],
+                    "sessionAffinity": "ClientIP",
+                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+                    "loadBalancerSourceRanges": ranges,
+                    "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30040}],
+                },
+                "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.40", "ipMode": "VIP"}]}},
+            }),
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"namespace": "demo", "name": "sticky-abc",
+                             "labels": {"kubernetes.io/service-name": "sticky"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
+                "endpoints": endpoints.iter().map(|ip| json!({
+                    "addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true},
+                })).collect::<Vec<_>>(),
+            }),
+        ]
+    };
+    let mut proxier = IptablesProxier::new(
+        IptablesCli::in_netns(Flavour::detect(), &t.node),
+        Family::V4,
+    );
+    proxier
+        .sync(&table_of(&world(&["192.0.2.0/24"])))
+        .expect("sync");
+    let connect = |ns: &str, ip: &str, port: &str, n: usize| -> Value {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-c",
+            CONNECT_MANY,
+            ip,
+            port,
+            &n.to_string(),
+        ]);
+        serde_json::from_slice(&out.stdout).expect("counts as JSON")
+    };
+    wait_for("the backend to listen", Duration::from_secs(10), || {
+        endpoints
+            .iter()
+            .all(|ip| connect(&t.pod, ip, "8080", 1).get(*ip).is_some())
+    });
+
+    let counts = connect(&t.client, "198.18.0.40", "80", 30);
+    let map = counts.as_object().expect("object");
+    assert_eq!(map.len(), 1, "affinity broken: {counts}");
+    assert!(
+        endpoints.contains(&map.keys().next().expect("one").as_str()),
+        "{counts}"
+    );
+
+    // Source ranges: the client (198.51.100.2) is outside 192.0.2.0/24 → dropped at the LB IP.
+    let f = curl(&t.client, "http://203.0.113.40/");
+    assert_eq!(
+        f.code, 28,
+        "outside the source ranges: {} {:?}",
+        f.code, f.body
+    );
+    // The NodePort is not subject to the ranges.
+    let counts = connect(&t.client, "198.51.100.1", "30040", 1);
+    assert!(counts.get("error").is_none(), "NodePort: {counts}");
+    // Allow the client's range: the LB IP answers.
+    assert_eq!(
+        proxier
+            .sync(&table_of(&world(&["192.0.2.0/24", "198.51.100.0/24"])))
+            .expect("partial"),
+        SyncKind::Partial
+    );
+    let counts = connect(&t.client, "203.0.113.40", "80", 1);
+    assert!(
+        counts.get("error").is_none(),
+        "LB IP inside the ranges: {counts}"
+    );
+}
