@@ -40,7 +40,7 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// First and longest wait before reopening an interface (doubling while opening fails).
 const REOPEN_MIN: Duration = Duration::from_millis(20);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
+const REOPEN_MAX: Duration = Duration::from_millis(200);
 
 /// The announced set, shared between the watcher task and the interface threads.
 #[derive(Clone, Default)]
@@ -103,13 +103,17 @@ pub async fn run(mut resources: Resources, node: String, interfaces: Vec<String>
 
 fn open_and_serve(name: &str, announced: &Announced) {
     // A link going down makes the socket report an error; reopen quickly so a node whose link
-    // flaps answers again at once, backing off only while opening keeps failing.
+    // comes back answers again at once, doubling the wait (up to REOPEN_MAX) while the interface
+    // keeps failing, and logging only the first failure of a streak.
     let mut backoff = REOPEN_MIN;
+    let mut failing = false;
     loop {
         match socket::open(name, TICK) {
             Ok(link) => {
-                backoff = REOPEN_MIN;
-                tracing::info!(interface = %name, mac = %format_mac(link.mac), "answering ARP/NDP");
+                if !failing {
+                    tracing::info!(interface = %name, mac = %format_mac(link.mac), "answering ARP/NDP");
+                }
+                let opened = Instant::now();
                 let error = serve(
                     link.mac,
                     link.index,
@@ -118,15 +122,23 @@ fn open_and_serve(name: &str, announced: &Announced) {
                     announced,
                     &|| false,
                 );
-                tracing::warn!(interface = %name, %error, "receive failed; reopening");
+                if opened.elapsed() > Duration::from_secs(1) {
+                    backoff = REOPEN_MIN;
+                    failing = false;
+                }
+                if !failing {
+                    tracing::warn!(interface = %name, %error, "receive failed (link down?); reopening");
+                }
             }
             Err(error) => {
-                tracing::warn!(interface = %name, %error, retry_ms = backoff.as_millis() as u64,
-                    "cannot open interface for L2 announcements; retrying");
-                backoff = (backoff * 2).min(REOPEN_MAX);
+                if !failing {
+                    tracing::warn!(interface = %name, %error, "cannot open interface for L2 announcements; retrying");
+                }
             }
         }
+        failing = true;
         std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(REOPEN_MAX);
     }
 }
 
