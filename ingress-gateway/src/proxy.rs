@@ -381,7 +381,14 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = Some(state.start());
         ctx.connecting = Some(Instant::now());
         let protocol = backend.protocol;
-        let mut peer = HttpPeer::new(endpoint, protocol.tls(), String::new());
+        // TLS: the endpoint IP as server name, so no SNI is sent (nginx's default
+        // `proxy_ssl_server_name off`); rustls refuses an empty name.
+        let sni = if protocol.tls() {
+            endpoint.ip().to_string()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(endpoint, protocol.tls(), sni);
         let policy = &backend.policy;
         let o = &mut peer.options;
         o.connection_timeout = Some(policy.connect_timeout);
@@ -454,10 +461,11 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 && session.response_written().is_none() {
-            if let Err(error) = session.respond_error(code).await {
-                tracing::debug!(%error, "error response not delivered");
-            }
+        if code > 0
+            && session.response_written().is_none()
+            && let Err(error) = session.respond_error(code).await
+        {
+            tracing::debug!(%error, "error response not delivered");
         }
         FailToProxy {
             error_code: code,

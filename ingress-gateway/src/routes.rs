@@ -164,7 +164,7 @@ impl Backend {
             return None;
         }
         let usable = |i: usize, check_health: bool| {
-            !tried.contains(&self.endpoints[i]) && !(check_health && self.states[i].is_ejected())
+            !(tried.contains(&self.endpoints[i]) || check_health && self.states[i].is_ejected())
         };
         let chosen = match self.policy.load_balance {
             LoadBalance::RoundRobin => {

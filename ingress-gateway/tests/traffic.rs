@@ -638,3 +638,75 @@ async fn conflicts_external_names_and_access_log() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(access_lines(&quiet).is_empty());
 }
+
+/// An HTTPS (HTTP/1.1 over TLS) origin with a certificate from `ca` for a name the gateway never
+/// asks for (upstream certificates are not verified, as ingress-nginx's default).
+async fn https_origin(
+    ip: &str,
+    ca: &TestCa,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (crt, key) = ca.issue(&["origin.internal"]);
+    let certs = rustls_pemfile::certs(&mut crt.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .unwrap()
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = json!({"origin": "tls", "path": req.uri().path()});
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_by_app_protocol() {
+    let ca = TestCa::new();
+    let (origin, task) = https_origin("127.0.0.14", &ca).await;
+    let objects = vec![
+        mk_class(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "secure"},
+               "spec": {"ports": [{"name": "https", "port": 443, "appProtocol": "https"}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "default", "name": "secure-0",
+                            "labels": {"kubernetes.io/service-name": "secure"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "https", "port": origin.port(), "protocol": "TCP"}],
+               "endpoints": [{"addresses": [origin.ip().to_string()]}]}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"namespace": "default", "name": "secure"},
+               "spec": {"ingressClassName": "drawbridge", "rules": [{"host": "up.test", "http": {"paths": [
+                   {"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "secure", "port": {"number": 443}}}}]}}]}}),
+    ];
+    let gw = Gateway::start(&objects).await;
+    for _ in 0..3 {
+        let r = get(&gw, "up.test", "/over-tls", &[]).await;
+        assert_eq!((r.status, r.origin()), (200, Some("tls")), "{r:?}");
+    }
+    task.abort();
+}
