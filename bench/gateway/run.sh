@@ -52,8 +52,12 @@ fi
 if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release -p drawbridge-echo -p ingress-gateway)
 fi
-GW_BIN="$ROOT/target/release/ingress-gateway"
-ECHO_BIN="$ROOT/target/release/drawbridge-echo"
+# Binaries: the workspace build unless given. GW_BIN_B (optional) adds a second gateway build as
+# proxy "gateway-b" (e.g. the same commit built with --no-default-features, i.e. glibc malloc
+# instead of mimalloc), measured in the same run on the same footing.
+GW_BIN="${GW_BIN:-$ROOT/target/release/ingress-gateway}"
+ECHO_BIN="${ECHO_BIN:-$ROOT/target/release/drawbridge-echo}"
+GW_BIN_B="${GW_BIN_B:-}"
 
 TMP="$(mktemp -d /tmp/gateway-bench.XXXXXX)"
 PIDS=()
@@ -68,9 +72,12 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 BACKEND=127.0.0.1:18080
-declare -A HTTP=([nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [gateway]=127.0.0.1:18083)
-declare -A HTTPS=([nginx]=18441 [haproxy]=18442 [gateway]=18443)
+declare -A HTTP=([nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [gateway]=127.0.0.1:18083 [gateway-b]=127.0.0.1:18084)
+declare -A HTTPS=([nginx]=18441 [haproxy]=18442 [gateway]=18443 [gateway-b]=18444)
+# Gateways' /metrics (upstream connects are read from drawbridge_gateway_upstream_connect_duration_seconds_count).
+declare -A METRICS=([gateway]=127.0.0.1:18097 [gateway-b]=127.0.0.1:18098)
 PROXIES=(nginx haproxy gateway)
+[ -n "$GW_BIN_B" ] && PROXIES+=(gateway-b)
 
 # --- certificate (ECDSA P-256, CN/SAN localhost: wrk and h2load send the URL host as SNI) ---
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -165,11 +172,19 @@ items = [
 ]
 json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(f"{tmp}/manifests/objects.yaml", "w"))
 PY
-RUST_LOG="${RUST_LOG:-warn}" taskset -c 0 "$GW_BIN" --manifests "$TMP/manifests" --state-dir "$TMP/state" \
-    --http-addr "${HTTP[gateway]}" --https-addr "127.0.0.1:${HTTPS[gateway]}" \
-    --metrics-addr off --threads 1 >"$TMP/gateway.log" 2>&1 &
-GW_PID=$!
-PIDS+=($GW_PID)
+start_gateway() { # name binary
+    local name="$1" bin="$2" extra=()
+    # Per-request access log (when the build has one): off, like nginx's access_log off.
+    "$bin" --help 2>/dev/null | grep -q -- '--access-log' && extra+=(--access-log=false)
+    mkdir -p "$TMP/state-$name"
+    RUST_LOG="${RUST_LOG:-warn}" taskset -c 0 "$bin" --manifests "$TMP/manifests" --state-dir "$TMP/state-$name" \
+        --http-addr "${HTTP[$name]}" --https-addr "127.0.0.1:${HTTPS[$name]}" \
+        --metrics-addr "${METRICS[$name]}" --threads 1 "${extra[@]}" >"$TMP/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+start_gateway gateway "$GW_BIN"
+GW_PID=${PIDS[-1]}
+[ -n "$GW_BIN_B" ] && start_gateway gateway-b "$GW_BIN_B"
 
 # --- wait until every proxy answers 200 through to the backend, over HTTP and HTTPS ---
 for p in "${PROXIES[@]}"; do
@@ -201,25 +216,40 @@ cpu_busy() { # snapshot-before snapshot-after → "cpu0%/cpu1%"
     awk -v a="$1" -v b="$2" 'BEGIN{ split(a,x," "); split(b,y," ");
         printf "%.0f/%.0f", 100*(y[1]-x[1])/(y[2]-x[2]), 100*(y[3]-x[3])/(y[4]-x[4]) }'
 }
+# Upstream connections a gateway opened so far (new connections only; pooled reuse is not counted).
+upstream_connects() { # proxy → count, or "" for nginx/haproxy
+    [ -n "${METRICS[$1]:-}" ] || { echo ""; return; }
+    { curl -fsS "http://${METRICS[$1]}/metrics" 2>/dev/null || true; } |
+        awk '/^drawbridge_gateway_upstream_connect_duration_seconds_count/ && !n++ {print $2}'
+}
+declare -A CONNECTS
 run_wrk() { # key url [extra wrk args...]
     local key="$1" url="$2"; shift 2
+    local proxy="${key%-*}" before after
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
+    before=$(upstream_connects "$proxy")
     local c0; c0=$(cpu_snap)
     local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" 2>&1)
     CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)")
+    after=$(upstream_connects "$proxy")
+    CONNECTS[$key]=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo "")
     echo "$out" >"$TMP/wrk-$key.txt"
     RPS[$key]=$(awk '/^Requests\/sec:/{printf "%.0f", $2}' <<<"$out")
     P50[$key]=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")
     P99[$key]=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
     ERR[$key]=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
-    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%" >&2
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
 }
 run_h2() { # key port
     local key="$1" port="$2"
+    local proxy="${key%-*}" before after
+    before=$(upstream_connects "$proxy")
     local c0; c0=$(cpu_snap)
     local out; out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --warm-up-time="$WARMUP" \
         --log-file="$TMP/h2-$key.log" "https://localhost:$port/" 2>&1)
     CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)") # includes the warm-up second(s)
+    after=$(upstream_connects "$proxy")
+    CONNECTS[$key]=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo "")
     echo "$out" >"$TMP/h2load-$key.txt"
     RPS[$key]=$(awk '/^finished in/{gsub(/,/,""); printf "%.0f", $4}' <<<"$out")
     # log file: start time, status, duration in µs (one line per request)
@@ -228,7 +258,7 @@ run_h2() { # key port
                              printf "%.3f %.3f\n", a[i]/1000, a[j]/1000 }')
     P50[$key]=$p50; P99[$key]=$p99
     ERR[$key]=$(awk '/^requests:/{gsub(/,/,""); print $10+0}' <<<"$out") # "N failed"
-    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%" >&2
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
 }
 
 START=$(date +%s)
@@ -247,9 +277,9 @@ END=$(date +%s)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0==0 || a=="?" || b=="?") print "—"; else printf "%.2f×", a/b }'; }
 echo
-echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — |"
+echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx | upstream connects |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — | — |"
 for s in h1 https handshake h2; do
     case $s in
         h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
@@ -257,12 +287,27 @@ for s in h1 https handshake h2; do
     esac
     for p in "${PROXIES[@]}"; do
         k="$p-$s"
-        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") |"
+        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") | ${CONNECTS[$k]:-—} |"
     done
 done
 echo
 echo "measured in $((END-START)) s; $CONNS connections; ${DURATION} s per cell after ${WARMUP} s warm-up"
 fi
+
+split_of() { # symbols.txt → "| category | % |" rows
+    awk '{ pct=$1; sub(/%/,"",pct); $1=""; s=$0
+           if (s ~ /\[k\]/) c="kernel (syscalls, TCP loopback, epoll)"
+           else if (s ~ /malloc|free|realloc|calloc|_int_|tcache|memalign|cfree|\] _*mi_/) c="malloc/free (glibc or mimalloc)"
+           else if (s ~ /memcpy|memmove|memset|memcmp|strlen|__memchr|memchr/) c="libc mem*/str*"
+           else if (s ~ /rustls|aws_lc|ring_core|ring::|aes_|gcm_|ChaCha|chacha|poly1305|sha256|p256|ecp_nistz|x25519|bn_/) c="rustls + crypto"
+           else if (s ~ /pingora/) c="pingora"
+           else if (s ~ /tokio|mio::/) c="tokio/mio"
+           else if (s ~ /ingress_gateway|drawbridge/) c="ingress_gateway (our code)"
+           else if (s ~ /http::|httparse|bytes::|hashbrown|core::|alloc::|std::/) c="http/httparse/bytes/std"
+           else c="other"
+           sum[c]+=pct }
+         END { for (c in sum) printf "| %s | %.1f%% |\n", c, sum[c] }' "$1" | sort -t'|' -k3 -rn
+}
 
 if [ "$PROFILE" = 1 ]; then
     echo "== perf: ingress-gateway (pid $GW_PID), HTTP/1.1 keep-alive" >&2
@@ -294,17 +339,27 @@ if [ "$PROFILE" = 1 ]; then
     echo '```'
     echo
     echo "Split of self time by symbol (patterns in run.sh):"
-    awk '{ pct=$1; sub(/%/,"",pct); $1=""; s=$0
-           if (s ~ /\[k\]/) c="kernel (syscalls, TCP loopback, epoll)"
-           else if (s ~ /malloc|free|realloc|calloc|_int_|tcache|memalign|cfree/) c="malloc/free (glibc)"
-           else if (s ~ /memcpy|memmove|memset|memcmp|strlen|__memchr|memchr/) c="libc mem*/str*"
-           else if (s ~ /rustls|aws_lc|ring_core|ring::|aes_|gcm_|ChaCha|chacha|poly1305|sha256|p256|ecp_nistz|x25519|bn_/) c="rustls + crypto"
-           else if (s ~ /pingora/) c="pingora"
-           else if (s ~ /tokio|mio::/) c="tokio/mio"
-           else if (s ~ /ingress_gateway|drawbridge/) c="ingress_gateway (our code)"
-           else if (s ~ /http::|httparse|bytes::|hashbrown|core::|alloc::|std::/) c="http/httparse/bytes/std"
-           else c="other"
-           sum[c]+=pct }
-         END { for (c in sum) printf "| %s | %.1f%% |\n", c, sum[c] }' "$OUT/symbols.txt" | sort -t'|' -k3 -rn
+    split_of "$OUT/symbols.txt"
     echo "(full lists: $OUT/symbols.txt, $OUT/dso.txt; call chains of symbols ≥ 3%: $OUT/callers.txt; threads: $OUT/threads.txt)"
+
+    # The same for nginx's worker, to compare where the time goes (kernel share per request).
+    NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1)
+    echo "== perf: nginx worker (pid $NGINX_WORKER), HTTP/1.1 keep-alive" >&2
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[nginx]}/" >"$TMP/wrk-nginx-prof.txt" 2>&1 &
+    WRK=$!
+    sleep 1
+    perf record -e cpu-clock -g -p "$NGINX_WORKER" -o "$TMP/perf-nginx.data" -- sleep "$DURATION" >/dev/null 2>&1
+    wait "$WRK" || true
+    perf report -i "$TMP/perf-nginx.data" --no-children --sort sym --stdio --percent-limit 0.01 -g none 2>/dev/null |
+        grep -E '^ +[0-9.]+%' >"$OUT/nginx-symbols.txt"
+    perf report -i "$TMP/perf-nginx.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9.]+%' >"$OUT/nginx-dso.txt"
+    echo
+    echo "nginx worker, top 15 symbols (self time, same load):"
+    echo '```'
+    head -15 "$OUT/nginx-symbols.txt" | cut -c1-150
+    echo '```'
+    echo "nginx split (same patterns; nginx's own code lands in \"other\"):"
+    split_of "$OUT/nginx-symbols.txt"
+    echo "(req/s during the nginx profile: $(awk '/^Requests\/sec:/{print $2}' "$TMP/wrk-nginx-prof.txt"))"
 fi
