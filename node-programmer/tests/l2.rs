@@ -476,7 +476,7 @@ fn failover_moves_the_mac_within_a_second() {
                 text.lines().find_map(|line| {
                     let (t, name) = line.split_once(' ')?;
                     let t: f64 = t.parse().ok()?;
-                    (t >= t0_unix && name == to_name).then(|| t - t0_unix)
+                    (t >= t0_unix && name == to_name).then_some(t - t0_unix)
                 })
             },
         );
