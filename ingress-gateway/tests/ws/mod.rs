@@ -40,6 +40,8 @@ impl WsOrigin {
                 let (name, counter) = (name_owned.clone(), counter.clone());
                 tokio::spawn(async move {
                     let mut seen = json!({"origin": name});
+                    // The handshake callback's error type is tungstenite's (large) response.
+                    #[allow(clippy::result_large_err)]
                     let callback = |req: &Request, resp: Response| {
                         let h = |k: &str| {
                             req.headers()
@@ -64,10 +66,8 @@ impl WsOrigin {
                     // Until the stream ends: tungstenite queues the pong to a ping and the reply
                     // to a Close itself, and flushes them on the next read.
                     while let Some(Ok(msg)) = ws.next().await {
-                        if msg.is_text() || msg.is_binary() {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            return;
                         }
                     }
                 });
