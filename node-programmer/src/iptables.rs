@@ -376,7 +376,15 @@ impl Ruleset {
                 TrafficPolicy::Local => &names.svl,
             };
             // §1.11: no usable endpoint anywhere → REJECT; Local policy, none here → DROP.
-            let no_endpoint_target = if port.has_endpoints { "DROP" } else { "REJECT" };
+            // TCP is refused with a reset: an ICMPv6 port-unreachable leaves IPv6 connects
+            // retrying for a second before failing (measured in tests/semantics.rs).
+            let no_endpoint_target = if port.has_endpoints {
+                "DROP"
+            } else if port.id.protocol == crate::model::Protocol::Tcp {
+                "REJECT --reject-with tcp-reset"
+            } else {
+                "REJECT"
+            };
             let none_comment = |what: &str| {
                 if port.has_endpoints {
                     c(&format!("{name} has no local endpoints{what}"))

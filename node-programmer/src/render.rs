@@ -227,7 +227,14 @@ fn write_static_helpers(o: &mut String) {
         "mark-for-masquerade",
         &[&format!("mark set mark or {MASQUERADE_MARK:#x}")],
     );
-    chain(o, "reject-chain", &["reject"]);
+    // TCP gets a reset: with kube-proxy's plain `reject` (ICMP port-unreachable) an IPv6 TCP
+    // connect retries for a second before failing (measured in tests/semantics.rs); a reset
+    // refuses at once in both families.
+    chain(
+        o,
+        "reject-chain",
+        &["meta l4proto tcp reject with tcp reset", "reject"],
+    );
     chain(
         o,
         "masquerading",
@@ -581,18 +588,22 @@ fn write_dispatch(o: &mut String, options: &Options) {
         "filter",
         "output",
         filter,
-        &[
-            "ct state new jump service-endpoints-check",
-            "ct state new jump firewall-check",
-        ],
+        &["ct state new jump firewall-check"],
     );
+    // Host-originated traffic is checked against the no-endpoint verdicts *after* DNAT
+    // (deliberate departure from kube-proxy, which checks before): an eTP=Local LB IP without a
+    // local endpoint is short-circuited to the cluster endpoints in nat-output (§1.6), so only
+    // traffic that was not DNATed still carries the Service address and is rejected or dropped.
     base_chain(
         o,
         "filter-output-post-dnat",
         "filter",
         "output",
         PRIORITY_DSTNAT + 10,
-        &["ct state new jump cluster-ips-check"],
+        &[
+            "ct state new jump service-endpoints-check",
+            "ct state new jump cluster-ips-check",
+        ],
     );
     base_chain(
         o,
