@@ -43,6 +43,9 @@ GATEWAY_LB_IP=203.0.113.20
 
 # Packages the lab and its tests use, as "command package" pairs (installed only if missing).
 LAB_TOOLS="nft nftables
+iptables-legacy-restore iptables
+conntrack conntrack
+python3 python3
 ip iproute2
 cmake cmake
 curl curl
