@@ -1,28 +1,25 @@
-//! node-programmer: drawbridge's per-node service proxy. It turns Services + EndpointSlices into
-//! one nftables table, `ip drawbridge`, following kube-proxy's nftables layout (KEP-3866;
-//! `shared/reference/service-proxy.md` §1, §2): ClusterIPs, NodePorts, LoadBalancer ingress IPs
-//! (`ipMode: VIP`) and externalIPs are DNATed to a random usable endpoint; Services without
-//! endpoints are REJECTed.
+//! node-programmer: drawbridge's per-node service proxy. It turns Services + EndpointSlices (+ its
+//! own Node) into kernel rules with kube-proxy's semantics (KEP-3866; `shared/reference/
+//! service-proxy.md` §1): one nftables table per IP family (`ip drawbridge`, `ip6 drawbridge`) in
+//! kube-proxy's nftables layout, or `DRAWBRIDGE-*` iptables chains (`--proxy-mode iptables`).
 //!
 //! ```text
 //!  resource source (Kubernetes watch or --manifests DIR)
-//!     │  Store<Service>, Store<EndpointSlice>, changed() ticks
+//!     │  Store<Service>, Store<EndpointSlice>, Store<Node>, changed() ticks
 //!     ▼
-//!  sync   ── waits for the first complete list, debounces ticks, backs off on failure
+//!  sync     ── waits for the first complete list, debounces ticks, backs off on failure,
+//!     │         proxy health queued()/updated()
+//!     ▼
+//!  model    ── pure: Services + EndpointSlices + NodeContext ─> ServiceTable per family
+//!     │         (destinations, policies, cluster/local endpoint sets, affinity, source ranges)
+//!     ▼
+//!  nftables ── NftProxier: full or partial sync, element cache, stale chains (render = pure text)
+//!  iptables ── IptablesProxier: full or partial iptables-restore --noflush
 //!     │
-//!     ▼
-//!  model  ── pure: Services + EndpointSlices + --node-name ─> ServiceTable (per Service port:
-//!     │       destinations, traffic policies, cluster/local endpoint sets)
-//!     ▼
-//!  render ── pure: ServiceTable ─> nft text (`add`+`delete`+`table ip drawbridge { … }`), sorted
-//!     │
-//!     ▼  (only if the text differs from the last applied one)
-//!  apply  ── edge: `nft -f -`, one atomic transaction (or a recording fake in tests)
+//!     ▼  one atomic transaction per family (apply::NftCli / iptables::IptablesCli, or fakes)
+//!  after a sync: health (healthCheckNodePort servers), conntrack (UDP cleanup over netlink)
+//!  beside it:    l2 (ARP/NDP answers for LoadBalancer IPs announced by this node)
 //! ```
-//!
-//! Deliberately thin for now: full table rewrite on every change (no incremental sync), IPv4
-//! only, no session affinity, no `loadBalancerSourceRanges`, no topology hints, no health-check
-//! servers, no conntrack cleanup, no iptables backend.
 #![forbid(unsafe_code)]
 
 pub mod apply;

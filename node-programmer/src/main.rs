@@ -5,25 +5,25 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use drawbridge_resources::ObjectKey;
+use drawbridge_resources::events::{Event, EventRecorder};
 use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use drawbridge_resources::telemetry::{self, LogFormat};
 use node_programmer::apply::NftCli;
-use node_programmer::model::{IpFamily, NodeContext};
-use node_programmer::nftables::NftProxier;
-use node_programmer::render::Options;
 use node_programmer::conntrack::{self, NetlinkConntrack};
 use node_programmer::health::{self, ProxyHealth, ServiceHealthServers};
 use node_programmer::iptables::{self, Flavour, IptablesCli};
+use node_programmer::model::{IpFamily, NodeContext};
+use node_programmer::nftables::NftProxier;
+use node_programmer::render::Options;
 use node_programmer::sync::{
     self, IptablesBackend, Metrics, NodePortPolicy, Observers, Programmer, Proxier,
 };
-use drawbridge_resources::events::{Event, EventRecorder};
-use drawbridge_resources::ObjectKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::{debug, warn};
 use tracing::{Instrument as _, info, info_span};
+use tracing::{debug, warn};
 
 /// Turns Services + EndpointSlices into the nftables table `ip drawbridge` on this node.
 #[derive(Parser, Debug)]
@@ -209,8 +209,10 @@ async fn main() -> anyhow::Result<()> {
     let proxiers: Vec<Box<dyn Proxier>> = families
         .into_iter()
         .map(|family| match args.proxy_mode {
-            ProxyMode::Iptables => Box::new(IptablesBackend::new(IptablesCli::new(flavour), family))
-                as Box<dyn Proxier>,
+            ProxyMode::Iptables => {
+                Box::new(IptablesBackend::new(IptablesCli::new(flavour), family))
+                    as Box<dyn Proxier>
+            }
             _ => {
                 let options = Options {
                     family,

@@ -28,7 +28,9 @@ impl Drop for Netns {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -87,10 +89,22 @@ fn start(ns: &mut Netns, dir: &Path, mode: &str) {
         let _ = old.wait();
     }
     let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_node-programmer")])
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_node-programmer"),
+        ])
         .args(["--node-name", "node-a", "--manifests"])
         .arg(dir)
-        .args(["--proxy-mode", mode, "--metrics-addr", "off", "--healthz-addr", "off"])
+        .args([
+            "--proxy-mode",
+            mode,
+            "--metrics-addr",
+            "off",
+            "--healthz-addr",
+            "off",
+        ])
         .stdin(Stdio::null())
         .spawn()
         .expect("start node-programmer");
@@ -137,10 +151,20 @@ fn switching_modes_removes_the_other_modes_rules_and_cleanup_removes_all() {
         let _ = child.wait();
     }
     let status = Command::new("ip")
-        .args(["netns", "exec", &n, env!("CARGO_BIN_EXE_node-programmer"), "--cleanup"])
+        .args([
+            "netns",
+            "exec",
+            &n,
+            env!("CARGO_BIN_EXE_node-programmer"),
+            "--cleanup",
+        ])
         .status()
         .expect("cleanup");
     assert!(status.success());
-    assert!(!has_iptables_chains(&n), "{}", output(&n, &["iptables-legacy-save"]));
+    assert!(
+        !has_iptables_chains(&n),
+        "{}",
+        output(&n, &["iptables-legacy-save"])
+    );
     assert!(!has_nft_tables(&n));
 }

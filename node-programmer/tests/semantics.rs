@@ -538,7 +538,11 @@ fn semantics(backend: Backend) {
     let f = curl(client, "http://203.0.113.12/", &[]);
     c.check("eTP=Local without local endpoint drops", dropped(&f), &f);
     let f = curl(client, "http://198.51.100.1:30082/", &[]);
-    c.check("NodePort eTP=Local without local endpoint drops", dropped(&f), &f);
+    c.check(
+        "NodePort eTP=Local without local endpoint drops",
+        dropped(&f),
+        &f,
+    );
     let f = curl(node, "http://203.0.113.12/", &[]);
     c.check(
         "host traffic to an eTP=Local LB IP short-circuits",
@@ -570,12 +574,28 @@ fn semantics(backend: Backend) {
     c.check("IPv6 sessionAffinity ClientIP sticks", same6, &first6);
 
     // loadBalancerSourceRanges: only listed sources reach the LB IP (§1.12); not the ClusterIP.
-    let f = curl(client, "http://203.0.113.15/", &["--interface", "198.51.100.2"]);
+    let f = curl(
+        client,
+        "http://203.0.113.15/",
+        &["--interface", "198.51.100.2"],
+    );
     c.check("source range admits a listed client", served(&f), &f);
-    let f = curl(client, "http://203.0.113.15/", &["--interface", "198.51.100.3"]);
+    let f = curl(
+        client,
+        "http://203.0.113.15/",
+        &["--interface", "198.51.100.3"],
+    );
     c.check("source range drops an unlisted client", dropped(&f), &f);
-    let f = curl(client, "http://198.18.0.15/", &["--interface", "198.51.100.3"]);
-    c.check("source ranges do not apply to the ClusterIP", served(&f), &f);
+    let f = curl(
+        client,
+        "http://198.18.0.15/",
+        &["--interface", "198.51.100.3"],
+    );
+    c.check(
+        "source ranges do not apply to the ClusterIP",
+        served(&f),
+        &f,
+    );
 
     // No endpoints: REJECT at once, ClusterIP and NodePort, both families (§1.11).
     let f = curl(client, "http://198.18.0.20/", &[]);
@@ -583,13 +603,25 @@ fn semantics(backend: Backend) {
     let f = curl(client, "http://198.51.100.1:30090/", &[]);
     c.check("no endpoints: NodePort refused at once", refused(&f), &f);
     let f = curl(client, "http://[2001:db8:ffff::20]/", &[]);
-    c.check("no endpoints: IPv6 ClusterIP refused at once", refused(&f), &f);
+    c.check(
+        "no endpoints: IPv6 ClusterIP refused at once",
+        refused(&f),
+        &f,
+    );
     let f = curl(node, "http://[2001:db8:ffff::20]/", &[]);
-    c.check("no endpoints: IPv6 ClusterIP from host refused at once", refused(&f), &f);
+    c.check(
+        "no endpoints: IPv6 ClusterIP from host refused at once",
+        refused(&f),
+        &f,
+    );
 
     // Serving-terminating endpoints as the last resort (§1.15).
     let f = curl(client, "http://198.18.0.21/", &[]);
-    c.check("terminating-but-serving endpoint used as last resort", served(&f), &f);
+    c.check(
+        "terminating-but-serving endpoint used as last resort",
+        served(&f),
+        &f,
+    );
 
     // externalIPs (§1.5).
     let f = curl(client, "http://203.0.113.50/", &[]);
@@ -604,7 +636,11 @@ fn semantics(backend: Backend) {
     let (_, extra) = split(&slices("local-elsewhere", &[A, B]));
     slices2.extend(extra);
     let outcome = p.sync(&services2, &slices2);
-    c.check("partial sync applied", matches!(outcome, Outcome::Applied), &outcome);
+    c.check(
+        "partial sync applied",
+        matches!(outcome, Outcome::Applied),
+        &outcome,
+    );
     let f = curl(client, "http://203.0.113.12/", &[]);
     c.check(
         "after the change, eTP=Local serves the new local endpoint",
@@ -612,7 +648,11 @@ fn semantics(backend: Backend) {
         &f,
     );
     let f = curl(client, "http://198.18.0.10/", &[]);
-    c.check("after the change, other Services still served", served(&f), &f);
+    c.check(
+        "after the change, other Services still served",
+        served(&f),
+        &f,
+    );
     let outcome = p.sync(&services2, &slices2);
     c.check(
         "an unchanged world sends nothing",
@@ -658,14 +698,20 @@ fn normalized_listing(text: &str) -> std::collections::BTreeMap<String, Vec<Stri
         if line.starts_with("elements = {") {
             in_elements = true;
             let rest = line.trim_start_matches("elements = {");
-            elements.extend(rest.split(',').map(|e| e.trim().trim_end_matches('}').trim().to_string()));
+            elements.extend(
+                rest.split(',')
+                    .map(|e| e.trim().trim_end_matches('}').trim().to_string()),
+            );
             if line.ends_with('}') {
                 in_elements = false;
             }
             continue;
         }
         if in_elements {
-            elements.extend(line.split(',').map(|e| e.trim().trim_end_matches('}').trim().to_string()));
+            elements.extend(
+                line.split(',')
+                    .map(|e| e.trim().trim_end_matches('}').trim().to_string()),
+            );
             if line.ends_with('}') {
                 in_elements = false;
             }
@@ -685,7 +731,17 @@ fn normalized_listing(text: &str) -> std::collections::BTreeMap<String, Vec<Stri
 }
 
 fn list(ns: &str, family: &str) -> String {
-    let out = run(&["ip", "netns", "exec", ns, "nft", "list", "table", family, "drawbridge"]);
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "list",
+        "table",
+        family,
+        "drawbridge",
+    ]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -727,9 +783,9 @@ fn partial_syncs_converge_to_the_full_ruleset() {
                     &["203.0.113.104"],
                     &["203.0.113.105"],
                 ][i],
-                etp_local: (i + step) % 2 == 0,
-                affinity: (i + step) % 3 == 0,
-                source_ranges: if (i + step) % 4 == 0 {
+                etp_local: (i + step).is_multiple_of(2),
+                affinity: (i + step).is_multiple_of(3),
+                source_ranges: if (i + step).is_multiple_of(4) {
                     &["198.51.100.0/24"]
                 } else {
                     &[]
@@ -781,7 +837,13 @@ fn partial_syncs_converge_to_the_full_ruleset() {
         let want = normalized_listing(&list(&fresh, "ip"));
         // Flushed-but-not-yet-deleted chains are empty and unreferenced; ignore them.
         got.retain(|name, lines| want.contains_key(name) || !lines.is_empty());
-        assert_eq!(got, want, "step {step}: partial sync differs from a full sync");
+        assert_eq!(
+            got, want,
+            "step {step}: partial sync differs from a full sync"
+        );
     }
-    assert!(partial >= 10, "expected mostly partial syncs, got {partial}");
+    assert!(
+        partial >= 10,
+        "expected mostly partial syncs, got {partial}"
+    );
 }
