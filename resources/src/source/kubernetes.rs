@@ -32,6 +32,7 @@ pub fn start(client: Client, kinds: &[Kind]) -> Source {
         secrets,
         nodes,
         pools,
+        l2_announcements,
         changes,
     } = writers;
     let changes = Arc::new(changes);
@@ -78,6 +79,14 @@ pub fn start(client: Client, kinds: &[Kind]) -> Source {
     }
     if wanted(Kind::IPAddressPool) {
         spawn(Api::all(client.clone()), config(), pools, changes.clone());
+    }
+    if wanted(Kind::L2Announcement) {
+        spawn(
+            Api::all(client.clone()),
+            config(),
+            l2_announcements,
+            changes.clone(),
+        );
     }
     // Writers of kinds nobody asked for are dropped here; their stores simply stay empty.
     Source {

@@ -457,6 +457,7 @@ impl Inner {
             Kind::Secret => apply(&mut w.secrets, object, delete, init),
             Kind::Node => apply(&mut w.nodes, object, delete, init),
             Kind::IPAddressPool => apply(&mut w.pools, object, delete, init),
+            Kind::L2Announcement => apply(&mut w.l2_announcements, object, delete, init),
         }
     }
 
@@ -471,6 +472,7 @@ impl Inner {
             Kind::Secret => remove(&mut w.secrets, key),
             Kind::Node => remove(&mut w.nodes, key),
             Kind::IPAddressPool => remove(&mut w.pools, key),
+            Kind::L2Announcement => remove(&mut w.l2_announcements, key),
         }
     }
 
@@ -483,6 +485,7 @@ impl Inner {
         marker.send(&mut w.secrets);
         marker.send(&mut w.nodes);
         marker.send(&mut w.pools);
+        marker.send(&mut w.l2_announcements);
     }
 
     fn state_file_path(&self, state_dir: &Path, key: &ObjectKey) -> PathBuf {

@@ -22,6 +22,7 @@ use kube::runtime::reflector::{self, Store};
 use tokio::sync::watch;
 
 use crate::crd::IPAddressPool;
+use crate::crd_l2::L2Announcement;
 use crate::events::EventRecorder;
 use crate::status::StatusWriter;
 
@@ -48,11 +49,13 @@ pub enum Kind {
     Node,
     /// drawbridge.dev/v1alpha1 IPAddressPool (cluster-scoped).
     IPAddressPool,
+    /// drawbridge.dev/v1alpha1 L2Announcement (cluster-scoped; [`crate::crd_l2`]).
+    L2Announcement,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -60,6 +63,7 @@ impl Kind {
         Kind::Secret,
         Kind::Node,
         Kind::IPAddressPool,
+        Kind::L2Announcement,
     ];
 
     /// `apiVersion` as written in manifests (`v1`, `discovery.k8s.io/v1`, ...).
@@ -68,7 +72,7 @@ impl Kind {
             Kind::Service | Kind::Secret | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
-            Kind::IPAddressPool => "drawbridge.dev/v1alpha1",
+            Kind::IPAddressPool | Kind::L2Announcement => "drawbridge.dev/v1alpha1",
         }
     }
 
@@ -82,6 +86,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Node => "Node",
             Kind::IPAddressPool => "IPAddressPool",
+            Kind::L2Announcement => "L2Announcement",
         }
     }
 
@@ -95,12 +100,16 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::Node => "nodes",
             Kind::IPAddressPool => "ipaddresspools",
+            Kind::L2Announcement => "l2announcements",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::IngressClass | Kind::Node | Kind::IPAddressPool)
+        !matches!(
+            self,
+            Kind::IngressClass | Kind::Node | Kind::IPAddressPool | Kind::L2Announcement
+        )
     }
 
     /// The kind for a manifest's `apiVersion` + `kind`, if drawbridge reads it.
@@ -223,6 +232,8 @@ pub struct Resources {
     pub nodes: Store<Node>,
     /// drawbridge.dev/v1alpha1 IPAddressPools.
     pub pools: Store<IPAddressPool>,
+    /// drawbridge.dev/v1alpha1 L2Announcements.
+    pub l2_announcements: Store<L2Announcement>,
     kinds: Vec<Kind>,
     changes: watch::Receiver<u64>,
 }
@@ -247,6 +258,7 @@ impl Resources {
                 Kind::Secret => self.secrets.wait_until_ready().await,
                 Kind::Node => self.nodes.wait_until_ready().await,
                 Kind::IPAddressPool => self.pools.wait_until_ready().await,
+                Kind::L2Announcement => self.l2_announcements.wait_until_ready().await,
             };
             if ready.is_err() {
                 tracing::warn!(
@@ -272,6 +284,7 @@ pub(crate) struct Writers {
     pub secrets: reflector::store::Writer<Secret>,
     pub nodes: reflector::store::Writer<Node>,
     pub pools: reflector::store::Writer<IPAddressPool>,
+    pub l2_announcements: reflector::store::Writer<L2Announcement>,
     pub changes: watch::Sender<u64>,
 }
 
@@ -291,6 +304,7 @@ pub(crate) fn stores(kinds: &[Kind]) -> (Resources, Writers) {
     let (secrets, secrets_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (pools, pools_w) = reflector::store();
+    let (l2_announcements, l2_announcements_w) = reflector::store();
     let (changes_tx, changes) = watch::channel(0);
     let mut kinds = kinds.to_vec();
     kinds.sort();
@@ -304,6 +318,7 @@ pub(crate) fn stores(kinds: &[Kind]) -> (Resources, Writers) {
             secrets,
             nodes,
             pools,
+            l2_announcements,
             kinds,
             changes,
         },
@@ -315,6 +330,7 @@ pub(crate) fn stores(kinds: &[Kind]) -> (Resources, Writers) {
             secrets: secrets_w,
             nodes: nodes_w,
             pools: pools_w,
+            l2_announcements: l2_announcements_w,
             changes: changes_tx,
         },
     )
