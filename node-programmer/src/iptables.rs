@@ -318,6 +318,29 @@ impl Ruleset {
     /// (§1.2–§1.13, §2.7). Comments are written unless the table has more than
     /// [`LARGE_CLUSTER_ENDPOINTS`] endpoints (kube-proxy's large-cluster mode).
     pub fn build(table: &ServiceTable, family: Family) -> Ruleset {
+        Self::build_with(table, family, &crate::render::Options::default())
+    }
+
+    /// [`Ruleset::build`] with the options shared with the nftables backend: `--nodeport-addresses`
+    /// (NodePorts only on local addresses inside the CIDRs, kube-proxy's `-d <ip> -j
+    /// KUBE-NODEPORTS` per address) and the `--cluster-cidr` local-traffic detector (ClusterIP
+    /// traffic from other sources is masqueraded; eTP=Local pod traffic short-circuits to the
+    /// cluster chain, §1.2, §1.6). The options' `family` is ignored (`family` rules).
+    pub fn build_with(
+        table: &ServiceTable,
+        family: Family,
+        options: &crate::render::Options,
+    ) -> Ruleset {
+        let in_family = |net: &&ipnet::IpNet| match family {
+            Family::V4 => matches!(net, ipnet::IpNet::V4(_)),
+            Family::V6 => matches!(net, ipnet::IpNet::V6(_)),
+        };
+        let detector: Vec<ipnet::IpNet> = options
+            .local_traffic
+            .iter()
+            .filter(in_family)
+            .copied()
+            .collect();
         let endpoints: usize = table
             .ports
             .iter()
@@ -482,6 +505,15 @@ impl Ruleset {
                         ))
                     )),
                     TrafficPolicy::Local => {
+                        if uses_cluster {
+                            for cidr in &detector {
+                                ext.rule(format_args!(
+                                    "{}-s {cidr} -j {}",
+                                    c(&format!("pod traffic for {name} external destinations")),
+                                    names.svc
+                                ));
+                            }
+                        }
                         ext.rule(format_args!(
                             "{}-m addrtype --src-type LOCAL -j {MARK_MASQ}",
                             c(&format!(
@@ -525,23 +557,49 @@ impl Ruleset {
                 per_service.push(fw);
             }
             // Policy chains.
+            // Off-cluster sources of ClusterIP traffic are masqueraded (with a detector).
+            let masquerade_first = |chain: Chain| -> Chain {
+                if detector.is_empty() {
+                    return chain;
+                }
+                let mut out = Chain::new(chain.name.clone());
+                for cidr in &detector {
+                    out.rule(format_args!(
+                        "{}! -s {cidr} -d {} -p {proto} -m {proto} --dport {p} -j {MARK_MASQ}",
+                        c(&format!("{name} cluster IP")),
+                        port.cluster_ip
+                    ));
+                }
+                out.rules.push_str(&chain.rules);
+                out
+            };
             if uses_cluster {
-                per_service.push(policy_chain(
+                let chain = policy_chain(
                     &names.svc,
                     &names,
                     &port.cluster_endpoints,
                     affinity,
                     comments,
-                ));
+                );
+                per_service.push(if port.internal_policy == TrafficPolicy::Cluster {
+                    masquerade_first(chain)
+                } else {
+                    chain
+                });
             }
             if uses_local {
-                per_service.push(policy_chain(
+                let chain = policy_chain(
                     &names.svl,
                     &names,
                     &port.local_endpoints,
                     affinity,
                     comments,
-                ));
+                );
+                per_service.push(if port.internal_policy == TrafficPolicy::Local {
+                    masquerade_first(chain)
+                } else {
+                    chain
+                });
             }
             // Endpoint chains.
             for (endpoint, chain) in &names.endpoints {
@@ -561,11 +619,22 @@ impl Ruleset {
         }
 
         // "NOTE: this must be the last rule in this chain" (kube-proxy).
-        services.rule(format_args!(
-            "{}-m addrtype --dst-type LOCAL ! -d {} -j {NODEPORTS}",
-            c("drawbridge service nodeports; NOTE: this must be the last rule in this chain"),
-            family.loopback()
-        ));
+        match &options.nodeport_addresses {
+            crate::render::NodePortAddresses::AllLocal => services.rule(format_args!(
+                "{}-m addrtype --dst-type LOCAL ! -d {} -j {NODEPORTS}",
+                c("drawbridge service nodeports; NOTE: this must be the last rule in this chain"),
+                family.loopback()
+            )),
+            crate::render::NodePortAddresses::Cidrs(cidrs) => {
+                for cidr in cidrs.iter().filter(in_family) {
+                    services.rule(format_args!(
+                        "{}-m addrtype --dst-type LOCAL -d {} -j {NODEPORTS}",
+                        c("drawbridge service nodeports; NOTE: this must be the last rule in this chain"),
+                        cidr.trunc()
+                    ));
+                }
+            }
+        }
 
         Ruleset {
             nat_top: vec![services, nodeports, mark_masq, postrouting],
@@ -1163,9 +1232,21 @@ pub struct IptablesProxier<R> {
     last: Option<u64>,
     /// The next sync writes everything (start, or after a failure).
     need_full: bool,
+    /// `--nodeport-addresses` and `--cluster-cidr` ([`Ruleset::build_with`]).
+    options: crate::render::Options,
 }
 
 impl<R: Runner> IptablesProxier<R> {
+    /// Sets the options the next sync renders with (a change shows up as changed chains).
+    pub fn set_options(&mut self, options: crate::render::Options) {
+        self.options = options;
+    }
+
+    /// The options syncs render with.
+    pub fn options(&self) -> &crate::render::Options {
+        &self.options
+    }
+
     /// A proxier for `family` driving `runner`; its first sync is a full one.
     pub fn new(runner: R, family: Family) -> Self {
         IptablesProxier {
@@ -1174,6 +1255,7 @@ impl<R: Runner> IptablesProxier<R> {
             chains: HashMap::new(),
             last: None,
             need_full: true,
+            options: crate::render::Options::default(),
         }
     }
 
@@ -1200,7 +1282,7 @@ impl<R: Runner> IptablesProxier<R> {
     /// Errors: a failed command or restore; the kernel keeps its previous rules (each table is
     /// one atomic commit) and the next sync is a full one.
     pub fn sync(&mut self, table: &ServiceTable) -> Result<SyncKind> {
-        let ruleset = Ruleset::build(table, self.family);
+        let ruleset = Ruleset::build_with(table, self.family, &self.options);
         let digest = ruleset.digest();
         if !self.need_full && self.last == Some(digest) {
             return Ok(SyncKind::Unchanged);

@@ -136,6 +136,14 @@ impl<R: iptables::Runner> IptablesBackend<R> {
         }
     }
 
+    /// The same backend with a `--cluster-cidr` local-traffic detector.
+    pub fn with_local_traffic(mut self, cidrs: Vec<IpNet>) -> Self {
+        let mut options = self.inner.options().clone();
+        options.local_traffic = cidrs;
+        self.inner.set_options(options);
+        self
+    }
+
     /// The wrapped proxier.
     pub fn inner(&self) -> &IptablesProxier<R> {
         &self.inner
@@ -157,6 +165,12 @@ impl<R: iptables::Runner + Send> Proxier for IptablesBackend<R> {
             Ok(iptables::SyncKind::Full) => Ok(SyncKind::Full { bytes: 0 }),
             Err(e) => Err(Box::new(e)),
         }
+    }
+
+    fn set_nodeport_addresses(&mut self, addresses: NodePortAddresses) {
+        let mut options = self.inner.options().clone();
+        options.nodeport_addresses = addresses;
+        self.inner.set_options(options);
     }
 }
 

@@ -24,7 +24,7 @@ use node_programmer::iptables::{Family as IptFamily, Flavour, IptablesCli};
 use node_programmer::model::{IpFamily, NodeContext, ServiceTable};
 use node_programmer::nftables::NftProxier;
 use node_programmer::render::{self, Options};
-use node_programmer::sync::{IptablesBackend, Outcome, Programmer, Proxier};
+use node_programmer::sync::{IptablesBackend, NodePortPolicy, Outcome, Programmer, Proxier};
 use serde_json::{Value, json};
 
 // === lab ===
@@ -121,6 +121,7 @@ Server(("::", 8080), Handler).serve_forever()
 struct Topology {
     client: String,
     node: String,
+    pod_b: String,
 }
 
 fn topology(lab: &mut Lab) -> Topology {
@@ -207,7 +208,11 @@ fn topology(lab: &mut Lab) -> Topology {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Topology { client, node }
+    Topology {
+        client,
+        node,
+        pod_b,
+    }
 }
 
 #[derive(Debug)]
@@ -418,21 +423,39 @@ enum Backend {
     Iptables,
 }
 
+/// Pod CIDRs of the lab (`--cluster-cidr`): both pods, both families.
+fn pod_cidrs() -> Vec<ipnet::IpNet> {
+    ["192.0.2.0/24", "2001:db8:2::/47"]
+        .iter()
+        .map(|c| c.parse().expect("cidr"))
+        .collect()
+}
+
+/// Both families, `--cluster-cidr` = the pods, `--nodeport-addresses` = the client-facing
+/// addresses only.
 fn programmer(backend: Backend, node_ns: &str) -> Programmer<Box<dyn Proxier>> {
     let proxiers: Vec<Box<dyn Proxier>> = [IpFamily::V4, IpFamily::V6]
         .into_iter()
         .map(|family| match backend {
             Backend::Nftables => Box::new(NftProxier::new(
-                Options::for_family(family),
+                Options {
+                    local_traffic: pod_cidrs(),
+                    ..Options::for_family(family)
+                },
                 NftCli::in_netns(node_ns),
             )) as Box<dyn Proxier>,
-            Backend::Iptables => Box::new(IptablesBackend::new(
-                IptablesCli::in_netns(Flavour::detect(), node_ns),
-                family,
-            )) as Box<dyn Proxier>,
+            Backend::Iptables => Box::new(
+                IptablesBackend::new(IptablesCli::in_netns(Flavour::detect(), node_ns), family)
+                    .with_local_traffic(pod_cidrs()),
+            ) as Box<dyn Proxier>,
         })
         .collect();
-    Programmer::with_proxiers(NodeContext::named("node-a"), proxiers)
+    Programmer::with_proxiers(NodeContext::named("node-a"), proxiers).with_nodeport_policy(
+        NodePortPolicy::Cidrs(vec![
+            "198.51.100.1/32".parse().expect("cidr"),
+            "2001:db8:100::1/128".parse().expect("cidr"),
+        ]),
+    )
 }
 
 /// Collects failures instead of stopping at the first, so one run shows every broken semantic.
@@ -502,6 +525,30 @@ fn semantics(backend: Backend) {
     c.check("IPv6 NodePort", served(&f), &f);
     let f = curl(node, "http://127.0.0.1:30080/", &[]);
     c.check("no NodePort on 127.0.0.1", f.code != 0, &f);
+    // --nodeport-addresses: the node's pod-facing address is local but not listed.
+    let f = curl(client, "http://192.0.2.1:30080/", &[]);
+    c.check("no NodePort outside --nodeport-addresses", f.code != 0, &f);
+
+    // --cluster-cidr detector: off-cluster ClusterIP traffic is masqueraded, pod traffic is not.
+    let f = curl(client, "http://198.18.0.21/", &[]);
+    c.check(
+        "off-cluster ClusterIP traffic is masqueraded",
+        served(&f) && !f.body.ends_with(" 198.51.100.2"),
+        &f,
+    );
+    let f = curl(&t.pod_b, "http://198.18.0.21/", &[]);
+    c.check(
+        "pod ClusterIP traffic keeps its source",
+        f.code == 0 && f.body == "pod-a 192.0.2.138",
+        &f,
+    );
+    // eTP=Local without a local endpoint: pod traffic short-circuits to the cluster endpoints.
+    let f = curl(&t.pod_b, "http://203.0.113.12/", &[]);
+    c.check(
+        "pod traffic to an eTP=Local LB IP short-circuits",
+        f.code == 0 && f.body.starts_with("pod-b"),
+        &f,
+    );
 
     // LB IP, eTP=Cluster: served and masqueraded (the pod sees a node address).
     let f = curl(client, "http://203.0.113.10/", &[]);
