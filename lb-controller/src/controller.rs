@@ -11,7 +11,13 @@
 //!                                 could not be made)
 //!                              3. ClaimStore: delete released / orphan claims
 //!                              4. IPAddressPool status (counts, Valid, Overlapping)
+//!                              5. L2 announcement (with an AnnotationWriter): elect one node per
+//!                                 LoadBalancer IP, write `drawbridge.dev/announcing-node`
+//!                                 ([`crate::announce`])
 //! ```
+//!
+//! Step 5 reads the Services as the stores show them, so an address written in step 2 is
+//! announced in the pass its own watch event triggers (level-triggered, one pass later).
 //!
 //! The stores stay current on every replica (warm cache for a new leader); only the reconcile
 //! passes, and therefore the writes, wait for the leader gate (see [`crate::leader`]). Claims are
@@ -32,6 +38,7 @@ use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 
 use crate::allocate::{Outcome, ServiceKey, ServiceView, allocate_with_claims, describe};
+use crate::announce::{self, AnnotationWriter};
 use crate::claim::{self, ExistingClaim};
 use crate::claim_store::{ClaimStore, CreateResult, MemoryClaims};
 use crate::observe::Observe;
@@ -157,9 +164,31 @@ pub async fn run(
     .await
 }
 
+/// [`run_announcing`] without L2 announcement.
+pub async fn run_with(
+    resources: Resources,
+    status: Arc<dyn StatusWriter>,
+    claims: Claims,
+    namespaces: Namespaces,
+    settings: Settings,
+    leader: watch::Receiver<bool>,
+    observe: Observe,
+) {
+    run_announcing(
+        resources, status, claims, namespaces, settings, leader, observe, None,
+    )
+    .await
+}
+
 /// Runs until the source ends or the leader gate closes. Never returns early on bad input or
 /// write failures. `leader`: `true` while this replica may write (always `true` without election).
-pub async fn run_with(
+///
+/// `announcer`: when set, every pass ends with an L2 announcement pass ([`announce::reconcile`]:
+/// Nodes, EndpointSlices and L2Announcements from `resources`, so the source must have been
+/// started with [`Kind::Node`], [`Kind::EndpointSlice`] and [`Kind::L2Announcement`]); its
+/// writes, like all others, happen only while `leader` is `true`. Events go to `observe.events`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_announcing(
     mut resources: Resources,
     status: Arc<dyn StatusWriter>,
     mut claims: Claims,
@@ -167,6 +196,7 @@ pub async fn run_with(
     settings: Settings,
     mut leader: watch::Receiver<bool>,
     mut observe: Observe,
+    announcer: Option<Arc<dyn AnnotationWriter>>,
 ) {
     let _alive = observe.health.liveness_guard("reconcile");
     resources.wait_synced().await;
@@ -195,6 +225,11 @@ pub async fn run_with(
             &mut observe,
         )
         .await;
+        let announced = match &announcer {
+            Some(writer) => announce_pass(&resources, writer.as_ref(), &observe, &leader).await,
+            None => true,
+        };
+        let ok = ok && announced;
         observe.health.set_ready();
         let wait = Duration::from_secs(if ok { RESYNC_SECS } else { RETRY_SECS });
         tokio::select! {
@@ -204,6 +239,31 @@ pub async fn run_with(
         }
         tokio::time::sleep(Duration::from_millis(DEBOUNCE_MS)).await;
     }
+}
+
+/// One L2 announcement pass over the current stores (see [`announce::reconcile`]). Returns
+/// `false` when a write failed (retry soon).
+pub async fn announce_pass(
+    resources: &Resources,
+    writer: &dyn AnnotationWriter,
+    observe: &Observe,
+    leader: &watch::Receiver<bool>,
+) -> bool {
+    let (services, slices, nodes, announcements, pools) = (
+        resources.services.state(),
+        resources.endpoint_slices.state(),
+        resources.nodes.state(),
+        resources.l2_announcements.state(),
+        resources.pools.state(),
+    );
+    let inputs = announce::Inputs {
+        services: &services,
+        slices: &slices,
+        nodes: &nodes,
+        announcements: &announcements,
+        pools: &pools,
+    };
+    announce::reconcile(&inputs, writer, observe.events.as_ref(), leader).await
 }
 
 /// [`reconcile_with`] with claims in memory and no Namespace labels; for tests.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use lb_controller::announce::{AnnotationWriter, KubeAnnotationWriter};
 use lb_controller::claim_store::{ClaimStore, DirClaims, KubeClaims, MemoryClaims};
 use lb_controller::controller::{self, Claims, Namespaces, Settings};
 use lb_controller::leader::{self, LeaderArgs, Leadership};
@@ -32,6 +33,12 @@ struct Args {
     metrics_addr: MetricsAddr,
     #[command(flatten)]
     leader: LeaderArgs,
+    /// Elect one announcing node per LoadBalancer IP and write the Service annotation
+    /// `drawbridge.dev/announcing-node` (read by node-programmer's ARP/NDP responder). Needs the
+    /// L2Announcement CRD installed. Kubernetes mode only: in standalone mode the annotation cannot
+    /// be published (the state directory holds `status` only), so the flag is ignored there.
+    #[arg(long, env = "DRAWBRIDGE_L2_ANNOUNCEMENT", default_value_t = true, action = clap::ArgAction::Set)]
+    l2_announcement: bool,
 }
 
 #[tokio::main]
@@ -43,7 +50,19 @@ async fn main() -> anyhow::Result<()> {
     let _metrics_server = observe::serve_if(args.metrics_addr, registry, health.clone())
         .await
         .context("starting the metrics endpoint")?;
-    let source = source::start(&args.source, &[Kind::Service, Kind::IPAddressPool])
+    let standalone = args.source.manifests.is_some();
+    let announce = args.l2_announcement && !standalone;
+    if args.l2_announcement && standalone {
+        tracing::warn!(
+            "standalone mode: L2 announcement off (the state directory holds status only); \
+             put drawbridge.dev/announcing-node in the Service manifests instead"
+        );
+    }
+    let mut kinds = vec![Kind::Service, Kind::IPAddressPool];
+    if announce {
+        kinds.extend([Kind::Node, Kind::EndpointSlice, Kind::L2Announcement]);
+    }
+    let source = source::start(&args.source, &kinds)
         .await
         .context("starting the resource source")?;
     let election = leader::start(&args.leader, source.standalone)
@@ -52,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         class_less: args.class_less,
     };
+    let mut announcer: Option<Arc<dyn AnnotationWriter>> = None;
     let (claims, namespaces): (Arc<dyn ClaimStore>, Namespaces) =
         match (source.standalone, &args.source.state_dir) {
             (true, Some(state_dir)) => (
@@ -76,11 +96,14 @@ async fn main() -> anyhow::Result<()> {
                         tracing::warn!(%error, "Namespace watch failed; retrying with backoff");
                     }
                 }));
+                if announce {
+                    announcer = Some(Arc::new(KubeAnnotationWriter::new(client.clone())));
+                }
                 (Arc::new(KubeClaims::new(client)), Namespaces::Store(store))
             }
         };
     tokio::select! {
-        () = controller::run_with(
+        () = controller::run_announcing(
             source.resources,
             source.status,
             Claims::new(claims),
@@ -88,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             settings,
             election.subscribe(),
             Observe::new(metrics, source.events, health.clone()),
+            announcer,
         ) => {}
         // Mark the shutdown before `select!` drops the controller loop (and its liveness guard).
         () = async { shutdown_signal().await; health.shutting_down() } => tracing::info!("shutting down"),
