@@ -50,6 +50,12 @@ EXPECTED = {
         *[(v, "", "services", "", CLUSTER) for v in READ],
         *[(v, "drawbridge.dev", "ipaddresspools", "", CLUSTER) for v in READ],
         *[(v, "", "namespaces", "", CLUSTER) for v in READ],
+        # L2 announcement: Nodes, EndpointSlices (ETP=Local), L2Announcements; the Service
+        # annotation drawbridge.dev/announcing-node (metadata merge patch).
+        *[(v, "", "nodes", "", CLUSTER) for v in READ],
+        *[(v, "discovery.k8s.io", "endpointslices", "", CLUSTER) for v in READ],
+        *[(v, "drawbridge.dev", "l2announcements", "", CLUSTER) for v in READ],
+        ("patch", "", "services", "", CLUSTER),
         *[(v, "drawbridge.dev", "ipaddressclaims", "", CLUSTER) for v in ("list", "get", "create", "delete")],
         ("patch", "drawbridge.dev", "ipaddresspools", "status", CLUSTER),
         ("patch", "", "services", "status", CLUSTER),
@@ -85,6 +91,7 @@ KINDS = {
     "Secret": ("", "secrets"),
     "Node": ("", "nodes"),
     "IPAddressPool": ("drawbridge.dev", "ipaddresspools"),
+    "L2Announcement": ("drawbridge.dev", "l2announcements"),
 }
 
 
