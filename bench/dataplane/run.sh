@@ -10,6 +10,8 @@
 #   --iptables-bench  use this examples/iptables_bench (rule set node-programmer-iptables) instead
 #                of building it
 #   --out        results directory (default bench/dataplane/results/<date>)
+#   --keep-tx    also keep node-programmer's captured transactions (np-N/tx-*.in: the full sync and
+#                the latest one) in the results directory, for nft-cost.sh
 # bench.py options after `--`: --timeout S, --connections N, --changes N, --change-budget S,
 #   --rule-sets LIST, --shapes LIST, --endpoints E, --np-args "ARGS" (see bench.py --help).
 #
@@ -24,6 +26,7 @@ quick=false
 binary=
 ipt_bench=
 out=
+keep_tx=false
 extra=()
 while (($#)); do
     case $1 in
@@ -32,8 +35,9 @@ while (($#)); do
         --binary) binary=$2; shift 2 ;;
         --iptables-bench) ipt_bench=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
+        --keep-tx) keep_tx=true; shift ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -79,6 +83,7 @@ cleanup() {
     # Keep node-programmer's logs and transaction timings; drop manifests and rule texts.
     for d in "$work"/np-*; do
         [[ -d $d ]] && mkdir -p "$out/${d##*/}" && cp "$d"/*.log "$out/${d##*/}/" 2>/dev/null
+        [[ -d $d ]] && $keep_tx && cp "$d"/tx-*.in "$out/${d##*/}/" 2>/dev/null
     done
     rm -rf "$work"
 }
