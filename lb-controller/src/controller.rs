@@ -54,6 +54,9 @@ const RETRY_SECS: u64 = 1;
 /// Coalesce bursts of changes (milliseconds).
 const DEBOUNCE_MS: u64 = 10;
 
+/// Kinds only the L2 announcement pass reads.
+const ANNOUNCE_KINDS: [Kind; 3] = [Kind::Node, Kind::EndpointSlice, Kind::L2Announcement];
+
 /// Rounds of "allocate, claim, someone else owns it, allocate again" in one pass.
 const CLAIM_ROUNDS: usize = 3;
 
@@ -199,7 +202,20 @@ pub async fn run_announcing(
     announcer: Option<Arc<dyn AnnotationWriter>>,
 ) {
     let _alive = observe.health.liveness_guard("reconcile");
-    resources.wait_synced().await;
+    if announcer.is_some() {
+        // Allocation never waits for the announcement kinds (a missing L2Announcement CRD must not
+        // stop IP allocation); the announcement pass waits for them instead.
+        let kinds: Vec<Kind> = resources
+            .kinds()
+            .iter()
+            .copied()
+            .filter(|k| !ANNOUNCE_KINDS.contains(k))
+            .collect();
+        resources.wait_synced_kinds(&kinds).await;
+    } else {
+        resources.wait_synced().await;
+    }
+    let mut announce_waiting_reported = false;
     tracing::info!(class_less = settings.class_less, "lb-controller synced");
     let mut reported_problems = BTreeSet::new();
     loop {
@@ -226,7 +242,21 @@ pub async fn run_announcing(
         )
         .await;
         let announced = match &announcer {
-            Some(writer) => announce_pass(&resources, writer.as_ref(), &observe, &leader).await,
+            Some(writer) if ANNOUNCE_KINDS.iter().all(|k| resources.is_synced(*k)) => {
+                announce_pass(&resources, writer.as_ref(), &observe, &leader).await
+            }
+            Some(_) => {
+                // Never elect from a half-loaded world (no Nodes yet would remove every
+                // annotation). Retried on every pass; a change in any store wakes the loop.
+                if !announce_waiting_reported {
+                    announce_waiting_reported = true;
+                    tracing::warn!(
+                        "L2 announcement waits for the first complete list of Nodes, \
+                         EndpointSlices and L2Announcements (is the L2Announcement CRD installed?)"
+                    );
+                }
+                false
+            }
             None => true,
         };
         let ok = ok && announced;

@@ -149,3 +149,53 @@ async fn announcing_node_is_elected_moves_on_not_ready_and_waits_for_the_lease()
     .await;
     task.abort();
 }
+
+/// Without the L2Announcement CRD (the API answers 404 for it) allocation still works: only the
+/// announcement pass waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_l2_announcement_crd_does_not_stop_allocation() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let double = ApiDouble::start().await.expect("double");
+    double.create(
+        json!({"apiVersion": V1A1, "kind": "IPAddressPool", "metadata": {"name": "lab"},
+                         "spec": {"addresses": ["203.0.113.0/24"], "avoidBuggyIPs": true}}),
+    );
+    double.create(node("node-a", true));
+    double.create(json!({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "web", "namespace": "default"},
+                         "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}));
+    let client = client_for(double.addr());
+    let source = kubernetes::start(
+        client.clone(),
+        &[
+            Kind::Service,
+            Kind::IPAddressPool,
+            Kind::Node,
+            Kind::EndpointSlice,
+            Kind::L2Announcement,
+        ],
+    );
+    let leadership = ManualLeadership::new(true);
+    let task = tokio::spawn(controller::run_announcing(
+        source.resources,
+        source.status,
+        Claims::new(Arc::new(KubeClaims::new(client.clone()))),
+        Namespaces::Unknown,
+        Settings { class_less: true },
+        leadership.subscribe(),
+        Observe::test().0,
+        Some(Arc::new(KubeAnnotationWriter::new(client))),
+    ));
+    wait_for("web allocated", || {
+        double
+            .get("v1", "Service", Some("default"), "web")
+            .is_some_and(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"] == "203.0.113.1")
+    })
+    .await;
+    assert_eq!(
+        announcer(&double),
+        None,
+        "announced without any L2Announcement"
+    );
+    task.abort();
+}

@@ -249,7 +249,35 @@ impl Resources {
     /// Waits until every requested kind has been listed completely at least once
     /// (kube-proxy's `isInitialized`: never act on a half-loaded world).
     pub async fn wait_synced(&self) {
-        for kind in &self.kinds {
+        let kinds = self.kinds.clone();
+        self.wait_synced_kinds(&kinds).await
+    }
+
+    /// Whether `kind` has been listed completely at least once (never blocks). A kind this handle
+    /// was not started with is never synced.
+    pub fn is_synced(&self, kind: Kind) -> bool {
+        use futures::FutureExt as _;
+        if !self.kinds.contains(&kind) {
+            return false;
+        }
+        let ready = match kind {
+            Kind::Service => self.services.wait_until_ready().now_or_never(),
+            Kind::EndpointSlice => self.endpoint_slices.wait_until_ready().now_or_never(),
+            Kind::Ingress => self.ingresses.wait_until_ready().now_or_never(),
+            Kind::IngressClass => self.ingress_classes.wait_until_ready().now_or_never(),
+            Kind::Secret => self.secrets.wait_until_ready().now_or_never(),
+            Kind::Node => self.nodes.wait_until_ready().now_or_never(),
+            Kind::IPAddressPool => self.pools.wait_until_ready().now_or_never(),
+            Kind::L2Announcement => self.l2_announcements.wait_until_ready().now_or_never(),
+        };
+        matches!(ready, Some(Ok(())))
+    }
+
+    /// [`Resources::wait_synced`] for some of the kinds only (a component that can do part of its
+    /// work before an optional kind, e.g. a CRD not installed, is listed). Kinds this handle was
+    /// not started with are skipped.
+    pub async fn wait_synced_kinds(&self, kinds: &[Kind]) {
+        for kind in kinds.iter().filter(|k| self.kinds.contains(k)) {
             let ready = match kind {
                 Kind::Service => self.services.wait_until_ready().await,
                 Kind::EndpointSlice => self.endpoint_slices.wait_until_ready().await,
