@@ -54,6 +54,14 @@ struct Args {
     /// `--log-format json`). `--access-log=false` turns it off.
     #[arg(long, env = "DRAWBRIDGE_ACCESS_LOG", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
+    /// Pingora graceful upgrade: take the HTTP/HTTPS listening sockets over from the running
+    /// process through `--upgrade-sock`, then send that process SIGQUIT (it hands the sockets over,
+    /// keeps accepting 5 s, then drains). Exits with status 1 if nothing arrives within 5 s.
+    #[arg(long, env = "DRAWBRIDGE_UPGRADE")]
+    upgrade: bool,
+    /// Unix socket of the listener hand-over; the old and the new process need the same path.
+    #[arg(long, env = "DRAWBRIDGE_UPGRADE_SOCK", value_name = "PATH", default_value = server::DEFAULT_UPGRADE_SOCK)]
+    upgrade_sock: std::path::PathBuf,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -79,5 +87,7 @@ fn main() -> anyhow::Result<()> {
         threads,
         metrics_addr: args.metrics_addr,
         access_log: args.access_log,
+        upgrade: args.upgrade,
+        upgrade_sock: args.upgrade_sock,
     })
 }

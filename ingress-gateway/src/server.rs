@@ -5,15 +5,17 @@
 //! Pingora runs its own per-service runtimes for the listeners. They share only the `ArcSwap`s.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
-use pingora::server::configuration::ServerConf;
-use tracing::{Instrument, info, info_span};
+use pingora::server::configuration::{Opt, ServerConf};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ObjectRef;
 use crate::discovery::{Discovery, Observers, Published};
@@ -26,6 +28,14 @@ pub const GRACE_PERIOD_SECONDS: u64 = 5;
 
 /// Seconds Pingora then waits for in-flight requests before exiting.
 pub const SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+
+/// Default `--upgrade-sock`: the Unix socket over which listeners are handed to a new process.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/drawbridge-ingress-gateway-upgrade.sock";
+
+/// How long a process started with `--upgrade` retries binding `--metrics-addr` while the old
+/// process still holds it (the old one keeps it until it exits: Pingora's 5 s close timeout +
+/// [`GRACE_PERIOD_SECONDS`] + at most [`SHUTDOWN_TIMEOUT_SECONDS`]).
+pub const UPGRADE_METRICS_RETRY: Duration = Duration::from_secs(60);
 
 /// Everything the gateway needs to start (the binary's flags, minus logging).
 #[derive(Clone, Debug)]
@@ -44,6 +54,13 @@ pub struct Settings {
     pub metrics_addr: MetricsAddr,
     /// One access log event per request (target `access`).
     pub access_log: bool,
+    /// Pingora graceful upgrade: take the listening sockets over from a running old process
+    /// through [`Settings::upgrade_sock`] instead of binding them (the old process sends them when
+    /// it gets `SIGQUIT`). Pingora's `Opt::upgrade`.
+    pub upgrade: bool,
+    /// The Unix socket of the listener hand-over (Pingora's `ServerConf::upgrade_sock`); the old
+    /// and the new process must be given the same path.
+    pub upgrade_sock: PathBuf,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -58,13 +75,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // Probes answer from the start: alive, not ready until the first table is published.
     let (mut registry, health) = (observe::registry("ingress-gateway"), Health::default());
     let metrics = Metrics::register(&mut registry);
-    let _metrics_server = runtime
-        .block_on(observe::serve_if(
-            settings.metrics_addr,
-            registry,
-            health.clone(),
-        ))
-        .context("cannot start the metrics endpoint")?;
+    let _metrics_server = start_metrics(&runtime, &settings, Arc::new(registry), health.clone())?;
 
     let kinds = [
         Kind::Ingress,
@@ -102,7 +113,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let default_cert = Arc::new(tls::default_certificate().context("default certificate")?);
     let resolver = Arc::new(CertResolver::new(published.certs.clone(), default_cert));
 
+    let upgrade_sock = settings
+        .upgrade_sock
+        .to_str()
+        .context("--upgrade-sock must be valid UTF-8")?
+        .to_string();
     let conf = ServerConf {
+        upgrade_sock,
         threads: settings.threads.max(1),
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
@@ -110,7 +127,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         max_retries: crate::proxy::MAX_TRIES,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: settings.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if settings.upgrade {
+        info!(upgrade_sock = %settings.upgrade_sock.display(), "waiting for the listening sockets of the old process (send it SIGQUIT)");
+    }
+    // With `upgrade`, this receives the listeners from the old process (or exits the process
+    // with status 1 when none arrive within Pingora's 5 tries, 1 s apart).
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -127,8 +153,52 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     proxy.add_tls_with_settings(&settings.https_addr.to_string(), None, tls_settings);
     server.add_service(proxy);
 
-    info!(http = %settings.http_addr, https = %settings.https_addr, "ingress-gateway serving");
+    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, "ingress-gateway serving");
     // The discovery runtime lives as long as this frame, which `run_forever` never leaves.
     let _runtime = runtime;
     server.run_forever()
+}
+
+/// Starts `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. Normally a failed bind is
+/// fatal. A process started with `--upgrade` finds the address still held by the old process, so
+/// on `AddrInUse` it serves without the endpoint and retries in the background every 250 ms for
+/// [`UPGRADE_METRICS_RETRY`] (the old process releases it when it exits).
+///
+/// Returns the running server, `None` when disabled or when the retry runs in the background.
+fn start_metrics(
+    runtime: &tokio::runtime::Runtime,
+    settings: &Settings,
+    registry: Arc<prometheus_client::registry::Registry>,
+    health: Health,
+) -> anyhow::Result<Option<observe::Server>> {
+    let Some(addr) = settings.metrics_addr.0 else {
+        return Ok(None);
+    };
+    match runtime.block_on(observe::serve(addr, registry.clone(), health.clone())) {
+        Ok(server) => Ok(Some(server)),
+        Err(e) if settings.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(%addr, "metrics address still held by the old process; retrying until it exits");
+            runtime.spawn(async move {
+                let deadline = tokio::time::Instant::now() + UPGRADE_METRICS_RETRY;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    match observe::serve(addr, registry.clone(), health.clone()).await {
+                        Ok(server) => {
+                            info!(%addr, "metrics endpoint serving");
+                            // Held for the life of the process.
+                            let _server = server;
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) if tokio::time::Instant::now() >= deadline => {
+                            tracing::error!(%addr, error = %e, "metrics endpoint not started");
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+            Ok(None)
+        }
+        Err(e) => Err(e).context("cannot start the metrics endpoint"),
+    }
 }
