@@ -74,6 +74,11 @@ struct Args {
     #[arg(long, env = "DRAWBRIDGE_CLUSTER_CIDR", value_delimiter = ',')]
     cluster_cidr: Vec<ipnet::IpNet>,
 
+    /// The cluster's Service CIDRs (the API server's `--service-cluster-ip-range`): with nftables,
+    /// traffic to an unallocated address inside them is dropped, not routed on. Empty = off.
+    #[arg(long, env = "DRAWBRIDGE_SERVICE_CIDR", value_delimiter = ',')]
+    service_cidr: Vec<ipnet::IpNet>,
+
     /// Where NodePorts are accepted: `primary` (the Node's InternalIPs; every non-loopback local
     /// address until the Node is known), `all` (every local address except loopback), or a
     /// comma-separated list of CIDRs (local addresses inside them). Never 127.0.0.1.
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 let options = Options {
                     family,
                     local_traffic: args.cluster_cidr.clone(),
+                    service_cidrs: args.service_cidr.clone(),
                     ..Options::default()
                 };
                 Box::new(NftProxier::new(options, NftCli::new())) as Box<dyn Proxier>

@@ -88,6 +88,10 @@ pub struct Options {
     pub local_traffic: Vec<IpNet>,
     /// Where NodePorts are accepted.
     pub nodeport_addresses: NodePortAddresses,
+    /// The cluster's Service CIDRs (`--service-cidr`; kube-proxy reads ServiceCIDR objects):
+    /// traffic to an address inside them that is no active ClusterIP is dropped instead of being
+    /// routed on (§1.2, KEP-3866 "Behavior of service IPs"). Empty = no such drop.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl Options {
@@ -537,16 +541,25 @@ fn write_dispatch(o: &mut String, options: &Options) {
             "{a} daddr . meta l4proto . th dport vmap @firewall-ips"
         )],
     );
-    // Reject traffic to an active ClusterIP on a port no Service defines (it was not DNATed).
-    // kube-proxy's second rule, dropping unallocated IPs of the ServiceCIDRs, needs a ServiceCIDR
-    // source we do not have yet.
-    chain(
-        o,
-        "cluster-ips-check",
-        &[&format!(
-            "{a} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""
-        )],
-    );
+    // Reject traffic to an active ClusterIP on a port no Service defines (it was not DNATed);
+    // drop traffic to unallocated addresses of the Service CIDRs.
+    let service_cidrs: Vec<IpNet> = options
+        .service_cidrs
+        .iter()
+        .filter(|net| net_family(net) == options.family)
+        .map(IpNet::trunc)
+        .collect();
+    let mut checks = vec![format!(
+        "{a} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""
+    )];
+    if !service_cidrs.is_empty() {
+        checks.push(format!(
+            "{a} daddr {} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+            SetText(&service_cidrs)
+        ));
+    }
+    let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
+    chain(o, "cluster-ips-check", &checks);
 
     // Base chains (§2.1). Filter chains run before DNAT so they see the Service address; every
     // filter jump is for new connections only. `reject` is not allowed in prerouting on kernels

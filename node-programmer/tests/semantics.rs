@@ -162,7 +162,13 @@ fn topology(lab: &mut Lab) -> Topology {
         (&node, "n0", &["198.51.100.1/24", "2001:db8:100::1/64"][..]),
         (&node, "n1", &["192.0.2.1/25", "2001:db8:2::1/64"][..]),
         (&node, "n2", &["192.0.2.129/25", "2001:db8:3::1/64"][..]),
-        (&pod_a, "p0", &["192.0.2.10/25", "2001:db8:2::10/64"][..]),
+        // 198.18.0.99: an unallocated Service-CIDR address that *would* answer if routed (so the
+        // ServiceCIDR drop is observable).
+        (
+            &pod_a,
+            "p0",
+            &["192.0.2.10/25", "2001:db8:2::10/64", "198.18.0.99/32"][..],
+        ),
         (&pod_b, "p0", &["192.0.2.138/25", "2001:db8:3::10/64"][..]),
     ] {
         for addr in addrs {
@@ -174,6 +180,16 @@ fn topology(lab: &mut Lab) -> Topology {
         }
         run(&["ip", "-n", ns, "link", "set", dev, "up"]);
     }
+    run(&[
+        "ip",
+        "-n",
+        &node,
+        "route",
+        "add",
+        "198.18.0.99/32",
+        "via",
+        "192.0.2.10",
+    ]);
     for (ns, v4, v6) in [
         (&client, "198.51.100.1", "2001:db8:100::1"),
         (&node, "198.51.100.2", "2001:db8:100::2"),
@@ -386,6 +402,11 @@ fn world() -> (Vec<Service>, Vec<EndpointSlice>) {
             ..Svc::default()
         },
         Svc {
+            name: "zoned",
+            cluster_ips: &["198.18.0.23"],
+            ..Svc::default()
+        },
+        Svc {
             name: "ext",
             cluster_ips: &["198.18.0.22"],
             external_ips: &["203.0.113.50"],
@@ -401,6 +422,12 @@ fn world() -> (Vec<Service>, Vec<EndpointSlice>) {
     objects.extend(slices("ranges", &[A]));
     objects.extend(slices("terminating", &[A_TERMINATING]));
     objects.extend(slices("ext", &[A]));
+    // Topology hints: pod-a for zone-a (this node's zone), pod-b for zone-b.
+    for mut slice in slices("zoned", &[A, B]) {
+        slice["endpoints"][0]["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+        slice["endpoints"][1]["hints"] = json!({"forZones": [{"name": "zone-b"}]});
+        objects.push(slice);
+    }
     split(&objects)
 }
 
@@ -440,6 +467,10 @@ fn programmer(backend: Backend, node_ns: &str) -> Programmer<Box<dyn Proxier>> {
             Backend::Nftables => Box::new(NftProxier::new(
                 Options {
                     local_traffic: pod_cidrs(),
+                    service_cidrs: vec![
+                        "198.18.0.0/24".parse().expect("cidr"),
+                        "2001:db8:ffff::/112".parse().expect("cidr"),
+                    ],
                     ..Options::for_family(family)
                 },
                 NftCli::in_netns(node_ns),
@@ -450,12 +481,14 @@ fn programmer(backend: Backend, node_ns: &str) -> Programmer<Box<dyn Proxier>> {
             ) as Box<dyn Proxier>,
         })
         .collect();
-    Programmer::with_proxiers(NodeContext::named("node-a"), proxiers).with_nodeport_policy(
-        NodePortPolicy::Cidrs(vec![
-            "198.51.100.1/32".parse().expect("cidr"),
-            "2001:db8:100::1/128".parse().expect("cidr"),
-        ]),
-    )
+    let node = NodeContext {
+        zone: Some("zone-a".into()),
+        ..NodeContext::named("node-a")
+    };
+    Programmer::with_proxiers(node, proxiers).with_nodeport_policy(NodePortPolicy::Cidrs(vec![
+        "198.51.100.1/32".parse().expect("cidr"),
+        "2001:db8:100::1/128".parse().expect("cidr"),
+    ]))
 }
 
 /// Collects failures instead of stopping at the first, so one run shows every broken semantic.
@@ -669,6 +702,31 @@ fn semantics(backend: Backend) {
         served(&f),
         &f,
     );
+
+    // Topology hints: only the endpoint hinted for this node's zone (§1.14).
+    let mut zoned = true;
+    for _ in 0..10 {
+        let f = curl(client, "http://198.18.0.23/", &[]);
+        zoned &= f.code == 0 && f.body.starts_with("pod-a");
+    }
+    c.check(
+        "zone hints keep ClusterIP traffic in this node's zone",
+        zoned,
+        (),
+    );
+
+    // An unallocated address of the Service CIDR is dropped (nftables only, as kube-proxy).
+    let f = curl(client, "http://198.18.0.99:8080/", &[]);
+    if backend == Backend::Nftables {
+        c.check("unallocated ClusterIP dropped", dropped(&f), &f);
+    } else {
+        // The control: without the drop the address is routed to pod-a, which answers.
+        c.check(
+            "unallocated ClusterIP routed (iptables mode has no drop)",
+            served(&f),
+            &f,
+        );
+    }
 
     // externalIPs (§1.5).
     let f = curl(client, "http://203.0.113.50/", &[]);
