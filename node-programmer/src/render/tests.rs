@@ -179,6 +179,10 @@ fn golden_ipv6_world() {
             "2001:db8:4::1/128".parse().expect("cidr"),
             "198.51.100.1/32".parse().expect("cidr"),
         ]),
+        service_cidrs: vec![
+            "2001:db8:ffff::/112".parse().expect("cidr"),
+            "198.18.0.0/15".parse().expect("cidr"),
+        ],
     };
     golden("ipv6-world", &ruleset_with(&table, &options));
 }
