@@ -96,15 +96,15 @@ pub async fn start(dir: PathBuf, state_dir: Option<PathBuf>, kinds: &[Kind]) -> 
             path: dir.clone(),
             source,
         })?;
-    if let Some(s) = &state_dir {
-        if !s.starts_with(&dir) {
-            watcher
-                .watch(s, RecursiveMode::Recursive)
-                .map_err(|source| Error::Watch {
-                    path: s.clone(),
-                    source,
-                })?;
-        }
+    if let Some(s) = &state_dir
+        && !s.starts_with(&dir)
+    {
+        watcher
+            .watch(s, RecursiveMode::Recursive)
+            .map_err(|source| Error::Watch {
+                path: s.clone(),
+                source,
+            })?;
     }
 
     {
@@ -691,14 +691,14 @@ fn object_key(object: &Value, kinds: &[Kind]) -> Option<(ObjectKey, bool)> {
     ))
 }
 
+/// What [`parse_manifests`] returns: the objects (key, JSON) and per-object problem messages.
+pub type ParsedManifests = (Vec<(ObjectKey, Value)>, Vec<String>);
+
 /// Parses one file's documents into the objects of `kinds` it defines.
 ///
 /// `Err` (the whole file is skipped) only for YAML syntax errors; per-object problems (no name,
 /// not an object) come back as messages beside the good objects.
-pub fn parse_manifests(
-    text: &str,
-    kinds: &[Kind],
-) -> Result<(Vec<(ObjectKey, Value)>, Vec<String>), String> {
+pub fn parse_manifests(text: &str, kinds: &[Kind]) -> Result<ParsedManifests, String> {
     use serde::Deserialize;
     let mut objects = Vec::new();
     let mut problems = Vec::new();
@@ -746,10 +746,10 @@ pub fn parse_manifests(
             }
             if defaulted {
                 object["metadata"]["namespace"] = Value::String("default".into());
-            } else if !kind.namespaced() {
-                if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.remove("namespace");
-                }
+            } else if !kind.namespaced()
+                && let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                m.remove("namespace");
             }
             objects.push((key, object));
         }
