@@ -9,8 +9,8 @@
 //! Every implementation makes `create` exclusive: of two concurrent creates of one name, exactly one
 //! returns [`Created`](CreateResult::Created). For the directory this is `link(2)`, which fails with
 //! `EEXIST` atomically, after the whole file was written under a temporary name — so a reader never
-//! sees half a claim, and a process killed mid-create leaves at most a `.tmp-*` file (removed at
-//! the next start). Files are not fsynced: claims survive a killed process, not a power loss.
+//! sees half a claim, and a process killed mid-create leaves at most a `.tmp-*` file (removed
+//! by the next start once older than a minute). Files are not fsynced: claims survive a killed process, not a power loss.
 //!
 //! Standalone layout: `<state-dir>/ipaddressclaims/<name>.claim`, each one YAML document of kind
 //! `IPAddressClaim`. The suffix is `.claim`, not `.yaml`, because the manifest source reads every
@@ -160,7 +160,15 @@ impl DirClaims {
         })?;
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                // Only leftovers of killed processes: a live process's temporary file exists
+                // for microseconds, so anything older than a minute is abandoned.
+                let abandoned = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                if entry.file_name().to_string_lossy().starts_with(".tmp-") && abandoned {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -199,9 +207,13 @@ impl DirClaims {
             let path = path.to_path_buf();
             move |source| Error::ClaimFileFailed { path, source }
         };
+        // Unique per process *and* per store: two stores in one process (tests, or a restart of
+        // the loop) must never share a temporary name.
+        static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
         let tmp = self.dir.join(format!(
-            ".tmp-{}-{}",
+            ".tmp-{}-{}-{}",
             std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
             self.counter.fetch_add(1, Ordering::Relaxed)
         ));
         let text = serde_yaml::to_string(claim).unwrap_or_default();
@@ -375,7 +387,19 @@ mod tests {
         let dir = state.path().join("ipaddressclaims");
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join(".tmp-1-1"), "half").expect("write");
+        std::fs::write(dir.join(".tmp-2-1"), "in flight").expect("write");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(".tmp-1-1"))
+            .expect("open")
+            .set_modified(old)
+            .expect("set mtime");
         let _store = DirClaims::new(state.path()).expect("store");
-        assert!(!dir.join(".tmp-1-1").exists());
+        assert!(!dir.join(".tmp-1-1").exists(), "abandoned file removed");
+        assert!(
+            dir.join(".tmp-2-1").exists(),
+            "a fresh one may be another process's"
+        );
     }
 }
