@@ -13,68 +13,18 @@
 //! test wants it. Needs root (netns, nft, ctnetlink); skips with a message otherwise. The
 //! [`Lab`] guard deletes every namespace it made, also when the test fails.
 
+mod support;
+use support::{Lab, is_root, run};
+
 use std::fs::File;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use node_programmer::conntrack::{
     ConntrackTable, Flow, IPPROTO_UDP, NetlinkConntrack, UdpServicePort, cleanup, stale_flows,
 };
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// Owns the namespaces; `Drop` deletes them (and with them their veths, rules and entries).
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            prefix: format!("dbct-{}-{tag}", std::process::id()),
-            namespaces: vec![],
-        }
-    }
-
-    fn netns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets it opens stay there.
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {

@@ -12,9 +12,12 @@
 //! Needs root (netns, nft). Skips with a message otherwise. Every namespace and process a test
 //! creates is owned by a [`Lab`] guard whose `Drop` removes them, also when the test fails.
 
+mod support;
+use support::{Lab, is_root, run};
+
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -93,15 +96,6 @@ fn write_manifests(dir: &Path, world: &[Value]) {
 
 // === the lab ===
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 macro_rules! require_root {
     () => {
         if !is_root() {
@@ -109,68 +103,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// Owns namespaces and processes; `Drop` kills the processes, then deletes the namespaces
-/// (which removes their veths).
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            prefix: format!("dbnp-test-{}-{tag}", std::process::id()),
-            namespaces: vec![],
-            children: vec![],
-        }
-    }
-
-    fn netns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-
-    fn spawn(&mut self, ns: &str, program: &[&str]) -> &mut Child {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(program)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
-        self.children.push(child);
-        self.children.last_mut().expect("just pushed")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
 }
 
 const BACKEND: &str = r#"
@@ -520,7 +452,7 @@ fn traffic_through_a_programmed_node() {
     );
 
     // Stop the programmer before the lab goes away (Drop kills it too, this just checks it lived).
-    let programmer = &mut lab.children[1];
+    let programmer = lab.child(1);
     assert!(
         programmer.try_wait().expect("try_wait").is_none(),
         "node-programmer exited early"

@@ -14,7 +14,10 @@
 //! test creates is owned by a [`Lab`] guard whose `Drop` removes them, also when the test fails
 //! (deleting a namespace removes its iptables tables with it).
 
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+use support::{Lab, is_root, run};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -90,15 +93,6 @@ fn table_of(world: &[Value]) -> ServiceTable {
 
 // === the lab ===
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 macro_rules! require_root {
     () => {
         if !is_root() {
@@ -106,67 +100,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// Owns namespaces and processes; `Drop` kills the processes, then deletes the namespaces
-/// (which removes their veths and their iptables tables).
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            prefix: format!("dbip-test-{}-{tag}", std::process::id()),
-            namespaces: vec![],
-            children: vec![],
-        }
-    }
-
-    fn netns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-
-    fn spawn(&mut self, ns: &str, program: &[&str]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(program)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
-        self.children.push(child);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
 }
 
 const BACKEND: &str = r#"

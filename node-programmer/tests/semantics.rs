@@ -14,7 +14,10 @@
 //!
 //! Needs root. Every namespace and process belongs to a `Lab` guard that removes them on drop.
 
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+use support::{Lab, is_root, run};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -28,74 +31,6 @@ use node_programmer::sync::{IptablesBackend, NodePortPolicy, Outcome, Programmer
 use serde_json::{Value, json};
 
 // === lab ===
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            prefix: format!("dbsem-{}-{tag}", std::process::id()),
-            namespaces: vec![],
-            children: vec![],
-        }
-    }
-
-    fn netns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-
-    fn spawn(&mut self, ns: &str, program: &[&str]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(program)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
-        self.children.push(child);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 /// Answers `<name> <peer>` on [::]:8080 (dual-stack; IPv4 peers without the ::ffff: prefix).
 const BACKEND: &str = r#"
