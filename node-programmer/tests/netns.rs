@@ -13,12 +13,12 @@
 //! creates is owned by a [`Lab`] guard whose `Drop` removes them, also when the test fails.
 
 mod support;
-use support::{Lab, is_root, run};
+use support::{BACKEND, Lab, curl, is_root, run, topology, wait_for};
 
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -103,134 +103,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-const BACKEND: &str = r#"
-import http.server
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.client_address[0].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 128  # the default of 5 drops SYNs under load (lab-notes.md)
-    allow_reuse_address = True
-Server(("0.0.0.0", 8080), Handler).serve_forever()
-"#;
-
-struct Topology {
-    client: String,
-    node: String,
-    pod: String,
-}
-
-fn topology(lab: &mut Lab) -> Topology {
-    let client = lab.netns("client");
-    let node = lab.netns("node");
-    let pod = lab.netns("pod");
-    // Before the links exist: per-interface values are copied from `default` (lab-notes.md).
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-        "net.ipv4.conf.all.send_redirects=0",
-        "net.ipv4.conf.default.send_redirects=0",
-    ]);
-    run(&[
-        "ip", "link", "add", "c0", "netns", &client, "type", "veth", "peer", "name", "n0", "netns",
-        &node,
-    ]);
-    run(&[
-        "ip", "link", "add", "p0", "netns", &pod, "type", "veth", "peer", "name", "n1", "netns",
-        &node,
-    ]);
-    for (ns, dev, addr) in [
-        (&client, "c0", "198.51.100.2/24"),
-        (&node, "n0", "198.51.100.1/24"),
-        (&node, "n1", "192.0.2.1/24"),
-        (&pod, "p0", "192.0.2.10/24"),
-    ] {
-        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
-    run(&[
-        "ip",
-        "-n",
-        &client,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.51.100.1",
-    ]);
-    run(&[
-        "ip",
-        "-n",
-        &node,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.51.100.2",
-    ]);
-    run(&[
-        "ip",
-        "-n",
-        &pod,
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.0.2.1",
-    ]);
-    Topology { client, node, pod }
-}
-
-struct Fetch {
-    /// curl's exit code: 0 ok, 7 connection refused, 28 timeout.
-    code: i32,
-    body: String,
-    elapsed: Duration,
-}
-
-fn curl(ns: &str, url: &str) -> Fetch {
-    let started = Instant::now();
-    let output = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-sS",
-            "--connect-timeout",
-            "3",
-            "--max-time",
-            "5",
-            url,
-        ])
-        .output()
-        .expect("run curl");
-    Fetch {
-        code: output.status.code().unwrap_or(-1),
-        body: String::from_utf8_lossy(&output.stdout).into_owned(),
-        elapsed: started.elapsed(),
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Counts transactions really sent to nft.
