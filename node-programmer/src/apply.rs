@@ -77,46 +77,16 @@ impl NftCli {
         self.run(&["list", "table", render::FAMILY, render::TABLE], None)
     }
 
-    fn command(&self) -> (String, Command) {
-        match &self.netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, "nft"]);
-                ("ip netns exec nft".to_string(), cmd)
-            }
-            None => ("nft".to_string(), Command::new("nft")),
-        }
-    }
-
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let (program, mut cmd) = self.command();
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let spawn_failed = |source| Error::SpawnFailed {
-            program: program.clone(),
-            source,
-        };
-        let mut child = cmd.spawn().map_err(spawn_failed)?;
-        let output = std::thread::scope(|scope| {
-            // Write stdin on a helper thread so a chatty nft cannot deadlock us on full pipes.
-            let writer = child.stdin.take().map(|mut pipe| {
-                let text = stdin.unwrap_or_default();
-                scope.spawn(move || pipe.write_all(text.as_bytes()))
-            });
-            let output = child.wait_with_output();
-            if let Some(writer) = writer {
-                // A write error (nft exited early) shows up as nft's own failure below.
-                let _ = writer.join();
+        let output = run_program(self.netns.as_deref(), "nft", args, stdin).map_err(|source| {
+            Error::SpawnFailed {
+                program: match &self.netns {
+                    Some(_) => "ip netns exec nft".to_string(),
+                    None => "nft".to_string(),
+                },
+                source,
             }
-            output
-        })
-        .map_err(spawn_failed)?;
+        })?;
         if !output.status.success() {
             return Err(Error::NftTransactionFailed {
                 status: output.status,
@@ -131,6 +101,49 @@ impl Apply for NftCli {
     fn apply(&mut self, nft_text: &str) -> Result<()> {
         self.run(&["-f", "-"], Some(nft_text)).map(drop)
     }
+}
+
+/// Runs `program args…` (inside network namespace `netns` via `ip netns exec` when given), feeding
+/// `stdin` from a helper thread so a chatty child cannot deadlock on full pipes; collects stdout
+/// and stderr. Shared by the nft and iptables edges.
+///
+/// # Errors
+/// The process could not be started or waited for. A non-zero exit is *not* an error here.
+pub(crate) fn run_program(
+    netns: Option<&str>,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::io::Result<std::process::Output> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, program]);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    std::thread::scope(|scope| {
+        let writer = child.stdin.take().map(|mut pipe| {
+            let text = stdin.unwrap_or_default();
+            scope.spawn(move || pipe.write_all(text.as_bytes()))
+        });
+        let output = child.wait_with_output();
+        if let Some(writer) = writer {
+            // A write error (the child exited early) shows up as the child's own failure.
+            let _ = writer.join();
+        }
+        output
+    })
 }
 
 /// Test fake: records every transaction it is given; can be told to fail the next N calls.

@@ -38,9 +38,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hasher as _};
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
@@ -1051,41 +1050,12 @@ impl IptablesCli {
     }
 
     fn exec(&self, program: &str, args: &[String], stdin: Option<&str>) -> Result<(bool, String)> {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, program]);
-                cmd
-            }
-            None => Command::new(program),
-        };
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let spawn_failed = |source| Error::SpawnFailed {
-            program: program.to_string(),
-            source,
-        };
-        let mut child = cmd.spawn().map_err(spawn_failed)?;
-        let output = std::thread::scope(|scope| {
-            // Feed stdin from a helper thread so a chatty child cannot deadlock on full pipes.
-            let writer = child.stdin.take().map(|mut pipe| {
-                let text = stdin.unwrap_or_default();
-                scope.spawn(move || pipe.write_all(text.as_bytes()))
-            });
-            let output = child.wait_with_output();
-            if let Some(writer) = writer {
-                // A write error (the child exited early) shows up as its own failure.
-                let _ = writer.join();
-            }
-            output
-        })
-        .map_err(spawn_failed)?;
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = crate::apply::run_program(self.netns.as_deref(), program, &argv, stdin)
+            .map_err(|source| Error::SpawnFailed {
+                program: program.to_string(),
+                source,
+            })?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if output.status.success() {
             return Ok((true, stdout));
