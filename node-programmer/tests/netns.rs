@@ -332,80 +332,16 @@ fn traffic_through_a_programmed_node() {
     let _ = std::io::stderr().flush();
 }
 
-/// TCP server on every address :8080 that answers each connection with the address it was
-/// reached at (after DNAT: the endpoint's address) and closes.
-const WHOAMI: &str = r#"
-import socketserver
-class Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        self.request.sendall(self.request.getsockname()[0].encode())
-class Server(socketserver.ThreadingTCPServer):
-    request_queue_size = 128
-    allow_reuse_address = True
-    daemon_threads = True
-Server(("0.0.0.0", 8080), Handler).serve_forever()
-"#;
-
-/// Opens `n` new TCP connections to `ip:port` one after another; prints `{address: count}` of
-/// the replies as JSON (`"error"` counts failures).
-const CONNECT_MANY: &str = r#"
-import json, socket, sys
-ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-counts = {}
-for _ in range(n):
-    try:
-        with socket.create_connection((ip, port), timeout=3) as s:
-            who = s.recv(64).decode() or "empty"
-    except OSError:
-        who = "error"
-    counts[who] = counts.get(who, 0) + 1
-print(json.dumps(counts))
-"#;
-
 /// The policy chain's `numgen random mod (n-i) 0 goto …` rules spread real new connections
 /// evenly: 300 connections to a ClusterIP with 3 endpoints, each endpoint must get 15%–52% of
-/// them (expected 100 ± 8.2 (1σ); the bounds are > 6σ away, so this does not flake), and all
-/// three must be used.
+/// them and all three must be used ([`support::assert_even_spread`]).
 #[test]
 fn new_connections_spread_evenly_over_endpoints() {
     require_root!();
-    const CONNECTIONS: usize = 300;
     let mut lab = Lab::new("d");
     let t = topology(&mut lab);
-    let endpoints = ["192.0.2.10", "192.0.2.11", "192.0.2.12"];
-    for ip in &endpoints[1..] {
-        run(&[
-            "ip",
-            "-n",
-            &t.pod,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "p0",
-        ]);
-    }
-    lab.spawn(&t.pod, &["python3", "-c", WHOAMI]);
-
-    let service = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "demo", "name": "spread"},
-        "spec": {
-            "type": "ClusterIP", "clusterIP": "198.18.0.30", "clusterIPs": ["198.18.0.30"],
-            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080}],
-        },
-    });
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"namespace": "demo", "name": "spread-abc",
-                     "labels": {"kubernetes.io/service-name": "spread"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints.iter().map(|ip| json!({
-            "addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true},
-        })).collect::<Vec<_>>(),
-    });
-    let (services, slices) = split(&[service, slice]);
+    support::whoami_endpoints(&mut lab, &t);
+    let (services, slices) = split(&support::spread_world());
     let (table, skipped) = ServiceTable::build(&services, &slices, "node-a");
     assert!(skipped.is_empty(), "{skipped:?}");
     let text = render::transaction(&table);
@@ -420,53 +356,6 @@ fn new_connections_spread_evenly_over_endpoints() {
     NftCli::in_netns(&t.node)
         .apply(&text)
         .expect("load the ruleset");
-
-    wait_for("the backend to listen", Duration::from_secs(10), || {
-        endpoints.iter().all(|ip| {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &t.pod,
-                    "python3",
-                    "-c",
-                    CONNECT_MANY,
-                    ip,
-                    "8080",
-                    "1",
-                ])
-                .output()
-                .expect("run python3");
-            String::from_utf8_lossy(&out.stdout).contains(ip)
-        })
-    });
-
-    let out = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &t.client,
-        "python3",
-        "-c",
-        CONNECT_MANY,
-        "198.18.0.30",
-        "80",
-        &CONNECTIONS.to_string(),
-    ]);
-    let counts: Value = serde_json::from_slice(&out.stdout).expect("counts as JSON");
-    let count = |ip: &str| counts.get(ip).and_then(Value::as_u64).unwrap_or(0) as usize;
-    eprintln!("connections per endpoint: {counts}");
-    assert_eq!(
-        endpoints.iter().map(|ip| count(ip)).sum::<usize>(),
-        CONNECTIONS,
-        "every connection must reach one of the endpoints: {counts}"
-    );
-    for ip in endpoints {
-        let share = count(ip) as f64 / CONNECTIONS as f64;
-        assert!(
-            (0.15..=0.52).contains(&share),
-            "{ip} got {:.0}% of new connections (expected ~33%): {counts}",
-            share * 100.0
-        );
-    }
+    support::wait_for_whoami(&t);
+    support::assert_even_spread(&t, 300);
 }

@@ -15,7 +15,7 @@
 //! (deleting a namespace removes its iptables tables with it).
 
 mod support;
-use support::{BACKEND, Lab, curl, is_root, run, topology, wait_for};
+use support::{BACKEND, Lab, curl, is_root, topology, wait_for};
 
 use std::time::Duration;
 
@@ -472,77 +472,15 @@ fn traffic_through_a_programmed_node() {
     assert_ne!(curl(&t.client, "http://203.0.113.10/").code, 0);
 }
 
-/// TCP server on every address :8080 that answers each connection with the address it was
-/// reached at (after DNAT: the endpoint's address) and closes.
-const WHOAMI: &str = r#"
-import socketserver
-class Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        self.request.sendall(self.request.getsockname()[0].encode())
-class Server(socketserver.ThreadingTCPServer):
-    request_queue_size = 128
-    allow_reuse_address = True
-    daemon_threads = True
-Server(("0.0.0.0", 8080), Handler).serve_forever()
-"#;
-
-/// Opens `n` new TCP connections to `ip:port`; prints `{address: count}` as JSON.
-const CONNECT_MANY: &str = r#"
-import json, socket, sys
-ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-counts = {}
-for _ in range(n):
-    try:
-        with socket.create_connection((ip, port), timeout=3) as s:
-            who = s.recv(64).decode() or "empty"
-    except OSError:
-        who = "error"
-    counts[who] = counts.get(who, 0) + 1
-print(json.dumps(counts))
-"#;
-
 /// `-m statistic --probability 1/(n-i)` spreads real new connections evenly: 300 connections to
-/// a ClusterIP with 3 endpoints, each must get 15%–52% (expected 100 ± 8.2 (1σ); the bounds are
-/// > 6σ away, so this does not flake).
+/// a ClusterIP with 3 endpoints, each must get 15%–52% ([`support::assert_even_spread`]).
 #[test]
 fn new_connections_spread_evenly_over_endpoints() {
     require_root!();
-    const CONNECTIONS: usize = 300;
     let mut lab = Lab::new("d");
     let t = topology(&mut lab);
-    let endpoints = ["192.0.2.10", "192.0.2.11", "192.0.2.12"];
-    for ip in &endpoints[1..] {
-        run(&[
-            "ip",
-            "-n",
-            &t.pod,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "p0",
-        ]);
-    }
-    lab.spawn(&t.pod, &["python3", "-c", WHOAMI]);
-    let service = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "demo", "name": "spread"},
-        "spec": {
-            "type": "ClusterIP", "clusterIP": "198.18.0.30", "clusterIPs": ["198.18.0.30"],
-            "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080}],
-        },
-    });
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"namespace": "demo", "name": "spread-abc",
-                     "labels": {"kubernetes.io/service-name": "spread"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints.iter().map(|ip| json!({
-            "addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true},
-        })).collect::<Vec<_>>(),
-    });
-    let table = table_of(&[service, slice]);
+    support::whoami_endpoints(&mut lab, &t);
+    let table = table_of(&support::spread_world());
     let text = iptables::Ruleset::build(&table, Family::V4).full_text();
     assert!(text.contains("--probability 0.3333333333"), "{text}");
     assert!(text.contains("--probability 0.5000000000"), "{text}");
@@ -551,43 +489,8 @@ fn new_connections_spread_evenly_over_endpoints() {
         Family::V4,
     );
     proxier.sync(&table).expect("sync");
-
-    let connect = |ns: &str, ip: &str, port: &str, n: usize| -> Value {
-        let out = run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "python3",
-            "-c",
-            CONNECT_MANY,
-            ip,
-            port,
-            &n.to_string(),
-        ]);
-        serde_json::from_slice(&out.stdout).expect("counts as JSON")
-    };
-    wait_for("the backend to listen", Duration::from_secs(10), || {
-        endpoints
-            .iter()
-            .all(|ip| connect(&t.pod, ip, "8080", 1).get(*ip).is_some())
-    });
-    let counts = connect(&t.client, "198.18.0.30", "80", CONNECTIONS);
-    let count = |ip: &str| counts.get(ip).and_then(Value::as_u64).unwrap_or(0) as usize;
-    eprintln!("connections per endpoint: {counts}");
-    assert_eq!(
-        endpoints.iter().map(|ip| count(ip)).sum::<usize>(),
-        CONNECTIONS,
-        "every connection must reach one of the endpoints: {counts}"
-    );
-    for ip in endpoints {
-        let share = count(ip) as f64 / CONNECTIONS as f64;
-        assert!(
-            (0.15..=0.52).contains(&share),
-            "{ip} got {:.0}% of new connections (expected ~33%): {counts}",
-            share * 100.0
-        );
-    }
+    support::wait_for_whoami(&t);
+    support::assert_even_spread(&t, 300);
 }
 
 /// The golden rule sets with ClientIP affinity (`-m recent`), `loadBalancerSourceRanges`
@@ -632,20 +535,8 @@ fn session_affinity_and_source_ranges() {
     require_root!();
     let mut lab = Lab::new("a");
     let t = topology(&mut lab);
-    let endpoints = ["192.0.2.10", "192.0.2.11", "192.0.2.12"];
-    for ip in &endpoints[1..] {
-        run(&[
-            "ip",
-            "-n",
-            &t.pod,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "p0",
-        ]);
-    }
-    lab.spawn(&t.pod, &["python3", "-c", WHOAMI]);
+    let endpoints = support::ENDPOINTS;
+    support::whoami_endpoints(&mut lab, &t);
     let world = |ranges: &[&str]| -> Vec<Value> {
         vec![
             json!({
@@ -679,26 +570,8 @@ fn session_affinity_and_source_ranges() {
     proxier
         .sync(&table_of(&world(&["192.0.2.0/24"])))
         .expect("sync");
-    let connect = |ns: &str, ip: &str, port: &str, n: usize| -> Value {
-        let out = run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "python3",
-            "-c",
-            CONNECT_MANY,
-            ip,
-            port,
-            &n.to_string(),
-        ]);
-        serde_json::from_slice(&out.stdout).expect("counts as JSON")
-    };
-    wait_for("the backend to listen", Duration::from_secs(10), || {
-        endpoints
-            .iter()
-            .all(|ip| connect(&t.pod, ip, "8080", 1).get(*ip).is_some())
-    });
+    let connect = support::connect_many;
+    support::wait_for_whoami(&t);
 
     let counts = connect(&t.client, "198.18.0.40", "80", 30);
     let map = counts.as_object().expect("object");

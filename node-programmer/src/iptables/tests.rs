@@ -3,118 +3,32 @@
 //! `UPDATE_GOLDEN=1 cargo test -p node-programmer --release --lib iptables` and review the diff.
 //! `tests/netns_iptables.rs` loads the same layout into a real kernel and sends traffic through it.
 
-use std::path::PathBuf;
-
 use super::*;
 use crate::model::ServiceTable;
 use crate::model::tests::{mk_service, mk_slice};
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/iptables/golden")
-        .join(format!("{name}.rules"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().expect("golden dir")).expect("create golden dir");
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let first = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b);
-        panic!(
-            "{} differs from the rendered text (first differing line: {:?}); rerun with UPDATE_GOLDEN=1 \
-             if the change is intended.\n--- rendered ---\n{actual}",
-            path.display(),
-            first.map(|l| l + 1)
-        );
-    }
+    crate::model::tests::golden("src/iptables/golden", &format!("{name}.rules"), actual);
 }
 
-/// The world of the nftables golden test, as seen from `node-a`, plus an iTP=Local Service:
-/// - `demo/web`: ClusterIP + NodePort 30080 + LB IP 203.0.113.10 + externalIP 198.51.100.100,
-///   eTP=Cluster, two Ready endpoints (one per node) and one not-ready;
-/// - `demo/local`: LoadBalancer with eTP=Local, one endpoint here and one on node-b;
-/// - `demo/local-elsewhere`: eTP=Local LoadBalancer whose only endpoint is on node-b (DROP);
-/// - `demo/empty`: LoadBalancer without endpoints (REJECT everywhere);
-/// - `demo/dns`: UDP + TCP ports of the same number;
-/// - `demo/itp`: ClusterIP with iTP=Local and its only endpoint on node-b (DROP).
+/// The small world of the nftables golden test ([`crate::model::tests::small_world_with`]) plus
+/// `demo/itp`: ClusterIP with iTP=Local and its only endpoint on node-b (DROP).
 fn small_world() -> ServiceTable {
-    let services = [
-        mk_service("demo", "web")
-            .cluster_ip("198.18.0.10")
-            .port("http", 80)
-            .node_port(30080)
-            .lb_ip("203.0.113.10")
-            .external_ip("198.51.100.100")
-            .build(),
-        mk_service("demo", "local")
-            .cluster_ip("198.18.0.11")
-            .port("http", 80)
-            .node_port(30081)
-            .lb_ip("203.0.113.11")
-            .etp_local()
-            .build(),
-        mk_service("demo", "local-elsewhere")
-            .cluster_ip("198.18.0.12")
-            .port("http", 80)
-            .node_port(30082)
-            .lb_ip("203.0.113.12")
-            .etp_local()
-            .build(),
-        mk_service("demo", "empty")
-            .cluster_ip("198.18.0.20")
-            .port("http", 80)
-            .node_port(30090)
-            .lb_ip("203.0.113.20")
-            .build(),
-        mk_service("demo", "dns")
-            .cluster_ip("198.18.0.53")
-            .port_proto("dns", 53, "UDP")
-            .port_proto("dns-tcp", 53, "TCP")
-            .build(),
-        mk_service("demo", "itp")
-            .cluster_ip("198.18.0.60")
-            .port("http", 80)
-            .itp_local()
-            .build(),
-    ];
-    let slices = [
-        mk_slice("demo", "web-abc", "web")
-            .port("http", 8080)
-            .ready("192.0.2.10", "node-a")
-            .ready("192.0.2.9", "node-b")
-            .not_ready("192.0.2.11", "node-a")
-            .build(),
-        mk_slice("demo", "local-abc", "local")
-            .port("http", 8080)
-            .ready("192.0.2.20", "node-a")
-            .ready("192.0.2.21", "node-b")
-            .build(),
-        mk_slice("demo", "local-elsewhere-abc", "local-elsewhere")
-            .port("http", 8080)
-            .ready("192.0.2.30", "node-b")
-            .build(),
-        mk_slice("demo", "dns-abc", "dns")
-            .port_proto("dns", 1053, "UDP")
-            .port_proto("dns-tcp", 1053, "TCP")
-            .ready("192.0.2.53", "node-b")
-            .build(),
-        mk_slice("demo", "itp-abc", "itp")
-            .port("http", 8080)
-            .ready("192.0.2.60", "node-b")
-            .build(),
-    ];
-    let (table, skipped) = ServiceTable::build(&services, &slices, "node-a");
-    assert!(skipped.is_empty(), "{skipped:?}");
-    table
+    crate::model::tests::small_world_with(
+        vec![
+            mk_service("demo", "itp")
+                .cluster_ip("198.18.0.60")
+                .port("http", 80)
+                .itp_local()
+                .build(),
+        ],
+        vec![
+            mk_slice("demo", "itp-abc", "itp")
+                .port("http", 8080)
+                .ready("192.0.2.60", "node-b")
+                .build(),
+        ],
+    )
 }
 
 fn rules_of<'a>(text: &'a str, chain: &str) -> Vec<&'a str> {

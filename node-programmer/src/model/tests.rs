@@ -297,6 +297,118 @@ fn web() -> Svc {
         .port("http", 80)
 }
 
+// === shared by the render and iptables golden tests ===
+
+/// Compares `actual` with the golden file `<crate>/<dir>/<file>`; with `UPDATE_GOLDEN` set, writes
+/// it instead. Panics naming the first differing line.
+pub(crate) fn golden(dir: &str, file: &str, actual: &str) {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("golden dir")).expect("create golden dir");
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b);
+        panic!(
+            "{} differs from the rendered text (first differing line: {:?}); rerun with UPDATE_GOLDEN=1 \
+             if the change is intended.\n--- rendered ---\n{actual}",
+            path.display(),
+            first.map(|l| l + 1)
+        );
+    }
+}
+
+/// The core of both backends' "small world", as seen from `node-a`:
+/// - `demo/web`: ClusterIP + NodePort 30080 + LB IP 203.0.113.10 + externalIP 198.51.100.100,
+///   eTP=Cluster, two Ready endpoints (one per node) and one not-ready;
+/// - `demo/local`: LoadBalancer with eTP=Local, one endpoint here and one on node-b;
+/// - `demo/local-elsewhere`: eTP=Local LoadBalancer whose only endpoint is on node-b (DROP external);
+/// - `demo/empty`: LoadBalancer without endpoints (REJECT everywhere);
+/// - `demo/dns`: UDP + TCP ports of the same number, matched by port name.
+///
+/// Each test module appends its own extra Services (`extra`, inserted before `demo/dns` so the
+/// golden files keep their order) and slices, then builds the table with [`table_of`].
+pub(crate) fn small_world_with(
+    extra_services: Vec<Service>,
+    extra_slices: Vec<EndpointSlice>,
+) -> ServiceTable {
+    let mut services = vec![
+        mk_service("demo", "web")
+            .cluster_ip("198.18.0.10")
+            .port("http", 80)
+            .node_port(30080)
+            .lb_ip("203.0.113.10")
+            .external_ip("198.51.100.100")
+            .build(),
+        mk_service("demo", "local")
+            .cluster_ip("198.18.0.11")
+            .port("http", 80)
+            .node_port(30081)
+            .lb_ip("203.0.113.11")
+            .etp_local()
+            .build(),
+        mk_service("demo", "local-elsewhere")
+            .cluster_ip("198.18.0.12")
+            .port("http", 80)
+            .node_port(30082)
+            .lb_ip("203.0.113.12")
+            .etp_local()
+            .build(),
+        mk_service("demo", "empty")
+            .cluster_ip("198.18.0.20")
+            .port("http", 80)
+            .node_port(30090)
+            .lb_ip("203.0.113.20")
+            .build(),
+    ];
+    services.extend(extra_services);
+    services.push(
+        mk_service("demo", "dns")
+            .cluster_ip("198.18.0.53")
+            .port_proto("dns", 53, "UDP")
+            .port_proto("dns-tcp", 53, "TCP")
+            .build(),
+    );
+    let mut slices = vec![
+        mk_slice("demo", "web-abc", "web")
+            .port("http", 8080)
+            .ready("192.0.2.10", "node-a")
+            .ready("192.0.2.9", "node-b")
+            .not_ready("192.0.2.11", "node-a")
+            .build(),
+        mk_slice("demo", "local-abc", "local")
+            .port("http", 8080)
+            .ready("192.0.2.20", "node-a")
+            .ready("192.0.2.21", "node-b")
+            .build(),
+        mk_slice("demo", "local-elsewhere-abc", "local-elsewhere")
+            .port("http", 8080)
+            .ready("192.0.2.30", "node-b")
+            .build(),
+        mk_slice("demo", "dns-abc", "dns")
+            .port_proto("dns", 1053, "UDP")
+            .port_proto("dns-tcp", 1053, "TCP")
+            .ready("192.0.2.53", "node-b")
+            .build(),
+    ];
+    slices.extend(extra_slices);
+    let (table, skipped) = ServiceTable::build(&services, &slices, "node-a");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    table
+}
+
 // === tests ===
 
 #[test]

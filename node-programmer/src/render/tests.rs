@@ -2,122 +2,36 @@
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p node-programmer render::` and review the diff.
 //! The integration test `tests/netns.rs` loads the same worlds into a real kernel.
 
-use std::path::PathBuf;
-
 use super::*;
 use crate::model::ServiceTable;
 use crate::model::tests::{mk_service, mk_slice};
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/render/golden")
-        .join(format!("{name}.nft"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().expect("golden dir")).expect("create golden dir");
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let first = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b);
-        panic!(
-            "{} differs from the rendered text (first differing line: {:?}); rerun with UPDATE_GOLDEN=1 \
-             if the change is intended.\n--- rendered ---\n{actual}",
-            path.display(),
-            first.map(|l| l + 1)
-        );
-    }
+    crate::model::tests::golden("src/render/golden", &format!("{name}.nft"), actual);
 }
 
-/// The small world of the end-to-end slice, as seen from `node-a`:
-/// - `demo/web`: ClusterIP + NodePort 30080 + LB IP 203.0.113.10 + externalIP 198.51.100.100,
-///   eTP=Cluster, two Ready endpoints (one per node) and one not-ready;
-/// - `demo/local`: LoadBalancer with eTP=Local, one endpoint here and one on node-b;
-/// - `demo/local-elsewhere`: eTP=Local LoadBalancer whose only endpoint is on node-b (DROP external);
-/// - `demo/empty`: LoadBalancer without endpoints (REJECT everywhere);
-/// - `demo/sticky`: ClientIP affinity (60 s) and loadBalancerSourceRanges on its LB IP;
-/// - `demo/dns`: UDP + TCP ports of the same number, matched by port name.
+/// The small world of the end-to-end slice ([`crate::model::tests::small_world_with`]) plus
+/// `demo/sticky`: ClientIP affinity (60 s) and loadBalancerSourceRanges on its LB IP.
 pub(crate) fn small_world() -> ServiceTable {
-    let services = [
-        mk_service("demo", "web")
-            .cluster_ip("198.18.0.10")
-            .port("http", 80)
-            .node_port(30080)
-            .lb_ip("203.0.113.10")
-            .external_ip("198.51.100.100")
-            .build(),
-        mk_service("demo", "local")
-            .cluster_ip("198.18.0.11")
-            .port("http", 80)
-            .node_port(30081)
-            .lb_ip("203.0.113.11")
-            .etp_local()
-            .build(),
-        mk_service("demo", "local-elsewhere")
-            .cluster_ip("198.18.0.12")
-            .port("http", 80)
-            .node_port(30082)
-            .lb_ip("203.0.113.12")
-            .etp_local()
-            .build(),
-        mk_service("demo", "empty")
-            .cluster_ip("198.18.0.20")
-            .port("http", 80)
-            .node_port(30090)
-            .lb_ip("203.0.113.20")
-            .build(),
-        mk_service("demo", "sticky")
-            .cluster_ip("198.18.0.40")
-            .port("http", 80)
-            .lb_ip("203.0.113.40")
-            .client_ip_affinity(60)
-            .source_range("198.51.100.0/24")
-            .source_range("203.0.113.0/24")
-            .build(),
-        mk_service("demo", "dns")
-            .cluster_ip("198.18.0.53")
-            .port_proto("dns", 53, "UDP")
-            .port_proto("dns-tcp", 53, "TCP")
-            .build(),
-    ];
-    let slices = [
-        mk_slice("demo", "web-abc", "web")
-            .port("http", 8080)
-            .ready("192.0.2.10", "node-a")
-            .ready("192.0.2.9", "node-b")
-            .not_ready("192.0.2.11", "node-a")
-            .build(),
-        mk_slice("demo", "local-abc", "local")
-            .port("http", 8080)
-            .ready("192.0.2.20", "node-a")
-            .ready("192.0.2.21", "node-b")
-            .build(),
-        mk_slice("demo", "local-elsewhere-abc", "local-elsewhere")
-            .port("http", 8080)
-            .ready("192.0.2.30", "node-b")
-            .build(),
-        mk_slice("demo", "sticky-abc", "sticky")
-            .port("http", 8080)
-            .ready("192.0.2.40", "node-a")
-            .ready("192.0.2.41", "node-b")
-            .build(),
-        mk_slice("demo", "dns-abc", "dns")
-            .port_proto("dns", 1053, "UDP")
-            .port_proto("dns-tcp", 1053, "TCP")
-            .ready("192.0.2.53", "node-b")
-            .build(),
-    ];
-    let (table, skipped) = ServiceTable::build(&services, &slices, "node-a");
-    assert!(skipped.is_empty(), "{skipped:?}");
-    table
+    crate::model::tests::small_world_with(
+        vec![
+            mk_service("demo", "sticky")
+                .cluster_ip("198.18.0.40")
+                .port("http", 80)
+                .lb_ip("203.0.113.40")
+                .client_ip_affinity(60)
+                .source_range("198.51.100.0/24")
+                .source_range("203.0.113.0/24")
+                .build(),
+        ],
+        vec![
+            mk_slice("demo", "sticky-abc", "sticky")
+                .port("http", 8080)
+                .ready("192.0.2.40", "node-a")
+                .ready("192.0.2.41", "node-b")
+                .build(),
+        ],
+    )
 }
 
 #[test]

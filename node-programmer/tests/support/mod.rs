@@ -219,3 +219,130 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// === several endpoints in the pod namespace (spread and affinity tests) ===
+
+/// TCP server on every address :8080 that answers each connection with the address it was
+/// reached at (after DNAT: the endpoint's address) and closes.
+pub const WHOAMI: &str = r#"
+import socketserver
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(self.request.getsockname()[0].encode())
+class Server(socketserver.ThreadingTCPServer):
+    request_queue_size = 128
+    allow_reuse_address = True
+    daemon_threads = True
+Server(("0.0.0.0", 8080), Handler).serve_forever()
+"#;
+
+/// Opens `n` new TCP connections to `ip:port` one after another; prints `{address: count}` of
+/// the replies as JSON (`"error"` counts failures).
+const CONNECT_MANY: &str = r#"
+import json, socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+counts = {}
+for _ in range(n):
+    try:
+        with socket.create_connection((ip, port), timeout=3) as s:
+            who = s.recv(64).decode() or "empty"
+    except OSError:
+        who = "error"
+    counts[who] = counts.get(who, 0) + 1
+print(json.dumps(counts))
+"#;
+
+/// The three endpoint addresses [`whoami_endpoints`] serves in the pod namespace.
+pub const ENDPOINTS: [&str; 3] = ["192.0.2.10", "192.0.2.11", "192.0.2.12"];
+
+/// Adds [`ENDPOINTS`]' second and third address to the pod's `p0` (the first is the topology's)
+/// and starts [`WHOAMI`] there.
+pub fn whoami_endpoints(lab: &mut Lab, t: &Topology) {
+    for ip in &ENDPOINTS[1..] {
+        run(&[
+            "ip",
+            "-n",
+            &t.pod,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "p0",
+        ]);
+    }
+    lab.spawn(&t.pod, &["python3", "-c", WHOAMI]);
+}
+
+/// Opens `n` new connections from `ns` to `ip:port` ([`CONNECT_MANY`]): `{address: count}`.
+pub fn connect_many(ns: &str, ip: &str, port: &str, n: usize) -> serde_json::Value {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "python3",
+        "-c",
+        CONNECT_MANY,
+        ip,
+        port,
+        &n.to_string(),
+    ]);
+    serde_json::from_slice(&out.stdout).expect("counts as JSON")
+}
+
+/// Waits until [`WHOAMI`] answers on every one of [`ENDPOINTS`] (from inside the pod).
+pub fn wait_for_whoami(t: &Topology) {
+    wait_for("the backend to listen", Duration::from_secs(10), || {
+        ENDPOINTS
+            .iter()
+            .all(|ip| connect_many(&t.pod, ip, "8080", 1).get(*ip).is_some())
+    });
+}
+
+/// A ClusterIP Service `demo/spread` (198.18.0.30:80 → 8080) with [`ENDPOINTS`] ready on node-a.
+pub fn spread_world() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "demo", "name": "spread"},
+            "spec": {
+                "type": "ClusterIP", "clusterIP": "198.18.0.30", "clusterIPs": ["198.18.0.30"],
+                "ports": [{"name": "tcp", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+            },
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "demo", "name": "spread-abc",
+                         "labels": {"kubernetes.io/service-name": "spread"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
+            "endpoints": ENDPOINTS.iter().map(|ip| json!({
+                "addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true},
+            })).collect::<Vec<_>>(),
+        }),
+    ]
+}
+
+/// `connections` new connections from the client to 198.18.0.30:80 must all reach one of
+/// [`ENDPOINTS`], each endpoint 15%–52% of them (300 connections: expected 100 ± 8.2 (1σ); the
+/// bounds are > 6σ away, so this does not flake).
+pub fn assert_even_spread(t: &Topology, connections: usize) {
+    use serde_json::Value;
+    let counts = connect_many(&t.client, "198.18.0.30", "80", connections);
+    let count = |ip: &str| counts.get(ip).and_then(Value::as_u64).unwrap_or(0) as usize;
+    eprintln!("connections per endpoint: {counts}");
+    assert_eq!(
+        ENDPOINTS.iter().map(|ip| count(ip)).sum::<usize>(),
+        connections,
+        "every connection must reach one of the endpoints: {counts}"
+    );
+    for ip in ENDPOINTS {
+        let share = count(ip) as f64 / connections as f64;
+        assert!(
+            (0.15..=0.52).contains(&share),
+            "{ip} got {:.0}% of new connections (expected ~33%): {counts}",
+            share * 100.0
+        );
+    }
+}
