@@ -13,15 +13,13 @@
 //! creates is owned by a [`Lab`] guard whose `Drop` removes them, also when the test fails.
 
 mod support;
-use support::{BACKEND, Lab, curl, is_root, run, topology, wait_for};
+use support::{BACKEND, Lab, curl, is_root, run, service, slice, split, topology, wait_for};
 
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use node_programmer::apply::{self, Apply, NftCli};
 use node_programmer::model::ServiceTable;
 use node_programmer::render;
@@ -29,31 +27,6 @@ use node_programmer::sync::{Outcome, Programmer};
 use serde_json::{Value, json};
 
 // === the world ===
-
-fn service(name: &str, cluster_ip: &str, node_port: u16, lb_ip: &str, etp: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "demo", "name": name},
-        "spec": {
-            "type": "LoadBalancer",
-            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-            "externalTrafficPolicy": etp,
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": node_port}],
-        },
-        "status": {"loadBalancer": {"ingress": [{"ip": lb_ip, "ipMode": "VIP"}]}},
-    })
-}
-
-fn slice(service: &str, ip: &str, node: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"namespace": "demo", "name": format!("{service}-abc"),
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}],
-    })
-}
 
 /// - `web`: eTP=Cluster, ClusterIP 198.18.0.10, LB 203.0.113.10, NodePort 30080 → pod;
 /// - `local`: eTP=Local, ClusterIP 198.18.0.11, LB 203.0.113.11, NodePort 30081 → pod (on node-a);
@@ -66,23 +39,6 @@ fn world() -> Vec<Value> {
         slice("local", "192.0.2.10", "node-a"),
         service("empty", "198.18.0.20", 30090, "203.0.113.20", "Cluster"),
     ]
-}
-
-fn split(world: &[Value]) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = vec![];
-    let mut slices = vec![];
-    for object in world {
-        match object["kind"].as_str() {
-            Some("Service") => {
-                services.push(serde_json::from_value(object.clone()).expect("Service"))
-            }
-            Some("EndpointSlice") => {
-                slices.push(serde_json::from_value(object.clone()).expect("EndpointSlice"))
-            }
-            other => panic!("unexpected kind {other:?}"),
-        }
-    }
-    (services, slices)
 }
 
 /// JSON is YAML: the manifest source reads a `kind: List` document.

@@ -15,7 +15,7 @@
 //! Needs root. Every namespace and process belongs to a `Lab` guard that removes them on drop.
 
 mod support;
-use support::{Lab, is_root, run};
+use support::{Lab, is_root, run, split};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -364,19 +364,6 @@ fn world() -> (Vec<Service>, Vec<EndpointSlice>) {
         objects.push(slice);
     }
     split(&objects)
-}
-
-fn split(objects: &[Value]) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let mut services = vec![];
-    let mut slices = vec![];
-    for o in objects {
-        if o["kind"] == "Service" {
-            services.push(serde_json::from_value(o.clone()).expect("Service"));
-        } else {
-            slices.push(serde_json::from_value(o.clone()).expect("EndpointSlice"));
-        }
-    }
-    (services, slices)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -220,6 +220,74 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+// === worlds as the JSON a user would apply ===
+
+/// `demo/<name>`: a LoadBalancer Service, port 80 → 8080 (`http`), one ClusterIP, NodePort and
+/// LB IP (`ipMode: VIP`), `externalTrafficPolicy: etp`.
+pub fn service(
+    name: &str,
+    cluster_ip: &str,
+    node_port: u16,
+    lb_ip: &str,
+    etp: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "demo", "name": name},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "externalTrafficPolicy": etp,
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": node_port}],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": lb_ip, "ipMode": "VIP"}]}},
+    })
+}
+
+/// EndpointSlice `demo/<service>-abc`: one ready IPv4 endpoint `ip` on `node`, port `http` 8080.
+pub fn slice(service: &str, ip: &str, node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "demo", "name": format!("{service}-abc"),
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}],
+    })
+}
+
+/// Splits JSON objects into typed Services and EndpointSlices (panics on any other kind).
+pub fn split(
+    world: &[serde_json::Value],
+) -> (
+    Vec<k8s_openapi::api::core::v1::Service>,
+    Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    let mut services = vec![];
+    let mut slices = vec![];
+    for object in world {
+        match object["kind"].as_str() {
+            Some("Service") => {
+                services.push(serde_json::from_value(object.clone()).expect("Service"))
+            }
+            Some("EndpointSlice") => {
+                slices.push(serde_json::from_value(object.clone()).expect("EndpointSlice"))
+            }
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    (services, slices)
+}
+
+/// The `ServiceTable` of `world` as node-a sees it; panics if anything was skipped.
+pub fn table_of(world: &[serde_json::Value]) -> node_programmer::model::ServiceTable {
+    let (services, slices) = split(world);
+    let (table, skipped) =
+        node_programmer::model::ServiceTable::build(&services, &slices, "node-a");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    table
+}
+
 // === several endpoints in the pod namespace (spread and affinity tests) ===
 
 /// TCP server on every address :8080 that answers each connection with the address it was
