@@ -7,8 +7,10 @@
 //!  EndpointSlices ──┤                 │   ∧ ∃ L2Announcement covering ip's pool and
 //!  Services ────────┘                 │     matching the node ∧ (ETP=Local ⇒ ready local endpoint)
 //!                                     │ elect(ip) = argmin sha256(node "#" ip) over eligible
-//!                                     └─> desired annotation `drawbridge.dev/announcing-node`
-//!                                              │ only differences, only while leader
+//!                                     │ rank(ip) = eligible sorted by that score
+//!                                     └─> desired annotations `drawbridge.dev/announcing-node`
+//!                                         (the first) + `drawbridge.dev/announcing-candidates`
+//!                                         (the whole ranking) │ only differences, only while leader
 //!                          AnnotationWriter (metadata merge patch) + Event AnnouncingNodeChanged
 //! ```
 //!
@@ -22,6 +24,15 @@
 //! announcer (the usual case), else a comma list `IP=node,...` (dual-stack Services whose two IPs
 //! elect different nodes). node-programmer parses both ([`parse_annotation`] is the reference).
 //! No eligible node: the annotation is removed and a `NoAnnouncingNode` Warning Event says why.
+//!
+//! The whole ranking is published too, in [`ANNOTATION_ANNOUNCING_CANDIDATES`]: every eligible
+//! node in rendezvous order, so node-programmers running gossip failure detection can move an IP
+//! to the next candidate the moment the first one stops answering gossip — sub-second, without
+//! waiting for the Node to turn NotReady (40 s `node-monitor-grace-period`) and for this
+//! controller to write. The API server stays the ground truth: a node that turns NotReady leaves
+//! the list. Format: a comma list `node-a,node-b` when every IP has the same ranking, else
+//! `IP=node-a,node-b;IP=node-c,node-a` (entries separated by `;`). [`parse_candidates`] is the
+//! reference parser.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -45,6 +56,10 @@ use crate::pool::AddressRange;
 /// Service annotation written by lb-controller: the node that announces the Service's
 /// LoadBalancer IPs on layer 2 (value format in the module docs).
 pub const ANNOTATION_ANNOUNCING_NODE: &str = "drawbridge.dev/announcing-node";
+
+/// Service annotation written by lb-controller: per LoadBalancer IP, every eligible node in
+/// rendezvous order (first = [`ANNOTATION_ANNOUNCING_NODE`]); format in the module docs.
+pub const ANNOTATION_ANNOUNCING_CANDIDATES: &str = "drawbridge.dev/announcing-candidates";
 
 /// Node label that keeps a node out of every external load balancer (Kubernetes well-known label;
 /// the service controller and MetalLB honour it; its value is ignored).
@@ -148,15 +163,14 @@ pub struct ServiceView {
     pub ready_endpoint_nodes: BTreeSet<String>,
     /// The annotation as observed now.
     pub current: Option<String>,
+    /// [`ANNOTATION_ANNOUNCING_CANDIDATES`] as observed now.
+    pub current_candidates: Option<String>,
 }
 
 // === election (pure) ===
 
-/// The announcer of `ip` (of pool `pool`) among `nodes`, or `None` when no node is eligible.
-///
-/// Eligible: Ready, not NetworkUnavailable, without [`LABEL_EXCLUDE_FROM_EXTERNAL_LB`], selected by
-/// some policy that covers `pool`, and — when `local_only` — in `endpoint_nodes`. Winner: the
-/// lowest sha256(`node` "#" `ip`) (rendezvous hashing; ties, impossible in practice, by name).
+/// The announcer of `ip` (of pool `pool`) among `nodes`, or `None` when no node is eligible:
+/// the first of [`candidates`].
 pub fn elect(
     ip: IpAddr,
     pool: &str,
@@ -165,15 +179,38 @@ pub fn elect(
     local_only: bool,
     endpoint_nodes: &BTreeSet<String>,
 ) -> Option<String> {
+    candidates(ip, pool, nodes, policies, local_only, endpoint_nodes)
+        .into_iter()
+        .next()
+}
+
+/// Every node eligible to announce `ip` (of pool `pool`), best first; empty when none is.
+///
+/// Eligible: Ready, not NetworkUnavailable, without [`LABEL_EXCLUDE_FROM_EXTERNAL_LB`], selected by
+/// some policy that covers `pool`, and — when `local_only` — in `endpoint_nodes`. Order: ascending
+/// sha256(`node` "#" `ip`) (rendezvous hashing, MetalLB's speaker order; ties, impossible in
+/// practice, by name). The first is the announcer; the others take over in this order when
+/// gossip finds the ones before them down (node-programmer's `l2::decide`).
+pub fn candidates(
+    ip: IpAddr,
+    pool: &str,
+    nodes: &[NodeView],
+    policies: &[Policy],
+    local_only: bool,
+    endpoint_nodes: &BTreeSet<String>,
+) -> Vec<String> {
     let covering: Vec<&Policy> = policies.iter().filter(|p| p.covers_pool(pool)).collect();
-    nodes
+    let mut ranked: Vec<([u8; 32], &str)> = nodes
         .iter()
         .filter(|n| n.ready && !n.network_unavailable)
         .filter(|n| !n.labels.contains_key(LABEL_EXCLUDE_FROM_EXTERNAL_LB))
         .filter(|n| covering.iter().any(|p| p.selects(n)))
         .filter(|n| !local_only || endpoint_nodes.contains(&n.name))
-        .min_by_key(|n| (score(&n.name, ip), n.name.clone()))
-        .map(|n| n.name.clone())
+        .map(|n| (score(&n.name, ip), n.name.as_str()))
+        .collect();
+    ranked.sort();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().map(|(_, n)| n.to_string()).collect()
 }
 
 fn score(node: &str, ip: IpAddr) -> [u8; 32] {
@@ -220,6 +257,74 @@ pub fn desired_annotation(
     }
 }
 
+/// The desired [`ANNOTATION_ANNOUNCING_CANDIDATES`] value of `svc` (module docs for the format);
+/// `None` when no IP of it has a candidate.
+pub fn desired_candidates(
+    svc: &ServiceView,
+    nodes: &[NodeView],
+    policies: &[Policy],
+) -> Option<String> {
+    let ranked: Vec<(IpAddr, Vec<String>)> = svc
+        .ips
+        .iter()
+        .map(|(ip, pool)| {
+            let list = candidates(
+                *ip,
+                pool,
+                nodes,
+                policies,
+                svc.local_only,
+                &svc.ready_endpoint_nodes,
+            );
+            (*ip, list)
+        })
+        .filter(|(_, list)| !list.is_empty())
+        .collect();
+    let first = ranked.first()?;
+    if ranked.len() == svc.ips.len() && ranked.iter().all(|(_, l)| *l == first.1) {
+        return Some(first.1.join(","));
+    }
+    Some(
+        ranked
+            .iter()
+            .map(|(ip, list)| format!("{ip}={}", list.join(",")))
+            .collect::<Vec<_>>()
+            .join(";"),
+    )
+}
+
+/// Reads an [`ANNOTATION_ANNOUNCING_CANDIDATES`] value: the ranked candidates of each of `ips`.
+/// A plain comma list covers every IP; `IP=a,b;IP=c` covers the listed IPs. Empty names, entries
+/// that do not parse and IPs not in `ips` are skipped; a node listed twice keeps its first place.
+pub fn parse_candidates(value: &str, ips: &[IpAddr]) -> BTreeMap<IpAddr, Vec<String>> {
+    let list = |s: &str| {
+        let mut out: Vec<String> = vec![];
+        for n in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_string());
+            }
+        }
+        out
+    };
+    let value = value.trim();
+    if !value.contains('=') {
+        let nodes = list(value);
+        if nodes.is_empty() {
+            return BTreeMap::new();
+        }
+        return ips.iter().map(|ip| (*ip, nodes.clone())).collect();
+    }
+    value
+        .split(';')
+        .filter_map(|entry| {
+            let (ip, nodes) = entry.split_once('=')?;
+            let ip: IpAddr = ip.trim().parse().ok()?;
+            let nodes = list(nodes);
+            (!nodes.is_empty() && ips.contains(&ip)).then_some((ip, nodes))
+        })
+        .collect()
+}
+
 /// Reads an annotation value: which node announces each of `ips`. A plain node name covers every
 /// IP; an `IP=node` list covers the listed IPs. Entries that do not parse are skipped.
 pub fn parse_annotation(value: &str, ips: &[IpAddr]) -> BTreeMap<IpAddr, String> {
@@ -252,24 +357,31 @@ pub struct Change {
     pub from: Option<String>,
     /// Value wanted (`None`: remove).
     pub to: Option<String>,
+    /// [`ANNOTATION_ANNOUNCING_CANDIDATES`] now (`None`: absent).
+    pub candidates_from: Option<String>,
+    /// [`ANNOTATION_ANNOUNCING_CANDIDATES`] wanted (`None`: remove).
+    pub candidates_to: Option<String>,
     /// The Service has IPs but no node may announce them (reported as a Warning).
     pub unannounced: bool,
 }
 
-/// Every Service whose annotation differs from the desired one (compare, then write: a resync of
-/// an unchanged world yields nothing). Services without IPs are only touched to remove a stale
-/// annotation.
+/// Every Service whose annotations differ from the desired ones (compare, then write: a resync
+/// of an unchanged world yields nothing). Services without IPs are only touched to remove stale
+/// annotations.
 pub fn plan(services: &[ServiceView], nodes: &[NodeView], policies: &[Policy]) -> Vec<Change> {
     services
         .iter()
         .filter_map(|svc| {
             let to = desired_annotation(svc, nodes, policies);
-            (to != svc.current).then(|| Change {
+            let candidates_to = desired_candidates(svc, nodes, policies);
+            (to != svc.current || candidates_to != svc.current_candidates).then(|| Change {
                 key: svc.key.clone(),
                 uid: svc.uid.clone(),
                 from: svc.current.clone(),
                 unannounced: to.is_none() && !svc.ips.is_empty(),
                 to,
+                candidates_from: svc.current_candidates.clone(),
+                candidates_to,
             })
         })
         .collect()
@@ -334,12 +446,15 @@ pub fn service_views(
                 svc.metadata.namespace.clone().unwrap_or_default(),
                 svc.metadata.name.clone()?,
             );
-            let current = svc
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_ANNOUNCING_NODE))
-                .cloned();
+            let annotation = |name: &str| {
+                svc.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(name))
+                    .cloned()
+            };
+            let current = annotation(ANNOTATION_ANNOUNCING_NODE);
+            let current_candidates = annotation(ANNOTATION_ANNOUNCING_CANDIDATES);
             let spec = svc.spec.as_ref();
             let is_lb = spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
             let ips: Vec<(IpAddr, String)> = if is_lb {
@@ -356,7 +471,7 @@ pub fn service_views(
             } else {
                 vec![]
             };
-            if ips.is_empty() && current.is_none() {
+            if ips.is_empty() && current.is_none() && current_candidates.is_none() {
                 return None;
             }
             Some(ServiceView {
@@ -367,6 +482,7 @@ pub fn service_views(
                 key,
                 ips,
                 current,
+                current_candidates,
             })
         })
         .collect()
@@ -390,7 +506,8 @@ pub enum Error {
     },
 }
 
-/// Sets or removes [`ANNOTATION_ANNOUNCING_NODE`] on one Service.
+/// Sets or removes [`ANNOTATION_ANNOUNCING_NODE`] (and [`ANNOTATION_ANNOUNCING_CANDIDATES`]) on
+/// one Service.
 pub trait AnnotationWriter: Send + Sync {
     /// `value: None` removes the annotation. Errors: [`Error::AnnotateServiceFailed`].
     fn set_announcing_node(
@@ -398,6 +515,19 @@ pub trait AnnotationWriter: Send + Sync {
         key: &ServiceKey,
         value: Option<&str>,
     ) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Sets both annotations (`None` removes one) in one write. The default writes only the
+    /// announcing node — for writers that have no place for the candidates (node-programmers then
+    /// fall back to the single announcer, without gossip takeover). Errors:
+    /// [`Error::AnnotateServiceFailed`].
+    fn set_announcement(
+        &self,
+        key: &ServiceKey,
+        node: Option<&str>,
+        _candidates: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.set_announcing_node(key, node)
+    }
 }
 
 /// Writes the annotation with a JSON merge patch of `metadata.annotations` (RFC 7386; `null`
@@ -413,16 +543,14 @@ impl KubeAnnotationWriter {
     }
 }
 
-impl AnnotationWriter for KubeAnnotationWriter {
-    fn set_announcing_node(
+impl KubeAnnotationWriter {
+    fn patch(
         &self,
         key: &ServiceKey,
-        value: Option<&str>,
+        annotations: serde_json::Value,
     ) -> BoxFuture<'_, Result<(), Error>> {
         let (namespace, name) = key.clone();
-        let patch = serde_json::json!({
-            "metadata": {"annotations": {ANNOTATION_ANNOUNCING_NODE: value}}
-        });
+        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
         Box::pin(async move {
             let api: kube::Api<Service> = kube::Api::namespaced(self.client.clone(), &namespace);
             let params = kube::api::PatchParams {
@@ -444,16 +572,49 @@ impl AnnotationWriter for KubeAnnotationWriter {
     }
 }
 
+impl AnnotationWriter for KubeAnnotationWriter {
+    fn set_announcing_node(
+        &self,
+        key: &ServiceKey,
+        value: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.patch(key, serde_json::json!({ANNOTATION_ANNOUNCING_NODE: value}))
+    }
+
+    /// One merge patch carrying both annotations, so a reader never sees a new announcer with an
+    /// old candidate list.
+    fn set_announcement(
+        &self,
+        key: &ServiceKey,
+        node: Option<&str>,
+        candidates: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.patch(
+            key,
+            serde_json::json!({
+                ANNOTATION_ANNOUNCING_NODE: node,
+                ANNOTATION_ANNOUNCING_CANDIDATES: candidates,
+            }),
+        )
+    }
+}
+
 /// Test fake: records `(key, value)` of every write and succeeds.
 #[derive(Default)]
 pub struct RecordingAnnotationWriter {
     writes: std::sync::Mutex<Vec<(ServiceKey, Option<String>)>>,
+    candidates: std::sync::Mutex<Vec<(ServiceKey, Option<String>)>>,
 }
 
 impl RecordingAnnotationWriter {
-    /// Every write so far, oldest first.
+    /// Every announcing-node write so far, oldest first.
     pub fn writes(&self) -> Vec<(ServiceKey, Option<String>)> {
         self.writes.lock().expect("lock poisoned").clone()
+    }
+
+    /// Every announcing-candidates write so far, oldest first.
+    pub fn candidate_writes(&self) -> Vec<(ServiceKey, Option<String>)> {
+        self.candidates.lock().expect("lock poisoned").clone()
     }
 }
 
@@ -468,6 +629,19 @@ impl AnnotationWriter for RecordingAnnotationWriter {
             .expect("lock poisoned")
             .push((key.clone(), value.map(str::to_string)));
         Box::pin(async { Ok(()) })
+    }
+
+    fn set_announcement(
+        &self,
+        key: &ServiceKey,
+        node: Option<&str>,
+        candidates: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.candidates
+            .lock()
+            .expect("lock poisoned")
+            .push((key.clone(), candidates.map(str::to_string)));
+        self.set_announcing_node(key, node)
     }
 }
 
@@ -512,11 +686,20 @@ pub async fn reconcile(
         }
         let (namespace, name) = &change.key;
         if let Err(error) = writer
-            .set_announcing_node(&change.key, change.to.as_deref())
+            .set_announcement(
+                &change.key,
+                change.to.as_deref(),
+                change.candidates_to.as_deref(),
+            )
             .await
         {
             tracing::warn!(%namespace, %name, error = %error, "announcing-node write failed; will retry");
             ok = false;
+            continue;
+        }
+        if change.to == change.from {
+            // Only the ranking behind the announcer changed: no Event (nothing a human acts on).
+            tracing::debug!(%namespace, %name, candidates = ?change.candidates_to, "announcing candidates changed");
             continue;
         }
         let regarding = ObjectKey::namespaced(Kind::Service, namespace, name);

@@ -11,7 +11,8 @@ use drawbridge_resources::Kind;
 use drawbridge_resources::source::kubernetes;
 use kube::{Client, Config};
 use lb_controller::announce::{
-    ANNOTATION_ANNOUNCING_NODE, KubeAnnotationWriter, REASON_ANNOUNCING_NODE_CHANGED,
+    ANNOTATION_ANNOUNCING_CANDIDATES, ANNOTATION_ANNOUNCING_NODE, KubeAnnotationWriter,
+    REASON_ANNOUNCING_NODE_CHANGED,
 };
 use lb_controller::claim_store::KubeClaims;
 use lb_controller::controller::{self, Claims, Namespaces, Settings};
@@ -34,6 +35,13 @@ fn node(name: &str, ready: bool) -> Value {
 fn announcer(double: &ApiDouble) -> Option<String> {
     let svc = double.get("v1", "Service", Some("default"), "web")?;
     svc["metadata"]["annotations"][ANNOTATION_ANNOUNCING_NODE]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn candidates(double: &ApiDouble) -> Option<String> {
+    let svc = double.get("v1", "Service", Some("default"), "web")?;
+    svc["metadata"]["annotations"][ANNOTATION_ANNOUNCING_CANDIDATES]
         .as_str()
         .map(str::to_string)
 }
@@ -103,6 +111,11 @@ async fn announcing_node_is_elected_moves_on_not_ready_and_waits_for_the_lease()
     } else {
         "node-a"
     };
+    // The whole ranking, announcer first, in the same write.
+    assert_eq!(
+        candidates(&double).as_deref(),
+        Some(format!("{first},{other}").as_str())
+    );
     let svc = double
         .get("v1", "Service", Some("default"), "web")
         .expect("web");
@@ -124,6 +137,11 @@ async fn announcing_node_is_elected_moves_on_not_ready_and_waits_for_the_lease()
         announcer(&double).as_deref() == Some(other)
     })
     .await;
+    assert_eq!(
+        candidates(&double).as_deref(),
+        Some(other),
+        "a NotReady node leaves the candidates (the API server is the ground truth)"
+    );
     let changed: Vec<String> = events
         .events()
         .into_iter()

@@ -273,8 +273,10 @@ fn annotation_format_and_parse_round_trip() {
 fn plan_writes_only_differences() {
     let ns = nodes(&["node-a", "node-b"]);
     let want = desired_annotation(&svc(&[VIP]), &ns, &all_pools()).expect("announced");
+    let want_candidates = desired_candidates(&svc(&[VIP]), &ns, &all_pools()).expect("ranked");
     let mut settled = svc(&[VIP]);
     settled.current = Some(want.clone());
+    settled.current_candidates = Some(want_candidates.clone());
     assert!(
         plan(&[settled.clone()], &ns, &all_pools()).is_empty(),
         "resync of a settled world"
@@ -290,8 +292,18 @@ fn plan_writes_only_differences() {
             from: None,
             to: Some(want.clone()),
             unannounced: false,
+            candidates_from: None,
+            candidates_to: Some(want_candidates.clone()),
         }]
     );
+
+    // Only the ranking behind the announcer is stale: rewritten, announcer unchanged.
+    let mut stale = settled.clone();
+    stale.current_candidates = Some(want.clone());
+    let changes = plan(&[stale], &ns, &all_pools());
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].from, changes[0].to);
+    assert_eq!(changes[0].candidates_to, Some(want_candidates.clone()));
 
     // Every node gone: removal, flagged as unannounced.
     let changes = plan(&[settled.clone()], &[], &all_pools());
@@ -308,6 +320,94 @@ fn plan_writes_only_differences() {
         (changes[0].to.clone(), changes[0].unannounced),
         (None, false)
     );
+}
+
+#[test]
+fn candidates_rank_every_eligible_node_winner_first() {
+    let everyone = ["node-a", "node-b", "node-c", "node-d"];
+    let ranked = candidates(
+        ip(VIP),
+        "lab",
+        &nodes(&everyone),
+        &all_pools(),
+        false,
+        &BTreeSet::new(),
+    );
+    assert_eq!(ranked.len(), 4);
+    assert_eq!(ranked.first(), winner(&everyone, VIP).as_ref());
+    // The rank is the election repeated without the ones before: removing the first makes the
+    // second the winner, and so on (what node-programmer relies on for gossip takeover).
+    for i in 0..ranked.len() {
+        let rest: Vec<&str> = everyone
+            .iter()
+            .copied()
+            .filter(|n| !ranked[..i].iter().any(|r| r == n))
+            .collect();
+        assert_eq!(winner(&rest, VIP).as_ref(), Some(&ranked[i]), "rank {i}");
+    }
+    // Not-Ready nodes and, for ETP=Local, nodes without endpoints are not candidates.
+    let mut ns = nodes(&everyone);
+    ns[1].ready = false;
+    let local: BTreeSet<String> = ["node-a".to_string(), "node-b".into(), "node-c".into()].into();
+    let ranked = candidates(ip(VIP), "lab", &ns, &all_pools(), true, &local);
+    let mut sorted = ranked.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["node-a".to_string(), "node-c".into()]);
+    assert!(candidates(ip(VIP), "lab", &[], &all_pools(), false, &BTreeSet::new()).is_empty());
+}
+
+#[test]
+fn candidates_annotation_format_and_parse_table() {
+    let ns = nodes(&["node-a", "node-b", "node-c"]);
+    let v4 = ip(VIP);
+    let rank = |a: IpAddr| candidates(a, "lab", &ns, &all_pools(), false, &BTreeSet::new());
+    // One IP: a plain comma list.
+    let one = desired_candidates(&svc(&[VIP]), &ns, &all_pools()).expect("ranked");
+    assert_eq!(one, rank(v4).join(","));
+    assert_eq!(parse_candidates(&one, &[v4]), [(v4, rank(v4))].into());
+    // Dual-stack with different rankings: `IP=a,b,c;IP=...`, both parsed back.
+    let v6 = (1..200)
+        .map(|i| ip(&format!("2001:db8::{i:x}")))
+        .find(|a| rank(*a) != rank(v4))
+        .expect("some IPv6 address ranks differently");
+    let two = desired_candidates(&svc(&[VIP, &v6.to_string()]), &ns, &all_pools()).expect("ranked");
+    assert!(two.contains(';') && two.contains('='), "{two}");
+    assert_eq!(
+        parse_candidates(&two, &[v4, v6]),
+        [(v4, rank(v4)), (v6, rank(v6))].into()
+    );
+    // No node: no annotation.
+    assert_eq!(desired_candidates(&svc(&[VIP]), &[], &all_pools()), None);
+    // Parser table: (value, IPs held, expected).
+    let table: &[(&str, &[&str], &[(&str, &[&str])])] = &[
+        ("", &[VIP], &[]),
+        (" , ", &[VIP], &[]),
+        ("a, b ,a", &[VIP], &[(VIP, &["a", "b"])]),
+        (
+            "a",
+            &[VIP, "2001:db8::1"],
+            &[(VIP, &["a"]), ("2001:db8::1", &["a"])],
+        ),
+        (
+            "203.0.113.10=a,b;2001:db8::1=b",
+            &[VIP, "2001:db8::1"],
+            &[(VIP, &["a", "b"]), ("2001:db8::1", &["b"])],
+        ),
+        ("203.0.113.10=a;203.0.113.99=b", &[VIP], &[(VIP, &["a"])]),
+        (
+            "junk=a;203.0.113.10=;203.0.113.10=c",
+            &[VIP],
+            &[(VIP, &["c"])],
+        ),
+    ];
+    for (value, held, want) in table {
+        let held: Vec<IpAddr> = held.iter().map(|h| ip(h)).collect();
+        let want: BTreeMap<IpAddr, Vec<String>> = want
+            .iter()
+            .map(|(a, ns)| (ip(a), ns.iter().map(|n| n.to_string()).collect()))
+            .collect();
+        assert_eq!(parse_candidates(value, &held), want, "{value:?}");
+    }
 }
 
 // === from objects ===
