@@ -14,6 +14,7 @@ use node_programmer::apply::NftCli;
 use node_programmer::conntrack::{self, NetlinkConntrack};
 use node_programmer::health::{self, ProxyHealth, ServiceHealthServers};
 use node_programmer::iptables::{self, Flavour, IptablesCli};
+use node_programmer::l2::gossip;
 use node_programmer::model::{IpFamily, NodeContext};
 use node_programmer::nftables::NftProxier;
 use node_programmer::render::Options;
@@ -103,6 +104,39 @@ struct Args {
         value_name = "IF[,IF]"
     )]
     l2_interfaces: Vec<String>,
+
+    /// Gossip failure detection for L2 announcement: UDP `IP:PORT` to bind, also the address the
+    /// other node-programmers reach this one at (the node's InternalIP, e.g. `192.0.2.11:7946`).
+    /// Unset: off — answers follow `drawbridge.dev/announcing-node` only. Set: answers follow
+    /// `drawbridge.dev/announcing-candidates` and the membership view (README, L2 section).
+    #[arg(long, env = "DRAWBRIDGE_GOSSIP_BIND", value_name = "IP:PORT")]
+    gossip_bind: Option<SocketAddr>,
+
+    /// Gossip seeds (comma list of `IP:PORT`), in addition to the Nodes' InternalIPs at the
+    /// `--gossip-bind` port.
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_GOSSIP_PEERS",
+        value_delimiter = ',',
+        value_name = "IP:PORT[,IP:PORT]"
+    )]
+    gossip_peers: Vec<SocketAddr>,
+
+    /// Exactly half of an IP's candidates reachable (two-node clusters): `answer` (failover
+    /// works; a gossip-only partition of two leaves both answering) or `stop` (never two
+    /// answering; no failover between two nodes until the API server drops one).
+    #[arg(long, env = "DRAWBRIDGE_GOSSIP_TIE_BREAK", value_enum, default_value_t)]
+    gossip_tie_break: TieBreak,
+}
+
+/// `--gossip-tie-break` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum TieBreak {
+    /// Answer on a tie.
+    #[default]
+    Answer,
+    /// Stay silent on a tie.
+    Stop,
 }
 
 /// `--ip-families` values.
@@ -145,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let proxy_health = ProxyHealth::new(health::DEFAULT_HEALTH_TIMEOUT);
     proxy_health.register(&mut registry);
+    let l2_metrics = node_programmer::l2::Metrics::register(&mut registry);
     let _metrics_server = observe::serve_if(args.metrics_addr, registry, health.clone())
         .await
         .context("starting the metrics endpoint")?;
@@ -179,10 +214,19 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("starting the resource source")?;
     if !args.l2_interfaces.is_empty() {
+        let gossip = args.gossip_bind.map(|bind| gossip::Settings {
+            node: node_name.clone(),
+            bind,
+            peers: args.gossip_peers.clone(),
+            timing: gossip::Timing::default(),
+            answer_on_tie: args.gossip_tie_break == TieBreak::Answer,
+        });
         let l2 = node_programmer::l2::run(
             source.resources.clone(),
             node_name.clone(),
             args.l2_interfaces,
+            gossip,
+            l2_metrics,
         );
         tokio::spawn(l2.instrument(info_span!("l2", node = %node_name)));
     }

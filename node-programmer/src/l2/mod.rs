@@ -3,11 +3,13 @@
 //! interface (MetalLB's layer-2 mode; adding them makes kubelet and CNIs take them for node IPs).
 //!
 //! ```text
-//!  Services (annotation drawbridge.dev/announcing-node + status.loadBalancer.ingress)
-//!     │ changed() ticks
-//!     ▼
-//!  run(): responder::announced_ips(services, --node-name)  ── pure
-//!     │ publish Arc<BTreeSet<IpAddr>> (RwLock; readers never wait on a writer for long)
+//!  Services (annotations drawbridge.dev/announcing-node / -candidates + status.loadBalancer.ingress)
+//!     │ changed() ticks                       gossip (--gossip-bind): Membership view, republished
+//!     ▼                                        every heartbeat and at once on every change
+//!  run(): without gossip: responder::announced_ips(services, --node-name)  ── pure
+//!         with gossip:    decide::answered_ips(decide::ranked_ips(services), view)  ── pure
+//!     │ publish Arc<BTreeSet<IpAddr>> + valid-until (view.as_of + fence_after; renewed by
+//!     │ every view, so a frozen or stalled node stops answering by itself)
 //!     ▼
 //!  one thread per --l2-interfaces interface: serve()
 //!     ├─ socket::FrameReceiver ─ frame ─> responder::answer() ─> socket::FrameSender (reply)
@@ -17,9 +19,12 @@
 //!
 //! A node whose annotation entry moves away stops answering at its next tick (≤ [`TICK`]); the
 //! new node's gratuitous burst updates neighbours' caches at once (Linux honours gratuitous ARP
-//! for existing entries and NAs with the Override flag).
+//! for existing entries and NAs with the Override flag). With gossip, the move happens without
+//! any annotation change: see [`decide`] (takeover and quorum rules) and [`gossip`] (timing).
 
 pub mod arp;
+pub mod decide;
+pub mod gossip;
 pub mod ndp;
 pub mod responder;
 pub mod socket;
@@ -30,7 +35,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use drawbridge_resources::Resources;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
+use decide::Membership;
 use responder::Takeovers;
 use socket::{FrameReceiver, FrameSender, MulticastMembership};
 
@@ -42,33 +53,93 @@ pub const TICK: Duration = Duration::from_millis(10);
 const REOPEN_MIN: Duration = Duration::from_millis(20);
 const REOPEN_MAX: Duration = Duration::from_millis(200);
 
-/// The announced set, shared between the watcher task and the interface threads.
+/// The announced set, shared between the watcher task and the interface threads, with how long
+/// it may be acted on (`None`: until replaced — without gossip).
 #[derive(Clone, Default)]
-pub struct Announced(Arc<RwLock<Arc<BTreeSet<IpAddr>>>>);
+pub struct Announced(Arc<RwLock<(Arc<BTreeSet<IpAddr>>, Option<Instant>)>>);
 
 impl Announced {
     /// The current set (cheap: an `Arc` clone).
     pub fn get(&self) -> Arc<BTreeSet<IpAddr>> {
+        self.snapshot().0
+    }
+
+    /// The current set and its deadline.
+    pub fn snapshot(&self) -> (Arc<BTreeSet<IpAddr>>, Option<Instant>) {
         match self.0.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Replaces the set.
+    /// Replaces the set; it is valid for ever.
     pub fn set(&self, ips: BTreeSet<IpAddr>) {
-        let value = Arc::new(ips);
+        self.set_until(ips, None);
+    }
+
+    /// Replaces the set; answers stop at `valid_until` unless renewed.
+    pub fn set_until(&self, ips: BTreeSet<IpAddr>, valid_until: Option<Instant>) {
+        let value = (Arc::new(ips), valid_until);
         match self.0.write() {
             Ok(mut guard) => *guard = value,
             Err(poisoned) => *poisoned.into_inner() = value,
         }
     }
+
+    /// Moves the deadline of the current set (the set itself, and so the takeover schedule,
+    /// stays).
+    pub fn renew(&self, valid_until: Option<Instant>) {
+        match self.0.write() {
+            Ok(mut guard) => guard.1 = valid_until,
+            Err(poisoned) => poisoned.into_inner().1 = valid_until,
+        }
+    }
 }
 
-/// Follows Services and answers for this node's IPs on `interfaces` until the source ends.
-/// Interfaces that cannot be opened are logged and retried every few seconds; nothing here stops
-/// the process.
-pub async fn run(mut resources: Resources, node: String, interfaces: Vec<String>) {
+/// L2 metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// `drawbridge_l2_announced_ips`: IPs this node answers for now.
+    pub announced: Gauge,
+    /// `drawbridge_l2_announcer_changes_total{change="gained"|"lost"}`: IPs this node took over
+    /// or gave up.
+    pub changes: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Gossip membership metrics.
+    pub gossip: gossip::GossipMetrics,
+}
+
+impl Metrics {
+    /// Registers the L2 and gossip metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            gossip: gossip::GossipMetrics::register(registry),
+            ..Metrics::default()
+        };
+        registry.register(
+            "drawbridge_l2_announced_ips",
+            "LoadBalancer IPs this node answers ARP/NDP for",
+            m.announced.clone(),
+        );
+        registry.register(
+            "drawbridge_l2_announcer_changes",
+            "LoadBalancer IPs this node took over (gained) or gave up (lost)",
+            m.changes.clone(),
+        );
+        m
+    }
+}
+
+/// Follows Services (and, with `gossip`, the membership view) and answers for this node's IPs on
+/// `interfaces` until the source ends. Interfaces that cannot be opened are logged and retried;
+/// a gossip socket that cannot be bound is logged and L2 answers stay off (never answering without
+/// the failure detector that would fence us). Nothing here stops the process.
+pub async fn run(
+    mut resources: Resources,
+    node: String,
+    interfaces: Vec<String>,
+    gossip: Option<gossip::Settings>,
+    metrics: Metrics,
+) {
     let announced = Announced::default();
     for name in interfaces {
         let announced = announced.clone();
@@ -79,9 +150,48 @@ pub async fn run(mut resources: Resources, node: String, interfaces: Vec<String>
             tracing::error!(%error, "cannot start an L2 interface thread");
         }
     }
+    let (view_tx, mut views) = watch::channel::<Option<Membership>>(None);
+    let (seeds_tx, seeds_rx) = watch::channel(Vec::new());
+    let fence_after = gossip.as_ref().map(|g| g.timing.fence_after);
+    let gossip_port = gossip.as_ref().map(|g| g.bind);
+    if let Some(settings) = gossip {
+        let gossip_metrics = metrics.gossip.clone();
+        tokio::spawn(async move {
+            if let Err(error) = gossip::run(settings, seeds_rx, view_tx, gossip_metrics).await {
+                tracing::error!(error = %error, source = ?std::error::Error::source(&error), "gossip failed to start; this node answers no ARP/NDP");
+            }
+        });
+    } else {
+        drop(view_tx);
+    }
     resources.wait_synced().await;
+    let mut ranked = Arc::new(BTreeMap::new());
+    let mut resources_changed = true;
     loop {
-        let desired = responder::announced_ips(&resources.services.state(), &node);
+        if resources_changed {
+            let services = resources.services.state();
+            ranked = Arc::new(decide::ranked_ips(&services));
+            if let Some(bind) = gossip_port {
+                seeds_tx.send_if_modified(|seeds| {
+                    let wanted = node_seeds(&resources.nodes.state(), bind);
+                    (*seeds != wanted).then(|| *seeds = wanted).is_some()
+                });
+            }
+        }
+        let (desired, valid_until) = match fence_after {
+            None => (
+                responder::announced_ips(&resources.services.state(), &node),
+                None,
+            ),
+            Some(fence_after) => match views.borrow_and_update().as_ref() {
+                Some(view) => (
+                    decide::answered_ips(&ranked, view),
+                    Some(view.as_of + fence_after),
+                ),
+                // Gossip not (yet) running: answer nothing.
+                None => (BTreeSet::new(), Some(Instant::now())),
+            },
+        };
         let current = announced.get();
         if *current != desired {
             let gained: Vec<String> = desired
@@ -92,13 +202,72 @@ pub async fn run(mut resources: Resources, node: String, interfaces: Vec<String>
                 .difference(&desired)
                 .map(|i| i.to_string())
                 .collect();
-            tracing::info!(node = %node, gained = ?gained, lost = ?lost, "L2 announcements changed");
-            announced.set(desired);
+            if let Some(view) = views.borrow().as_ref() {
+                let why: Vec<String> = current
+                    .difference(&desired)
+                    .filter_map(|ip| {
+                        Some(format!(
+                            "{ip}: {:?}",
+                            decide::verdict(ranked.get(ip)?, view)
+                        ))
+                    })
+                    .collect();
+                tracing::info!(node = %node, gained = ?gained, lost = ?lost, why = ?why, "L2 announcements changed");
+            } else {
+                tracing::info!(node = %node, gained = ?gained, lost = ?lost, "L2 announcements changed");
+            }
+            metrics
+                .changes
+                .get_or_create(&[("change", "gained")])
+                .inc_by(gained.len() as u64);
+            metrics
+                .changes
+                .get_or_create(&[("change", "lost")])
+                .inc_by(lost.len() as u64);
+            metrics.announced.set(desired.len() as i64);
+            announced.set_until(desired, valid_until);
+        } else {
+            announced.renew(valid_until);
         }
-        if !resources.changed().await {
-            return;
+        tokio::select! {
+            alive = resources.changed() => {
+                if !alive {
+                    return;
+                }
+                resources_changed = true;
+            }
+            changed = views.changed(), if fence_after.is_some() => {
+                if changed.is_err() {
+                    // The gossip task ended (it logged why): stop answering, follow Services only.
+                    announced.set_until(BTreeSet::new(), Some(Instant::now()));
+                    if !resources.changed().await {
+                        return;
+                    }
+                }
+                resources_changed = false;
+            }
         }
     }
+}
+
+/// Gossip seeds from the Nodes: every `InternalIP` of `bind`'s family, at `bind`'s port
+/// (this node's own address included; the gossip task skips it).
+pub fn node_seeds(
+    nodes: &[Arc<k8s_openapi::api::core::v1::Node>],
+    bind: std::net::SocketAddr,
+) -> Vec<std::net::SocketAddr> {
+    let mut out: Vec<std::net::SocketAddr> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        .filter(|ip| ip.is_ipv4() == bind.is_ipv4())
+        .map(|ip| std::net::SocketAddr::new(ip, bind.port()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn open_and_serve(name: &str, announced: &Announced) {
@@ -168,8 +337,12 @@ pub fn serve(
             tracing::warn!(%error, "sending an ARP/NDP frame failed");
         }
     };
+    let nothing = BTreeSet::new();
     while !stop() {
-        let set = announced.get();
+        let (set, valid_until) = announced.snapshot();
+        // Past its deadline the set is not acted on (a stalled decision loop or a thawed
+        // process must not answer from a stale view).
+        let live = valid_until.is_none_or(|t| Instant::now() < t);
         if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &set)) {
             takeovers.update(&set, Instant::now());
             memberships.retain(|ip, _| set.contains(ip));
@@ -184,14 +357,18 @@ pub fn serve(
             }
             seen = Some(set.clone());
         }
-        for ip in takeovers.due(Instant::now()) {
-            for frame in responder::gratuitous(mac, ip) {
-                send(&frame);
+        if live {
+            for ip in takeovers.due(Instant::now()) {
+                for frame in responder::gratuitous(mac, ip) {
+                    send(&frame);
+                }
             }
         }
         match receiver.recv() {
             Ok(Some(frame)) => {
-                if let Some(reply) = responder::answer(&frame, mac, &set) {
+                let live = valid_until.is_none_or(|t| Instant::now() < t);
+                let answerable = if live { set.as_ref() } else { &nothing };
+                if let Some(reply) = responder::answer(&frame, mac, answerable) {
                     send(&reply);
                 }
             }
