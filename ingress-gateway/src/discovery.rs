@@ -124,6 +124,8 @@ pub struct Discovery {
     external_names: HashMap<String, Vec<IpAddr>>,
     /// When the names in `external_names` were last looked up.
     resolved_at: Option<Instant>,
+    /// `--default-tls-secret`: the certificate for unknown SNI (else the generated one).
+    default_tls_secret: Option<ObjectRef>,
 }
 
 impl Discovery {
@@ -149,7 +151,15 @@ impl Discovery {
             registry: EndpointRegistry::default(),
             external_names: HashMap::new(),
             resolved_at: None,
+            default_tls_secret: None,
         }
+    }
+
+    /// The same task loading `secret` (`--default-tls-secret NS/NAME`) as the certificate for
+    /// unknown SNI; while it does not load, the generated default certificate answers.
+    pub fn with_default_tls_secret(mut self, secret: Option<ObjectRef>) -> Self {
+        self.default_tls_secret = secret;
+        self
     }
 
     /// Runs until the source shuts down: reconcile, then wait for a change or the resync timer.
@@ -268,7 +278,13 @@ impl Discovery {
             endpoint_registry: Some(&self.registry),
             external_names: Some(&self.external_names),
         });
-        let (certs, cert_errors) = CertStore::build(&model.tls, &secrets);
+        // An unusable Secret keeps the certificate it has in the store in force (last good).
+        let (certs, cert_errors) = CertStore::rebuild(
+            &model.tls,
+            &secrets,
+            self.default_tls_secret.as_ref(),
+            &self.published.certs.load(),
+        );
 
         let mut reported = HashSet::new();
         for error in &model.problems {
@@ -281,7 +297,7 @@ impl Discovery {
         for error in &cert_errors {
             let text = error.to_string();
             if !self.reported.contains(&text) {
-                warn!(%error, "certificate skipped; its hosts get the default certificate");
+                warn!(%error, consequence = error.consequence(), "certificate not loaded");
             }
             reported.insert(text);
         }
@@ -383,7 +399,7 @@ pub fn problem_events(
             } => (namespace, name, true),
             _ => continue,
         };
-        let note = format!("{error}; its hosts get the default certificate");
+        let note = format!("{error}; {}", error.consequence());
         events.extend(certificate_events(
             ingresses, secrets, namespace, name, on_secret, &note,
         ));

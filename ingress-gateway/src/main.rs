@@ -62,6 +62,10 @@ struct Args {
     /// Unix socket of the listener hand-over; the old and the new process need the same path.
     #[arg(long, env = "DRAWBRIDGE_UPGRADE_SOCK", value_name = "PATH", default_value = server::DEFAULT_UPGRADE_SOCK)]
     upgrade_sock: std::path::PathBuf,
+    /// NAMESPACE/NAME of a `kubernetes.io/tls` Secret served for unknown SNI (ingress-nginx's
+    /// `--default-ssl-certificate`); default: a self-signed certificate generated at start.
+    #[arg(long, env = "DRAWBRIDGE_DEFAULT_TLS_SECRET", value_name = "NS/NAME", value_parser = parse_ns_name)]
+    default_tls_secret: Option<(String, String)>,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -89,5 +93,6 @@ fn main() -> anyhow::Result<()> {
         access_log: args.access_log,
         upgrade: args.upgrade,
         upgrade_sock: args.upgrade_sock,
+        default_tls_secret: args.default_tls_secret,
     })
 }

@@ -61,6 +61,9 @@ pub struct Settings {
     /// The Unix socket of the listener hand-over (Pingora's `ServerConf::upgrade_sock`); the old
     /// and the new process must be given the same path.
     pub upgrade_sock: PathBuf,
+    /// `--default-tls-secret NAMESPACE/NAME`: the certificate for unknown SNI (a `kubernetes.io/tls`
+    /// Secret, followed live); `None` or while it does not load: a generated self-signed one.
+    pub default_tls_secret: Option<ObjectRef>,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -105,7 +108,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             events: source.events,
             health,
         },
-    );
+    )
+    .with_default_tls_secret(settings.default_tls_secret.clone());
     // Routes and certificates only; status writes (API calls) happen in the task, off the start path.
     info_span!("discovery").in_scope(|| discovery.publish());
     runtime.spawn(discovery.run().instrument(info_span!("discovery")));
@@ -125,6 +129,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         // Upper bound of Pingora's retry loop; `Gateway::fail_to_connect` decides each retry.
         max_retries: crate::proxy::MAX_TRIES,
+        // Idle upstream keep-alive connections per worker thread (Pingora keeps one LRU of
+        // this × threads); sized above peak concurrency so bursts reuse instead of reconnecting.
+        upstream_keepalive_pool_size: crate::proxy::UPSTREAM_KEEPALIVE_POOL_SIZE,
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -7,9 +7,16 @@
 //!                                                                                    exact host > *.wildcard > default
 //! ```
 //!
-//! The default certificate is self-signed, generated at start (rcgen), and answers an unknown SNI
-//! or a ClientHello without SNI ("TLS will not work on the default rule"). Pingora's rustls
-//! listener negotiates TLS 1.2 and 1.3 only.
+//! The default certificate answers an unknown SNI or a ClientHello without SNI ("TLS will not work
+//! on the default rule"): the `--default-tls-secret` Secret when it loads (ingress-nginx's
+//! `--default-ssl-certificate`), else a self-signed one generated at start (rcgen). Pingora's
+//! rustls listener negotiates TLS 1.2 and 1.3 only.
+//!
+//! Last good certificate: when a Secret that loaded before turns unusable (malformed PEM, a key
+//! that does not match the certificate), the certificate it had stays in force for its hosts and
+//! the error is reported ([`Error::InvalidSecret`] with `last_good_kept`); ingress-nginx likewise
+//! keeps serving the certificate it has until a valid one arrives. A deleted Secret is not
+//! "unusable": its hosts fall back to the default certificate.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,6 +52,8 @@ pub enum Error {
         /// Why.
         #[source]
         source: PemError,
+        /// The certificate this Secret had in the previous store stays in force.
+        last_good_kept: bool,
     },
     /// The self-signed default certificate could not be generated.
     #[error("cannot generate the default certificate")]
@@ -72,6 +81,20 @@ pub enum PemError {
     /// The key is of an unsupported type or does not belong to the certificate.
     #[error("unusable key")]
     InvalidKey(#[source] rustls::Error),
+}
+
+impl Error {
+    /// What happens to the hosts of the Secret, for logs and Events: `"its hosts keep the last
+    /// good certificate"` or `"its hosts get the default certificate"`.
+    pub fn consequence(&self) -> &'static str {
+        match self {
+            Error::InvalidSecret {
+                last_good_kept: true,
+                ..
+            } => "its hosts keep the last good certificate",
+            _ => "its hosts get the default certificate",
+        }
+    }
 }
 
 /// `Result` of this module.
@@ -132,15 +155,31 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Wildcard suffix (`*.foo.com` stored as `foo.com`) → certificate.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    /// Every Secret that loaded, once, in binding order (for expiry metrics and checks).
+    /// Every Secret that loaded (or kept its last good certificate), once, in binding order (for
+    /// expiry metrics, checks, and the next build's last good certificates).
     loaded: Vec<(ObjectRef, Arc<CertifiedKey>)>,
+    /// The `--default-tls-secret` certificate, when it loaded (else the generated one is used).
+    default: Option<Arc<CertifiedKey>>,
 }
 
 impl CertStore {
-    /// Builds the store for `bindings` (first binding of a host wins) from `secrets`. Secrets that
-    /// are missing or unusable are returned as errors; their hosts fall back to the default.
-    /// Each Secret is parsed once, however many hosts it serves.
+    /// Builds the store for `bindings` (first binding of a host wins) from `secrets`, with no
+    /// previous store and no default Secret. See [`CertStore::rebuild`].
     pub fn build(bindings: &[TlsBinding], secrets: &[Arc<Secret>]) -> (CertStore, Vec<Error>) {
+        CertStore::rebuild(bindings, secrets, None, &CertStore::default())
+    }
+
+    /// Builds the store for `bindings` (first binding of a host wins) and the default Secret
+    /// (`--default-tls-secret`) from `secrets`. Each Secret is parsed once, however many hosts it
+    /// serves. Missing or unusable Secrets are returned as errors: a missing one's hosts fall
+    /// back to the default certificate; an unusable one keeps the certificate it had in
+    /// `previous` (the store in force) when it had one, else its hosts fall back too.
+    pub fn rebuild(
+        bindings: &[TlsBinding],
+        secrets: &[Arc<Secret>],
+        default_secret: Option<&ObjectRef>,
+        previous: &CertStore,
+    ) -> (CertStore, Vec<Error>) {
         let by_key: HashMap<(&str, &str), &Secret> = secrets
             .iter()
             .filter_map(|s| {
@@ -156,34 +195,54 @@ impl CertStore {
         let mut built: HashMap<&ObjectRef, Option<Arc<CertifiedKey>>> = HashMap::new();
         let mut errors = Vec::new();
         let mut store = CertStore::default();
-        for binding in bindings {
-            let key = built.entry(&binding.secret).or_insert_with(|| {
-                let (namespace, name) = &binding.secret;
-                let Some(secret) = by_key.get(&(namespace.as_str(), name.as_str())) else {
-                    errors.push(Error::SecretNotFound {
+        let mut load = |secret_ref: &ObjectRef, store: &mut CertStore| {
+            let (namespace, name) = secret_ref;
+            let Some(secret) = by_key.get(&(namespace.as_str(), name.as_str())) else {
+                errors.push(Error::SecretNotFound {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
+                return None;
+            };
+            let pem = secret_data(secret, "tls.crt")
+                .and_then(|crt| Ok((crt, secret_data(secret, "tls.key")?)));
+            let (key, error) = match pem.and_then(|(crt, key)| certified_key_from_pem(crt, key)) {
+                Ok(key) => (Some(Arc::new(key)), None),
+                Err(source) => {
+                    let last_good = previous
+                        .loaded
+                        .iter()
+                        .find(|(r, _)| r == secret_ref)
+                        .map(|(_, k)| k.clone());
+                    let error = Error::InvalidSecret {
                         namespace: namespace.clone(),
                         name: name.clone(),
-                    });
-                    return None;
-                };
-                let pem = secret_data(secret, "tls.crt")
-                    .and_then(|crt| Ok((crt, secret_data(secret, "tls.key")?)));
-                match pem.and_then(|(crt, key)| certified_key_from_pem(crt, key)) {
-                    Ok(key) => {
-                        let key = Arc::new(key);
-                        store.loaded.push((binding.secret.clone(), key.clone()));
-                        Some(key)
-                    }
-                    Err(source) => {
-                        errors.push(Error::InvalidSecret {
-                            namespace: namespace.clone(),
-                            name: name.clone(),
-                            source,
-                        });
-                        None
-                    }
+                        source,
+                        last_good_kept: last_good.is_some(),
+                    };
+                    (last_good, Some(error))
                 }
-            });
+            };
+            errors.extend(error);
+            if let Some(key) = &key {
+                store.loaded.push((secret_ref.clone(), key.clone()));
+            }
+            key
+        };
+        if let Some(default_secret) = default_secret {
+            let key = load(default_secret, &mut store);
+            built.insert(default_secret, key.clone());
+            store.default = key;
+        }
+        for binding in bindings {
+            let key = match built.get(&binding.secret) {
+                Some(key) => key.clone(),
+                None => {
+                    let key = load(&binding.secret, &mut store);
+                    built.insert(&binding.secret, key.clone());
+                    key
+                }
+            };
             let Some(key) = key else { continue };
             let (map, host) = match binding.host.strip_prefix("*.") {
                 Some(suffix) => (&mut store.wildcard, suffix),
@@ -214,9 +273,14 @@ impl CertStore {
         })
     }
 
-    /// The Secrets that loaded and their certificates.
+    /// The Secrets that loaded (or kept their last good certificate) and their certificates.
     pub fn secrets(&self) -> &[(ObjectRef, Arc<CertifiedKey>)] {
         &self.loaded
+    }
+
+    /// The `--default-tls-secret` certificate, when that Secret loaded.
+    pub fn default_certificate(&self) -> Option<&Arc<CertifiedKey>> {
+        self.default.as_ref()
     }
 
     /// Number of hosts with a certificate.
@@ -234,14 +298,16 @@ impl CertStore {
 
 /// rustls's certificate hook for the HTTPS listener (`TlsSettings::set_cert_resolver`): loads the
 /// current [`CertStore`] on every handshake, so certificate changes apply to new connections
-/// without a restart.
+/// without a restart. No host match: the store's `--default-tls-secret` certificate, else the
+/// generated one.
 pub struct CertResolver {
     store: Arc<ArcSwap<CertStore>>,
     default: Arc<CertifiedKey>,
 }
 
 impl CertResolver {
-    /// A resolver reading `store`, answering `default` when no host matches.
+    /// A resolver reading `store`, answering the store's default certificate, else `default`,
+    /// when no host matches.
     pub fn new(store: Arc<ArcSwap<CertStore>>, default: Arc<CertifiedKey>) -> Self {
         CertResolver { store, default }
     }
@@ -257,10 +323,12 @@ impl fmt::Debug for CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let store = self.store.load();
         let chosen = hello
             .server_name()
-            .and_then(|sni| self.store.load().lookup(sni).cloned());
-        Some(chosen.unwrap_or_else(|| self.default.clone()))
+            .and_then(|sni| store.lookup(sni))
+            .or(store.default.as_ref());
+        Some(chosen.map_or_else(|| self.default.clone(), Arc::clone))
     }
 }
 
@@ -372,6 +440,66 @@ mod tests {
         );
         assert!(store.lookup("good.example").is_some());
         assert!(store.lookup("garbage.example").is_none());
+    }
+
+    #[test]
+    fn an_unusable_secret_keeps_its_last_good_certificate_and_a_deleted_one_does_not() {
+        let (crt, key) = pem_pair(&["keep.example"]);
+        let (_, other_key) = pem_pair(&["x"]);
+        let (dcrt, dkey) = pem_pair(&["default.example"]);
+        let bindings = vec![bind("keep.example", "ns", "keep")];
+        let default = ("ns".to_string(), "default".to_string());
+        let good = vec![
+            mk_secret("ns", "keep", &crt, &key),
+            mk_secret("ns", "default", &dcrt, &dkey),
+        ];
+        let (first, errors) =
+            CertStore::rebuild(&bindings, &good, Some(&default), &CertStore::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let kept_leaf = leaf(&first, "keep.example").unwrap();
+        let default_leaf = first.default_certificate().unwrap().cert[0].to_vec();
+        // The key no longer matches, and the default Secret is garbage: both keep what they had.
+        let broken = vec![
+            mk_secret("ns", "keep", &crt, &other_key),
+            mk_secret("ns", "default", "junk", "junk"),
+        ];
+        let (second, errors) = CertStore::rebuild(&bindings, &broken, Some(&default), &first);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| matches!(
+            e,
+            Error::InvalidSecret {
+                last_good_kept: true,
+                ..
+            }
+        )));
+        assert_eq!(
+            errors[0].consequence(),
+            "its hosts keep the last good certificate"
+        );
+        assert_eq!(leaf(&second, "keep.example"), Some(kept_leaf.clone()));
+        assert_eq!(
+            second.default_certificate().unwrap().cert[0].to_vec(),
+            default_leaf
+        );
+        // Carried again on the next pass (from `second`, not only from `first`).
+        let (third, _) = CertStore::rebuild(&bindings, &broken, Some(&default), &second);
+        assert_eq!(leaf(&third, "keep.example"), Some(kept_leaf));
+        // Without a last good one: nothing kept, reported as such.
+        let (fresh, errors) =
+            CertStore::rebuild(&bindings, &broken, Some(&default), &CertStore::default());
+        assert!(fresh.lookup("keep.example").is_none() && fresh.default_certificate().is_none());
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.consequence() == "its hosts get the default certificate")
+        );
+        // Deleted: the default certificate takes over.
+        let (gone, errors) = CertStore::rebuild(&bindings, &[], None, &third);
+        assert!(gone.lookup("keep.example").is_none());
+        assert!(
+            matches!(errors[..], [Error::SecretNotFound { .. }]),
+            "{errors:?}"
+        );
     }
 
     #[test]
