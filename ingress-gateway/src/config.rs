@@ -216,66 +216,267 @@ fn external_name(svc: &Service) -> Option<&str> {
     spec.external_name.as_deref().filter(|n| !n.is_empty())
 }
 
-/// Computes the [`Model`] for `input`.
+/// Computes the [`Model`] for `input` from scratch (a fresh [`Translator`]).
 pub fn translate(input: Input<'_>) -> Model {
-    let mut ingresses: Vec<&Ingress> = input
-        .ingresses
-        .iter()
-        .map(|i| &**i)
-        .filter(|i| is_ours(i, input.ingress_classes))
-        .collect();
-    // Oldest first, then namespace/name (a missing timestamp sorts first: standalone manifests
-    // carry none, and then namespace/name alone decides).
-    ingresses.sort_by_cached_key(|i| {
-        (
-            i.metadata.creation_timestamp.clone().map(|t| t.0),
-            key_of(i),
-        )
-    });
+    Translator::default().translate(input)
+}
 
-    let mut resolver = BackendResolver::new(input);
-    let mut model = Model::default();
-    let mut routes = Vec::new();
-    let mut default_backend = None;
-    // (host, path key, type) → the Ingress that owns the rule.
-    let mut owners: HashMap<(HostMatch, String, PathType), ObjectRef> = HashMap::new();
-    for ingress in ingresses {
-        let key = key_of(ingress);
-        match translate_ingress(ingress, &key, &mut resolver) {
-            Ok(translated) => {
-                for route in translated.routes {
-                    let path_key = match route.path_type {
-                        PathType::Exact => route.path.clone(),
-                        PathType::Prefix => route.path.trim_end_matches('/').to_string(),
+// === impl Translator ===
+
+/// [`translate`] that remembers its work between calls: the same [`Model`] for the same
+/// [`Input`], but an unchanged Ingress is not parsed again and a backend whose Service,
+/// EndpointSlices and resolved ExternalName addresses are unchanged keeps its `Arc<Backend>`
+/// (so its round-robin cursor, endpoint states and cached metric handles carry over).
+///
+/// "Unchanged" is object identity: the reflector store replaces an object's `Arc` whenever the
+/// object changes (watch event, or a manifest edit), so `Arc::ptr_eq` against the `Arc`s kept
+/// here (kept alive, so an address cannot be reused by a new object) is exact. Level-triggered
+/// still: every call rebuilds the route table, the conflict set, the TLS bindings and the served
+/// set from all Ingresses; only the per-Ingress parse and the per-backend endpoint selection are
+/// reused. Cost per call at 10,000 one-rule Ingresses: see docs/benchmarks.md (Gateway →
+/// Propagation and memory); the whole-model rebuild it replaces was the largest part of the
+/// propagation time there.
+#[derive(Debug, Default)]
+pub struct Translator {
+    /// Last call's Ingresses of our class, by the address of their `Arc` (held in the entry).
+    cache: HashMap<usize, IngressEntry>,
+}
+
+/// One Ingress, parsed, with its backends as last resolved.
+#[derive(Debug)]
+struct IngressEntry {
+    /// The object this entry was parsed from (held: see [`Translator`]).
+    ingress: Arc<Ingress>,
+    /// Sort key: `metadata.creationTimestamp`, then `namespace/name` (oldest first).
+    order: (Option<k8s_openapi::jiff::Timestamp>, ObjectRef),
+    /// The parse, or why the Ingress is skipped.
+    parsed: Result<Parsed>,
+}
+
+/// An Ingress's rules with their backends referenced by index into `slots`.
+#[derive(Debug)]
+struct Parsed {
+    default_backend: Option<usize>,
+    rules: Vec<ParsedRule>,
+    tls: Vec<TlsBinding>,
+    /// One per (Service, port, rule host): rules naming the same share it (and its `Backend`).
+    slots: Vec<Slot>,
+    policy: Arc<Policy>,
+}
+
+#[derive(Debug)]
+struct ParsedRule {
+    host: HostMatch,
+    path: String,
+    path_type: PathType,
+    slot: usize,
+}
+
+/// A backend reference of one Ingress and what it resolved to last time.
+#[derive(Debug)]
+struct Slot {
+    service: String,
+    port: PortRef,
+    /// The rule's host as written (`*` without one): the `host` metric label.
+    host_label: String,
+    built: Option<Built>,
+}
+
+/// The inputs a [`Backend`] was built from (held, so pointer comparison is exact) and the result.
+#[derive(Debug)]
+struct Built {
+    service: Option<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    external: Option<Vec<IpAddr>>,
+    backend: Arc<Backend>,
+}
+
+impl Translator {
+    /// Computes the [`Model`] for `input` (see [`translate`]), reusing what did not change since
+    /// the last call. Entries of Ingresses no longer in `input` (or no longer ours) are dropped.
+    pub fn translate(&mut self, input: Input<'_>) -> Model {
+        let view = ServiceView::new(input);
+        let mut previous = std::mem::take(&mut self.cache);
+        let mut entries: Vec<IngressEntry> = Vec::new();
+        for ingress in input.ingresses {
+            if !is_ours(ingress, input.ingress_classes) {
+                continue;
+            }
+            let id = Arc::as_ptr(ingress) as usize;
+            let mut entry = previous
+                .remove(&id)
+                .unwrap_or_else(|| IngressEntry::parse(ingress.clone()));
+            if let Ok(parsed) = &mut entry.parsed {
+                let namespace = entry.order.1.0.as_str();
+                let ingress_name = || format!("{}/{}", entry.order.1.0, entry.order.1.1);
+                for slot in &mut parsed.slots {
+                    slot.refresh(namespace, &ingress_name, &parsed.policy, &view);
+                }
+            }
+            entries.push(entry);
+        }
+        drop(previous);
+        // Oldest first, then namespace/name (a missing timestamp sorts first: standalone
+        // manifests carry none, and then namespace/name alone decides). Stable.
+        entries.sort_by(|a, b| a.order.cmp(&b.order));
+
+        let mut model = Model::default();
+        let mut routes = Vec::new();
+        let mut default_backend = None;
+        {
+            // (host, path key, type) → the Ingress that owns the rule.
+            let mut owners: HashMap<(&HostMatch, &str, PathType), &ObjectRef> = HashMap::new();
+            for entry in &entries {
+                let key = &entry.order.1;
+                let parsed = match &entry.parsed {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        model.problems.push(error.clone());
+                        continue;
+                    }
+                };
+                for rule in &parsed.rules {
+                    let path_key = match rule.path_type {
+                        PathType::Exact => rule.path.as_str(),
+                        PathType::Prefix => rule.path.trim_end_matches('/'),
                     };
-                    let rule = (route.host.clone(), path_key, route.path_type);
-                    match owners.get(&rule) {
-                        Some(owner) if *owner != key => model.conflicts.push(Conflict {
-                            host: route.backend.stats.labels().host.0.to_string(),
-                            path: route.path.clone(),
-                            path_type: route.path_type,
-                            winner: owner.clone(),
-                            loser: key.clone(),
-                        }),
-                        Some(_) => routes.push(route),
+                    let slot = &parsed.slots[rule.slot];
+                    match owners.get(&(&rule.host, path_key, rule.path_type)) {
+                        Some(owner) if *owner != key => {
+                            model.conflicts.push(Conflict {
+                                host: slot.host_label.clone(),
+                                path: rule.path.clone(),
+                                path_type: rule.path_type,
+                                winner: (*owner).clone(),
+                                loser: key.clone(),
+                            });
+                            continue;
+                        }
+                        Some(_) => {}
                         None => {
-                            owners.insert(rule, key.clone());
-                            routes.push(route);
+                            owners.insert((&rule.host, path_key, rule.path_type), key);
                         }
                     }
+                    routes.push(Route {
+                        host: rule.host.clone(),
+                        path: rule.path.clone(),
+                        path_type: rule.path_type,
+                        backend: slot.backend(),
+                    });
                 }
                 if default_backend.is_none() {
-                    default_backend = translated.default_backend;
+                    default_backend = parsed.default_backend.map(|i| parsed.slots[i].backend());
                 }
-                model.tls.extend(translated.tls);
-                model.served.insert(key);
+                model.tls.extend(parsed.tls.iter().cloned());
+                model.served.insert(key.clone());
             }
-            Err(error) => model.problems.push(error),
+        }
+        model.routes = RouteTable::new(routes, default_backend)
+            .with_tls_hosts(model.tls.iter().map(|t| t.host.as_str()));
+        self.cache = entries
+            .into_iter()
+            .map(|e| (Arc::as_ptr(&e.ingress) as usize, e))
+            .collect();
+        model
+    }
+
+    /// Number of Ingresses remembered (ours, from the last call).
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+impl IngressEntry {
+    fn parse(ingress: Arc<Ingress>) -> Self {
+        let key = key_of(&ingress);
+        let order = (
+            ingress.metadata.creation_timestamp.clone().map(|t| t.0),
+            key,
+        );
+        let parsed = parse_ingress(&ingress, &order.1);
+        IngressEntry {
+            ingress,
+            order,
+            parsed,
         }
     }
-    model.routes = RouteTable::new(routes, default_backend)
-        .with_tls_hosts(model.tls.iter().map(|t| t.host.as_str()));
-    model
+}
+
+impl Slot {
+    /// The backend built by the last [`Slot::refresh`].
+    fn backend(&self) -> Arc<Backend> {
+        match &self.built {
+            Some(built) => built.backend.clone(),
+            // `refresh` runs on every slot before the model is assembled; an empty backend
+            // (503) is the safe answer should that ever not hold.
+            None => Arc::new(Backend::new(String::new(), Vec::new())),
+        }
+    }
+
+    /// Rebuilds the backend unless its Service, EndpointSlices and ExternalName addresses are
+    /// the ones it was built from.
+    fn refresh(
+        &mut self,
+        namespace: &str,
+        ingress_name: &dyn Fn() -> String,
+        policy: &Arc<Policy>,
+        view: &ServiceView<'_>,
+    ) {
+        let service = view
+            .services
+            .get(&(namespace, self.service.as_str()))
+            .copied();
+        let slices = view
+            .slices
+            .get(&(namespace, self.service.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let external = service
+            .and_then(|s| external_name(s))
+            .map(|name| view.external_addresses(name));
+        if let Some(built) = &self.built {
+            let same_service = match (&built.service, service) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            let same_slices = built.slices.len() == slices.len()
+                && built
+                    .slices
+                    .iter()
+                    .zip(slices)
+                    .all(|(a, b)| Arc::ptr_eq(a, b));
+            let same_external = built.external.as_deref() == external;
+            if same_service && same_slices && same_external {
+                return;
+            }
+        }
+        let label = match &self.port {
+            PortRef::Number(n) => format!("{namespace}/{}:{n}", self.service),
+            PortRef::Name(p) => format!("{namespace}/{}:{p}", self.service),
+        };
+        let slice_refs: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
+        let (endpoints, app_protocol) =
+            endpoints(service.map(|s| &**s), &slice_refs, external, &self.port);
+        let stats = RouteStats::new(&ingress_name(), &self.host_label);
+        let protocol = UpstreamProtocol::resolve(policy.backend_protocol, app_protocol);
+        let mut backend =
+            Backend::for_route(label, endpoints, stats).with_policy(policy.clone(), protocol);
+        if let Some(registry) = view.registry {
+            backend = backend.with_registry(registry);
+        }
+        self.built = Some(Built {
+            service: service.cloned(),
+            slices: slices.to_vec(),
+            external: external.map(<[IpAddr]>::to_vec),
+            backend: Arc::new(backend),
+        });
+    }
 }
 
 fn key_of(ingress: &Ingress) -> ObjectRef {
@@ -321,28 +522,22 @@ pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
     })
 }
 
-struct Translated {
-    routes: Vec<Route>,
-    default_backend: Option<Arc<Backend>>,
-    tls: Vec<TlsBinding>,
-}
-
-fn translate_ingress(
-    ingress: &Ingress,
-    key: &ObjectRef,
-    resolver: &mut BackendResolver<'_>,
-) -> Result<Translated> {
-    let (namespace, _) = key;
+/// Parses one Ingress of our class (pure: depends on nothing but the object). Backends are
+/// collected as [`Slot`]s, resolved later by [`Slot::refresh`]. The first problem found, in
+/// document order, skips the whole Ingress.
+fn parse_ingress(ingress: &Ingress, key: &ObjectRef) -> Result<Parsed> {
     let name = || format!("{}/{}", key.0, key.1);
-    let mut out = Translated {
-        routes: Vec::new(),
+    let mut out = Parsed {
         default_backend: None,
+        rules: Vec::new(),
         tls: Vec::new(),
+        slots: Vec::new(),
+        policy: Arc::default(),
     };
     let Some(spec) = &ingress.spec else {
         return Ok(out);
     };
-    let policy = Arc::new(
+    out.policy = Arc::new(
         Policy::from_annotations(ingress.metadata.annotations.as_ref()).map_err(|source| {
             Error::InvalidAnnotation {
                 ingress: name(),
@@ -351,7 +546,7 @@ fn translate_ingress(
         })?,
     );
     if let Some(backend) = &spec.default_backend {
-        out.default_backend = Some(resolver.resolve(namespace, backend, &name, ANY_HOST, &policy)?);
+        out.default_backend = Some(out.slot(backend, &name, ANY_HOST)?);
     }
     for rule in spec.rules.iter().flatten() {
         let host = rule.host.as_deref().filter(|h| !h.is_empty());
@@ -386,12 +581,12 @@ fn translate_ingress(
                     path: p.to_string(),
                 });
             }
-            let backend = resolver.resolve(namespace, &path.backend, &name, host_label, &policy)?;
-            out.routes.push(Route {
+            let slot = out.slot(&path.backend, &name, host_label)?;
+            out.rules.push(ParsedRule {
                 host: host.clone(),
                 path: p.to_string(),
                 path_type,
-                backend,
+                slot,
             });
         }
     }
@@ -407,11 +602,55 @@ fn translate_ingress(
             })?;
             out.tls.push(TlsBinding {
                 host: h.trim_end_matches('.').to_ascii_lowercase(),
-                secret: (namespace.clone(), secret.to_string()),
+                secret: (key.0.clone(), secret.to_string()),
             });
         }
     }
     Ok(out)
+}
+
+impl Parsed {
+    /// The slot of `backend` for rules of `host_label` (shared with earlier rules naming the
+    /// same Service port under the same host), or why the backend cannot be served.
+    fn slot(
+        &mut self,
+        backend: &IngressBackend,
+        ingress: &dyn Fn() -> String,
+        host_label: &str,
+    ) -> Result<usize> {
+        if let Some(resource) = &backend.resource {
+            return Err(Error::ResourceBackend {
+                ingress: ingress(),
+                kind: resource.kind.clone(),
+            });
+        }
+        let incomplete = || Error::IncompleteBackend { ingress: ingress() };
+        let service = backend
+            .service
+            .as_ref()
+            .filter(|s| !s.name.is_empty())
+            .ok_or_else(incomplete)?;
+        let port = service.port.as_ref().ok_or_else(incomplete)?;
+        let port = match (port.number, port.name.as_deref()) {
+            (Some(n), _) if n > 0 => PortRef::Number(n),
+            (_, Some(name)) if !name.is_empty() => PortRef::Name(name.to_string()),
+            _ => return Err(incomplete()),
+        };
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.service == service.name && s.port == port && s.host_label == host_label)
+        {
+            return Ok(i);
+        }
+        self.slots.push(Slot {
+            service: service.name.clone(),
+            port,
+            host_label: host_label.to_string(),
+            built: None,
+        });
+        Ok(self.slots.len() - 1)
+    }
 }
 
 /// A DNS name (RFC 1123 labels), optionally with a leading `*.` wildcard label.
@@ -431,7 +670,7 @@ fn validate_host(host: &str) -> Result<(), ()> {
     Ok(())
 }
 
-// === impl BackendResolver ===
+// === impl ServiceView ===
 
 /// Which Service port a backend names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -443,21 +682,19 @@ enum PortRef {
 /// The `host` metric label of rules without a host and of `spec.defaultBackend`.
 pub const ANY_HOST: &str = "*";
 
-/// Resolves `IngressBackend`s to shared [`Backend`]s (one per Ingress, rule host and Service port,
-/// so rules naming the same port share its round-robin cursor and metric labels).
-struct BackendResolver<'a> {
-    services: HashMap<(&'a str, &'a str), &'a Service>,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+/// One call's Services and EndpointSlices, indexed by `(namespace, Service name)`.
+struct ServiceView<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
+    /// By the `kubernetes.io/service-name` label, in input order.
+    slices: HashMap<(&'a str, &'a str), Vec<Arc<EndpointSlice>>>,
     registry: Option<&'a EndpointRegistry>,
     external_names: Option<&'a HashMap<String, Vec<IpAddr>>>,
-    /// Key: Service namespace, Service name, port, Ingress `namespace/name`, rule host.
-    cache: HashMap<(String, String, PortRef, String, String), Arc<Backend>>,
 }
 
-impl<'a> BackendResolver<'a> {
+impl<'a> ServiceView<'a> {
     fn new(input: Input<'a>) -> Self {
-        let (services, slices) = (input.services, input.endpoint_slices);
-        let services = services
+        let services = input
+            .services
             .iter()
             .filter_map(|s| {
                 Some((
@@ -465,12 +702,12 @@ impl<'a> BackendResolver<'a> {
                         s.metadata.namespace.as_deref()?,
                         s.metadata.name.as_deref()?,
                     ),
-                    &**s,
+                    s,
                 ))
             })
             .collect();
-        let mut by_service: HashMap<_, Vec<&EndpointSlice>> = HashMap::new();
-        for slice in slices {
+        let mut slices: HashMap<_, Vec<Arc<EndpointSlice>>> = HashMap::new();
+        for slice in input.endpoint_slices {
             let ns = slice.metadata.namespace.as_deref();
             let svc = slice
                 .metadata
@@ -478,138 +715,82 @@ impl<'a> BackendResolver<'a> {
                 .as_ref()
                 .and_then(|l| l.get(names::LABEL_SERVICE_NAME));
             if let (Some(ns), Some(svc)) = (ns, svc) {
-                by_service
+                slices
                     .entry((ns, svc.as_str()))
                     .or_default()
-                    .push(&**slice);
+                    .push(slice.clone());
             }
         }
-        BackendResolver {
+        ServiceView {
             services,
-            slices: by_service,
+            slices,
             registry: input.endpoint_registry,
             external_names: input.external_names,
-            cache: HashMap::new(),
         }
     }
 
-    fn resolve(
-        &mut self,
-        namespace: &str,
-        backend: &IngressBackend,
-        ingress: &dyn Fn() -> String,
-        host: &str,
-        policy: &Arc<Policy>,
-    ) -> Result<Arc<Backend>> {
-        if let Some(resource) = &backend.resource {
-            return Err(Error::ResourceBackend {
-                ingress: ingress(),
-                kind: resource.kind.clone(),
-            });
-        }
-        let incomplete = || Error::IncompleteBackend { ingress: ingress() };
-        let service = backend
-            .service
-            .as_ref()
-            .filter(|s| !s.name.is_empty())
-            .ok_or_else(incomplete)?;
-        let port = service.port.as_ref().ok_or_else(incomplete)?;
-        let port = match (port.number, port.name.as_deref()) {
-            (Some(n), _) if n > 0 => PortRef::Number(n),
-            (_, Some(name)) if !name.is_empty() => PortRef::Name(name.to_string()),
-            _ => return Err(incomplete()),
-        };
-        let cache_key = (
-            namespace.to_string(),
-            service.name.clone(),
-            port,
-            ingress(),
-            host.to_string(),
-        );
-        if let Some(b) = self.cache.get(&cache_key) {
-            return Ok(b.clone());
-        }
-        let (_, svc_name, port, ingress_name, _) = &cache_key;
-        let label = match port {
-            PortRef::Number(n) => format!("{namespace}/{svc_name}:{n}"),
-            PortRef::Name(p) => format!("{namespace}/{svc_name}:{p}"),
-        };
-        let (endpoints, app_protocol) = self.endpoints(namespace, svc_name, port);
-        let stats = RouteStats::new(ingress_name, host);
-        let protocol = UpstreamProtocol::resolve(policy.backend_protocol, app_protocol);
-        let mut backend =
-            Backend::for_route(label, endpoints, stats).with_policy(policy.clone(), protocol);
-        if let Some(registry) = self.registry {
-            backend = backend.with_registry(registry);
-        }
-        let backend = Arc::new(backend);
-        self.cache.insert(cache_key, backend.clone());
-        Ok(backend)
+    /// What `spec.externalName` `name` resolved to (empty: not resolved, or no addresses).
+    fn external_addresses(&self, name: &str) -> &'a [IpAddr] {
+        let key = name.trim_end_matches('.').to_ascii_lowercase();
+        self.external_names
+            .and_then(|m| m.get(&key))
+            .map_or(&[], Vec::as_slice)
     }
+}
 
-    /// Endpoints of a Service port (empty when anything is missing), and the port's
-    /// `appProtocol`.
-    fn endpoints(
-        &self,
-        namespace: &str,
-        service: &str,
-        port: &PortRef,
-    ) -> (Vec<SocketAddr>, Option<&'a str>) {
-        let Some(svc) = self.services.get(&(namespace, service)).copied() else {
+/// Endpoints of a Service port (empty when anything is missing), and the port's `appProtocol`.
+/// `external`: for an ExternalName Service, the addresses its name resolved to.
+fn endpoints<'s>(
+    svc: Option<&'s Service>,
+    slices: &[&EndpointSlice],
+    external: Option<&[IpAddr]>,
+    port: &PortRef,
+) -> (Vec<SocketAddr>, Option<&'s str>) {
+    let Some(svc) = svc else {
+        return (Vec::new(), None);
+    };
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
+    if let Some(external) = external {
+        let found = ports.iter().find(|p| match port {
+            PortRef::Number(n) => p.port == *n,
+            PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+        });
+        let number = match (port, found) {
+            (_, Some(p)) => p.port,
+            (PortRef::Number(n), None) => *n,
+            (PortRef::Name(_), None) => return (Vec::new(), None),
+        };
+        let Ok(number) = u16::try_from(number) else {
             return (Vec::new(), None);
         };
-        let ports = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_deref())
-            .unwrap_or(&[]);
-        if let Some(name) = external_name(svc) {
-            let found = ports.iter().find(|p| match port {
+        let mut addrs: Vec<SocketAddr> = external
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, number))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        return (addrs, found.and_then(|p| p.app_protocol.as_deref()));
+    }
+    let is_tcp = |p: Option<&str>| p.is_none_or(|p| p == "TCP");
+    let service_port = ports.iter().find(|p| {
+        is_tcp(p.protocol.as_deref())
+            && match port {
                 PortRef::Number(n) => p.port == *n,
                 PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
-            });
-            let number = match (port, found) {
-                (_, Some(p)) => p.port,
-                (PortRef::Number(n), None) => *n,
-                (PortRef::Name(_), None) => return (Vec::new(), None),
-            };
-            let Ok(number) = u16::try_from(number) else {
-                return (Vec::new(), None);
-            };
-            let key = name.trim_end_matches('.').to_ascii_lowercase();
-            let mut addrs: Vec<SocketAddr> = self
-                .external_names
-                .and_then(|m| m.get(&key))
-                .into_iter()
-                .flatten()
-                .map(|ip| SocketAddr::new(*ip, number))
-                .collect();
-            addrs.sort();
-            addrs.dedup();
-            return (addrs, found.and_then(|p| p.app_protocol.as_deref()));
-        }
-        let is_tcp = |p: Option<&str>| p.is_none_or(|p| p == "TCP");
-        let service_port = ports.iter().find(|p| {
-            is_tcp(p.protocol.as_deref())
-                && match port {
-                    PortRef::Number(n) => p.port == *n,
-                    PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
-                }
-        });
-        let Some(service_port) = service_port else {
-            return (Vec::new(), None);
-        };
-        let port_name = service_port.name.as_deref().unwrap_or("");
-        let slices = self
-            .slices
-            .get(&(namespace, service))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        (
-            select_endpoints(slices, port_name),
-            service_port.app_protocol.as_deref(),
-        )
-    }
+            }
+    });
+    let Some(service_port) = service_port else {
+        return (Vec::new(), None);
+    };
+    let port_name = service_port.name.as_deref().unwrap_or("");
+    (
+        select_endpoints(slices, port_name),
+        service_port.app_protocol.as_deref(),
+    )
 }
 
 /// The endpoints of the EndpointSlice port named `port_name` (`""` = the unnamed port): the
@@ -1123,6 +1304,149 @@ pub(crate) mod tests {
         );
         assert_eq!(model.served.len(), 5, "losers are still served");
         assert!(model.problems.is_empty());
+    }
+
+    /// What a model answers, for comparing an incremental translation with a fresh one.
+    fn summary(model: &Model, probes: &[(&str, &str)]) -> String {
+        let answers: Vec<_> = probes
+            .iter()
+            .map(|(h, p)| backend_for(model, h, p))
+            .collect();
+        format!(
+            "{answers:?} {:?} {:?} {:?} {:?}",
+            model.served, model.problems, model.conflicts, model.tls
+        )
+    }
+
+    /// `translator.translate` on these objects, checked against a fresh [`translate`].
+    fn incremental(
+        translator: &mut Translator,
+        ingresses: &[Arc<Ingress>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+    ) -> Model {
+        let classes = [ours()];
+        let input = Input {
+            ingresses,
+            ingress_classes: &classes,
+            services,
+            endpoint_slices: slices,
+            ..Default::default()
+        };
+        let model = translator.translate(input);
+        let probes = [
+            ("a.example", "/"),
+            ("b.example", "/"),
+            ("b.example", "/v2"),
+            ("c.example", "/"),
+            ("h.example", "/app"),
+        ];
+        assert_eq!(
+            summary(&model, &probes),
+            summary(&translate(input), &probes)
+        );
+        model
+    }
+
+    #[test]
+    fn translator_reuses_unchanged_backends_and_rebuilds_changed_ones() {
+        let web = mk_service("ns", "web", json!([{"name": "http", "port": 80}]));
+        let other = mk_service("ns", "other", json!([{"name": "http", "port": 80}]));
+        let slice = |name: &str, svc: &str, ip: &str| {
+            mk_slice(
+                "ns",
+                name,
+                svc,
+                json!([{"name": "http", "port": 8080}]),
+                json!([{"addresses": [ip]}]),
+            )
+        };
+        let (web_1, other_1) = (
+            slice("web-1", "web", "10.0.0.1"),
+            slice("o-1", "other", "10.0.1.1"),
+        );
+        let a = mk_ingress("ns", "a", rule("a.example", "/", "Prefix", "web"));
+        let b = mk_ingress("ns", "b", rule("b.example", "/", "Prefix", "web"));
+        let c = mk_ingress("ns", "c", rule("c.example", "/", "Prefix", "other"));
+        // Two Ingresses with the same rule: the conflict is found on every pass.
+        let dup_old = mk_ingress("ns", "dup-1", rule("h.example", "/app", "Exact", "web"));
+        let dup_new = mk_ingress("ns", "dup-2", rule("h.example", "/app", "Exact", "other"));
+        let services = [web.clone(), other.clone()];
+        let mut t = Translator::default();
+        let all = [
+            a.clone(),
+            b.clone(),
+            c.clone(),
+            dup_old.clone(),
+            dup_new.clone(),
+        ];
+        let m1 = incremental(&mut t, &all, &services, &[web_1.clone(), other_1.clone()]);
+        assert_eq!(m1.conflicts.len(), 1);
+        let arc = |m: &Model, host: &str, path: &str| {
+            m.routes.lookup(host, path).cloned().expect("routed")
+        };
+
+        // Nothing changed: every backend is the same Arc.
+        let m2 = incremental(&mut t, &all, &services, &[web_1.clone(), other_1.clone()]);
+        for host in ["a.example", "b.example", "c.example"] {
+            assert!(
+                Arc::ptr_eq(&arc(&m1, host, "/"), &arc(&m2, host, "/")),
+                "{host}"
+            );
+        }
+        assert_eq!(m2.conflicts.len(), 1);
+
+        // Ingress b edited: its backend is new, the others are kept.
+        let b2 = mk_ingress("ns", "b", rule("b.example", "/v2", "Exact", "web"));
+        let edited = [a.clone(), b2, c.clone(), dup_old.clone(), dup_new.clone()];
+        let m3 = incremental(
+            &mut t,
+            &edited,
+            &services,
+            &[web_1.clone(), other_1.clone()],
+        );
+        assert!(m3.routes.lookup("b.example", "/").is_none());
+        assert!(!Arc::ptr_eq(
+            &arc(&m2, "b.example", "/"),
+            &arc(&m3, "b.example", "/v2")
+        ));
+        assert!(Arc::ptr_eq(
+            &arc(&m2, "a.example", "/"),
+            &arc(&m3, "a.example", "/")
+        ));
+
+        // web's EndpointSlice replaced: web's backends get the new endpoint, other's are kept.
+        let web_2 = slice("web-1", "web", "10.0.0.2");
+        let m4 = incremental(
+            &mut t,
+            &edited,
+            &services,
+            &[web_2.clone(), other_1.clone()],
+        );
+        assert_eq!(
+            arc(&m4, "a.example", "/").endpoints(),
+            &addrs(&["10.0.0.2:8080"])[..]
+        );
+        assert!(Arc::ptr_eq(
+            &arc(&m3, "c.example", "/"),
+            &arc(&m4, "c.example", "/")
+        ));
+
+        // Service other deleted: c's backend has no endpoints (503), not a stale one.
+        let m5 = incremental(&mut t, &edited, &[web.clone()], &[web_2.clone(), other_1]);
+        assert!(arc(&m5, "c.example", "/").endpoints().is_empty());
+
+        // Ingress a deleted (and dup-2 no longer ours): forgotten.
+        let not_ours = {
+            let mut i = (*dup_new).clone();
+            i.spec.as_mut().expect("spec").ingress_class_name = Some("nginx".into());
+            Arc::new(i)
+        };
+        let rest = [edited[1].clone(), c, dup_old, not_ours];
+        let m6 = incremental(&mut t, &rest, &[web], &[web_2]);
+        assert!(m6.routes.lookup("a.example", "/").is_none());
+        assert!(m6.conflicts.is_empty());
+        assert_eq!(t.len(), 3);
     }
 
     #[test]
