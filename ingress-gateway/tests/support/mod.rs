@@ -216,6 +216,22 @@ impl Gateway {
         gw
     }
 
+    /// The gateway's process id (for /proc reads).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("gateway running")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+    pub fn proc_status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("{field} in /proc status"))
+    }
+
     /// Replaces the manifests (atomically: temp file + rename).
     pub fn rewrite(&self, objects: &[Value]) {
         write_manifests(&self.manifests, objects);
@@ -411,6 +427,9 @@ pub async fn handshake(
     let name = ServerName::try_from(sni.to_string()).unwrap();
     tokio::time::timeout(STEP, async {
         let tcp = TcpStream::connect(gw.https).await?;
+        // As real clients do (curl, browsers): without it, Nagle on the client and delayed ACKs
+        // on the gateway stall every HTTP/2 flow-control window for ~40 ms.
+        tcp.set_nodelay(true)?;
         let stream = connector.connect(name, tcp).await?;
         let (_, conn) = stream.get_ref();
         let leaf = conn
