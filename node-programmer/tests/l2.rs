@@ -1,6 +1,7 @@
-//! L2 announcement in network namespaces: real ARP / NDP between a client and two nodes on one
-//! bridge, answered by the real `node-programmer` binary (`--l2-interfaces eth0`), following a
-//! manifest directory whose Service names the announcing node.
+//! L2 announcement in network namespaces: real ARP / NDP between a client and two (three, with
+//! gossip) nodes on one bridge, answered by the real `node-programmer` binary (`--l2-interfaces
+//! eth0`, and `--gossip-bind` for the gossip tests), following a manifest directory whose Service
+//! names the announcing node (and, with gossip, the ranked candidates).
 //!
 //! ```text
 //!   client ns: c0 192.0.2.2/24, 2001:db8::2/64 ─┐
@@ -510,21 +511,13 @@ fn failover_moves_the_mac_within_a_second() {
     mac_gaps.sort_by(f64::total_cmp);
     answer_gaps.sort_by(f64::total_cmp);
     let summary = format!(
-        "trials={trials} mac_move_ms p50={:.1} max={:.1} answers_resume_ms p50={:.1} max={:.1}",
+        "annotation move (no gossip), trials={trials}: mac_move_ms p50={:.1} max={:.1} answers_resume_ms p50={:.1} max={:.1}",
         percentile(&mac_gaps, 0.5),
         mac_gaps[mac_gaps.len() - 1],
         percentile(&answer_gaps, 0.5),
         answer_gaps[answer_gaps.len() - 1],
     );
-    eprintln!("{summary}");
-    if let Ok(path) = std::env::var("L2_FAILOVER_REPORT") {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("report file");
-        writeln!(f, "{summary}").expect("write report");
-    }
+    report(&summary);
     assert!(
         mac_gaps[mac_gaps.len() - 1] < 1000.0,
         "MAC move under 1 s: {mac_gaps:?}"
