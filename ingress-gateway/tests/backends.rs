@@ -81,6 +81,11 @@ async fn ingress_classes_default_and_deprecated_annotation() {
                 json!({"kubernetes.io/ingress.class": "nginx"}),
                 json!({"rules": [rule("annotated-other.test", "/", "Prefix", "web")]}),
             ),
+            // The publish Service: served Ingresses get its address in their status.
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"namespace": "drawbridge-system", "name": "ingress-gateway"},
+                   "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]},
+                   "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}),
             ingress(
                 "specific",
                 json!({}),
@@ -128,8 +133,20 @@ async fn ingress_classes_default_and_deprecated_annotation() {
                 .join(format!("{name}.yaml")),
         )
     };
-    // No publish Service here: served Ingresses get no address; the other class gets nothing.
-    assert!(status("annotated-other").is_err());
+    let has_address = |name: &str| status(name).is_ok_and(|s| s.contains("192.0.2.10"));
+    let written = eventually(Duration::from_secs(3), || async {
+        has_address("classless") && has_address("annotated") && has_address("specific")
+    })
+    .await;
+    assert!(
+        written,
+        "status of served Ingresses: {:?}",
+        status("classless")
+    );
+    assert!(
+        !has_address("annotated-other"),
+        "no status for another class"
+    );
 
     // Our class not the default: class-less Ingresses are not ours.
     gw.rewrite(&objects(false));
@@ -142,6 +159,17 @@ async fn ingress_classes_default_and_deprecated_annotation() {
         "class-less Ingress dropped when our class is not the default"
     );
     assert_eq!(get(&gw, "annotated.test", "/", &[]).await.status, 200);
+    // No longer served: its status address is removed; the served ones keep theirs.
+    let cleared = eventually(Duration::from_secs(3), || async {
+        !has_address("classless")
+    })
+    .await;
+    assert!(
+        cleared,
+        "status of an Ingress no longer served: {:?}",
+        status("classless")
+    );
+    assert!(has_address("annotated"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,14 +51,13 @@ async fn origin(ip: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    if let Some(n) = req
+                    let download: Option<u64> = req
                         .uri()
                         .path()
                         .strip_prefix("/download/")
-                        .and_then(|n| n.parse().ok())
-                    {
-                        return Ok::<_, Infallible>(Response::new(generated(n)));
-                    }
+                        .and_then(|n| n.parse().ok());
+                    // The request body is read to its end first (a request is complete before
+                    // it is answered; hyper resets a connection whose request body was dropped).
                     let mut body = req.into_body();
                     let mut received = 0u64;
                     while let Some(frame) = body.frame().await {
@@ -66,6 +65,9 @@ async fn origin(ip: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
                             Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
                             Err(_) => break,
                         }
+                    }
+                    if let Some(n) = download {
+                        return Ok::<_, Infallible>(Response::new(generated(n)));
                     }
                     let answer = json!({"received": received}).to_string();
                     Ok(Response::new(

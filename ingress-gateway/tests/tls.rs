@@ -1,9 +1,10 @@
 //! TLS through the real binary with real handshakes: protocol versions (1.2 and 1.3 accepted,
 //! 1.0 and 1.1 refused — checked with `openssl s_client`, whose ability to speak TLS 1.1 is
 //! proven against `openssl s_server` first), ALPN (`h2`, `http/1.1`), `--default-tls-secret`
-//! for unknown SNI and for a ClientHello without SNI, live certificate swaps (an open connection
-//! keeps working), and an unusable Secret update keeping the last good certificate in force
-//! (reported with a `CertificateInvalid` Event).
+//! for unknown SNI and for a ClientHello without SNI, an exact-host certificate beating a
+//! wildcard one, live certificate swaps (an open connection keeps working), and an unusable
+//! Secret update keeping the last good certificate in force (reported with a
+//! `CertificateInvalid` Event).
 
 mod support;
 
@@ -165,9 +166,25 @@ async fn versions_alpn_and_the_default_tls_secret() {
     let ca = TestCa::new();
     let host = ca.issue(&["swap.test"]);
     let fallback = ca.issue(&["fallback.test"]);
+    // Exact beats wildcard: `exact.wild.test` has its own certificate beside `*.wild.test`.
+    let exact = ca.issue(&["exact.wild.test"]);
+    let wild = ca.issue(&["*.wild.test"]);
     let mut o = objects(Some(&host), &fallback);
     o.extend(mk_slices("web", &[&web]));
+    o.push(mk_tls_secret("exact-cert", &exact.0, &exact.1));
+    o.push(mk_tls_secret("wild-cert", &wild.0, &wild.1));
+    o.push(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"namespace": "default", "name": "wild"},
+           "spec": {"ingressClassName": "drawbridge",
+                    "tls": [{"hosts": ["*.wild.test"], "secretName": "wild-cert"},
+                            {"hosts": ["exact.wild.test"], "secretName": "exact-cert"}],
+                    "rules": [{"host": "*.wild.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                        "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}));
     let gw = Gateway::start_with(&o, &["--default-tls-secret", "default/fallback"]).await;
+    for (sni, want) in [("exact.wild.test", &exact.0), ("any.wild.test", &wild.0)] {
+        let t = handshake(&gw, sni, Some(ca.roots()), &[]).await.expect(sni);
+        assert_eq!(t.leaf.to_vec(), der(want), "{sni}");
+    }
     use rustls::version::{TLS12, TLS13};
 
     // TLS 1.3 and 1.2 each negotiate (verified chain), ALPN as offered.
