@@ -92,6 +92,7 @@ pub fn start(client: Client, kinds: &[Kind]) -> Source {
     Source {
         resources,
         status: Arc::new(KubeStatusWriter::new(client.clone())),
+        metadata: Arc::new(crate::status::KubeMetadataWriter::new(client.clone())),
         events: Arc::new(KubeEventRecorder::new(client)),
         standalone: false,
     }

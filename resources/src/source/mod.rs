@@ -370,6 +370,9 @@ pub struct Source {
     pub resources: Resources,
     /// Write side for `status` (API patch, or state directory in standalone mode).
     pub status: Arc<dyn StatusWriter>,
+    /// Write side for drawbridge's annotations (API merge patch of `metadata.annotations`, or the
+    /// state directory's annotation overlay in standalone mode).
+    pub metadata: Arc<dyn crate::status::MetadataWriter>,
     /// Where Events go: events.k8s.io/v1 Events through the API, or (standalone mode) a
     /// `target: "event"` log line plus `<state-dir>/events.log`. Callers de-duplicate
     /// ([`crate::events::EventSet`], [`crate::events::LastEvents`]).

@@ -204,3 +204,209 @@ async fn status_goes_through_the_state_directory_to_other_processes() {
     .await;
     assert_eq!(ip_of(&reader.resources).as_deref(), Some("203.0.113.1"));
 }
+
+fn annotation_of(resources: &crate::Resources, name: &str, key: &str) -> Option<String> {
+    resources
+        .services
+        .state()
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .and_then(|s| s.metadata.annotations.as_ref()?.get(key).cloned())
+}
+
+#[tokio::test]
+async fn annotations_go_through_the_state_directory_beside_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    // The manifest carries its own annotations: one drawbridge will replace, one it never touches.
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  annotations:\n    \
+         drawbridge.dev/announcing-node: hand-written\n    example.com/owner: team-a\n\
+         spec:\n  ports:\n  - port: 80\n",
+    )
+    .expect("write");
+    let start_one = || {
+        start(
+            dir.path().into(),
+            Some(state.path().into()),
+            &[Kind::Service],
+        )
+    };
+    let writer = start_one().await.expect("start");
+    let reader = start_one().await.expect("start");
+    writer.resources.wait_synced().await;
+    reader.resources.wait_synced().await;
+    let key = ObjectKey::namespaced(Kind::Service, "default", "web");
+    const NODE: &str = "drawbridge.dev/announcing-node";
+    const CANDIDATES: &str = "drawbridge.dev/announcing-candidates";
+
+    let lb = serde_json::json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}});
+    writer
+        .status
+        .patch_status(key.clone(), lb)
+        .await
+        .expect("status");
+    let set: Annotations = [
+        (NODE.to_string(), Some("node-b".to_string())),
+        (CANDIDATES.to_string(), Some("node-b,node-a".to_string())),
+    ]
+    .into();
+    writer
+        .metadata
+        .patch_annotations(key.clone(), set)
+        .await
+        .expect("annotate");
+
+    // One state file holds both status and annotations.
+    let text = std::fs::read_to_string(state.path().join("services/default/web.yaml"))
+        .expect("state file");
+    let doc: Value = serde_yaml::from_str(&text).expect("yaml");
+    assert_eq!(doc["metadata"]["annotations"][NODE], "node-b", "{text}");
+    assert_eq!(
+        doc["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "203.0.113.1"
+    );
+    assert!(
+        doc["metadata"]["annotations"]
+            .get("example.com/owner")
+            .is_none(),
+        "only the keys drawbridge wrote are in the state file: {text}"
+    );
+
+    // The writer sees its write at once, another process through the watcher; the manifest's
+    // other annotations stay; status survives the annotation write.
+    assert_eq!(
+        annotation_of(&writer.resources, "web", NODE).as_deref(),
+        Some("node-b")
+    );
+    eventually("the reader sees the annotation", || {
+        annotation_of(&reader.resources, "web", NODE).as_deref() == Some("node-b")
+    })
+    .await;
+    assert_eq!(
+        annotation_of(&reader.resources, "web", CANDIDATES).as_deref(),
+        Some("node-b,node-a")
+    );
+    assert_eq!(
+        annotation_of(&reader.resources, "web", "example.com/owner").as_deref(),
+        Some("team-a")
+    );
+    let has_ip = |r: &crate::Resources| {
+        r.services.state().iter().any(|s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref()?.ingress.as_ref())
+                .is_some_and(|i| i.first().and_then(|i| i.ip.as_deref()) == Some("203.0.113.1"))
+        })
+    };
+    assert!(has_ip(&reader.resources));
+
+    // A status write keeps the annotations (one file, both parts).
+    let cond = serde_json::json!({"conditions": []});
+    writer
+        .status
+        .patch_status(key.clone(), cond)
+        .await
+        .expect("status");
+    assert_eq!(
+        annotation_of(&writer.resources, "web", NODE).as_deref(),
+        Some("node-b")
+    );
+
+    // Removing wins over the manifest's hand-written value (a merge patch with null).
+    let remove: Annotations = [(NODE.to_string(), None)].into();
+    writer
+        .metadata
+        .patch_annotations(key.clone(), remove)
+        .await
+        .expect("remove");
+    assert_eq!(annotation_of(&writer.resources, "web", NODE), None);
+    eventually("the reader sees the removal", || {
+        annotation_of(&reader.resources, "web", NODE).is_none()
+    })
+    .await;
+    assert_eq!(
+        annotation_of(&reader.resources, "web", CANDIDATES).as_deref(),
+        Some("node-b,node-a"),
+        "keys not named stay"
+    );
+
+    // A fresh process (restart) recovers the overlay, status included.
+    let restarted = start_one().await.expect("start");
+    restarted.resources.wait_synced().await;
+    assert_eq!(annotation_of(&restarted.resources, "web", NODE), None);
+    assert_eq!(
+        annotation_of(&restarted.resources, "web", CANDIDATES).as_deref(),
+        Some("node-b,node-a")
+    );
+    assert!(has_ip(&restarted.resources));
+
+    // An annotation-only state file (no status) leaves the manifest's status alone.
+    std::fs::write(
+        dir.path().join("api.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80}]}\n\
+         status: {loadBalancer: {ingress: [{ip: 203.0.113.9}]}}\n",
+    )
+    .expect("write");
+    let api = ObjectKey::namespaced(Kind::Service, "default", "api");
+    eventually("api loaded", || port_of(&writer.resources, "api").is_some()).await;
+    let set: Annotations = [(NODE.to_string(), Some("node-a".to_string()))].into();
+    writer
+        .metadata
+        .patch_annotations(api, set)
+        .await
+        .expect("annotate");
+    eventually("the reader sees api's annotation", || {
+        annotation_of(&reader.resources, "api", NODE).as_deref() == Some("node-a")
+    })
+    .await;
+    let api_ip = reader
+        .resources
+        .services
+        .state()
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("api"))
+        .and_then(|s| {
+            s.status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?
+                .ip
+                .clone()
+        });
+    assert_eq!(api_ip.as_deref(), Some("203.0.113.9"));
+}
+
+#[test]
+fn paths_under_finds_exactly_the_files_below_a_path() {
+    let map: BTreeMap<PathBuf, ()> = [
+        "/s/a",
+        "/s/a/b.yaml",
+        "/s/a/c/d.yaml",
+        "/s/a.yaml",
+        "/s/a b.yaml",
+        "/s/ab/x.yaml",
+        "/s/a-/y.yaml",
+        "/s/0.yaml",
+        "/t/a/z.yaml",
+    ]
+    .into_iter()
+    .map(|p| (PathBuf::from(p), ()))
+    .collect();
+    let under = |p: &str| -> Vec<String> {
+        paths_under(&map, Path::new(p))
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    assert_eq!(under("/s/a"), ["/s/a", "/s/a/b.yaml", "/s/a/c/d.yaml"]);
+    assert_eq!(under("/s/a/b.yaml"), ["/s/a/b.yaml"]);
+    assert_eq!(under("/s/a/b"), Vec::<String>::new());
+    assert_eq!(under("/s/.a.yaml.tmp.1"), Vec::<String>::new());
+    assert_eq!(under("/s").len(), 8);
+    assert_eq!(under("/t"), ["/t/a/z.yaml"]);
+}
