@@ -45,6 +45,7 @@
 //! carry the same `drawbridge.dev/allow-shared-ip` key, no (protocol, port) overlaps, and both are
 //! `externalTrafficPolicy: Cluster` or their selectors are identical. Without a key, never.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -57,7 +58,7 @@ use drawbridge_resources::names::{
     LOAD_BALANCER_CLASS,
 };
 
-use crate::pool::{Pool, pool_order};
+use crate::pool::{FreeCursor, Pool, pool_order};
 
 /// `namespace/name` of a Service.
 pub type ServiceKey = (String, String);
@@ -412,6 +413,9 @@ struct Holders<'a> {
     by_ip: BTreeMap<IpAddr, Vec<&'a ServiceView>>,
     /// Addresses held by Services with each sharing key.
     by_key: BTreeMap<&'a str, BTreeSet<IpAddr>>,
+    /// Per (pool name, IPv4?): where the next free-address scan resumes. Valid because `used`
+    /// only grows during a pass; makes a pass allocating N addresses O(N) instead of O(N²).
+    cursors: RefCell<BTreeMap<(String, bool), FreeCursor>>,
 }
 
 impl<'a> Holders<'a> {
@@ -777,7 +781,9 @@ fn pick(
         }
     }
     for pool in &candidates {
-        if let Some(ip) = pool.first_free(v4, &holders.used) {
+        let mut cursors = holders.cursors.borrow_mut();
+        let cursor = cursors.entry((pool.name.clone(), v4)).or_default();
+        if let Some(ip) = pool.first_free_from(v4, &holders.used, cursor) {
             return Ok(Assignment {
                 ip,
                 pool: pool.name.clone(),

@@ -504,6 +504,10 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A generic annotation write failed (standalone mode: the state directory;
+    /// `crate::status::MetadataAnnotationWriter`).
+    #[error("annotating Service failed")]
+    AnnotationWriteFailed(#[source] drawbridge_resources::status::StatusError),
 }
 
 /// Sets or removes [`ANNOTATION_ANNOUNCING_NODE`] (and [`ANNOTATION_ANNOUNCING_CANDIDATES`]) on

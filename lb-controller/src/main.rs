@@ -14,6 +14,7 @@ use lb_controller::claim_store::{ClaimStore, DirClaims, KubeClaims, MemoryClaims
 use lb_controller::controller::{self, Claims, Namespaces, Settings};
 use lb_controller::leader::{self, LeaderArgs, Leadership};
 use lb_controller::observe::{Metrics, Observe};
+use lb_controller::status::MetadataAnnotationWriter;
 
 /// Allocates external IPs from IPAddressPools to `type: LoadBalancer` Services and writes
 /// `status.loadBalancer.ingress`.
@@ -35,8 +36,9 @@ struct Args {
     leader: LeaderArgs,
     /// Elect one announcing node per LoadBalancer IP and write the Service annotation
     /// `drawbridge.dev/announcing-node` (read by node-programmer's ARP/NDP responder). Needs the
-    /// L2Announcement CRD installed. Kubernetes mode only: in standalone mode the annotation cannot
-    /// be published (the state directory holds `status` only), so the flag is ignored there.
+    /// L2Announcement CRD installed. Standalone mode: Nodes, EndpointSlices and L2Announcements
+    /// come from the manifest directory and the annotation is written to the state directory
+    /// (node-programmer must read the same `--state-dir`).
     #[arg(long, env = "DRAWBRIDGE_L2_ANNOUNCEMENT", default_value_t = true, action = clap::ArgAction::Set)]
     l2_announcement: bool,
 }
@@ -50,14 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let _metrics_server = observe::serve_if(args.metrics_addr, registry, health.clone())
         .await
         .context("starting the metrics endpoint")?;
-    let standalone = args.source.manifests.is_some();
-    let announce = args.l2_announcement && !standalone;
-    if args.l2_announcement && standalone {
-        tracing::warn!(
-            "standalone mode: L2 announcement off (the state directory holds status only); \
-             put drawbridge.dev/announcing-node in the Service manifests instead"
-        );
-    }
+    let announce = args.l2_announcement;
     let mut kinds = vec![Kind::Service, Kind::IPAddressPool];
     if announce {
         kinds.extend([Kind::Node, Kind::EndpointSlice, Kind::L2Announcement]);
@@ -74,12 +69,28 @@ async fn main() -> anyhow::Result<()> {
     let mut announcer: Option<Arc<dyn AnnotationWriter>> = None;
     let (claims, namespaces): (Arc<dyn ClaimStore>, Namespaces) =
         match (source.standalone, &args.source.state_dir) {
-            (true, Some(state_dir)) => (
-                Arc::new(DirClaims::new(state_dir).context("opening the claim directory")?),
-                Namespaces::Unknown,
-            ),
+            (true, Some(state_dir)) => {
+                if announce {
+                    announcer = Some(Arc::new(MetadataAnnotationWriter::new(
+                        source.metadata.clone(),
+                    )));
+                }
+                (
+                    Arc::new(DirClaims::new(state_dir).context("opening the claim directory")?),
+                    Namespaces::Unknown,
+                )
+            }
             (true, None) => {
                 tracing::warn!("no --state-dir: IPAddressClaims live in memory only");
+                if announce {
+                    tracing::warn!(
+                        "no --state-dir: the announcing-node annotation lives in this process \
+                         only (other processes cannot see it)"
+                    );
+                    announcer = Some(Arc::new(MetadataAnnotationWriter::new(
+                        source.metadata.clone(),
+                    )));
+                }
                 (Arc::new(MemoryClaims::default()), Namespaces::Unknown)
             }
             (false, _) => {

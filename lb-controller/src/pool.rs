@@ -247,26 +247,71 @@ impl Pool {
     ///
     /// Cost: O(addresses of `used` inside the scanned ranges), not O(pool size).
     pub fn first_free(&self, v4: bool, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
-        for range in self.ranges.iter().filter(|r| r.first.is_ipv4() == v4) {
-            let mut candidate = to_u128(range.first);
+        self.first_free_from(v4, used, &mut FreeCursor::default())
+    }
+
+    /// [`Pool::first_free`], resuming where the previous call with the same `cursor` stopped.
+    ///
+    /// Valid only while `used` grows and never shrinks (one allocation pass): every address before
+    /// the cursor was used (or skipped) then and still is. Allocating N addresses one after
+    /// another costs O(N) in total instead of O(N²) (each call would otherwise step over every
+    /// address taken so far). A fresh [`FreeCursor::default`] scans from the start.
+    pub fn first_free_from(
+        &self,
+        v4: bool,
+        used: &BTreeSet<IpAddr>,
+        cursor: &mut FreeCursor,
+    ) -> Option<IpAddr> {
+        for (index, range) in self.ranges.iter().enumerate().skip(cursor.range) {
+            if range.first.is_ipv4() != v4 {
+                continue;
+            }
+            let first = to_u128(range.first);
             let last = to_u128(range.last);
-            let taken = used.range(range.first..=range.last).map(|ip| to_u128(*ip));
-            let mut taken = taken.peekable();
-            while candidate <= last {
-                let ip = from_u128(candidate, v4);
-                // Skip every used address at or below the candidate.
-                while taken.peek().is_some_and(|t| *t < candidate) {
-                    taken.next();
+            let mut candidate = match cursor.next {
+                Some(next) if index == cursor.range => next.max(first),
+                _ => first,
+            };
+            if candidate <= last {
+                let from = from_u128(candidate, v4);
+                let mut taken = used
+                    .range(from..=range.last)
+                    .map(|ip| to_u128(*ip))
+                    .peekable();
+                loop {
+                    let ip = from_u128(candidate, v4);
+                    // Skip every used address at or below the candidate.
+                    while taken.peek().is_some_and(|t| *t < candidate) {
+                        taken.next();
+                    }
+                    if taken.peek() != Some(&candidate) && !(self.avoid_buggy_ips && is_buggy(ip)) {
+                        *cursor = FreeCursor {
+                            range: index,
+                            next: Some(candidate),
+                        };
+                        return Some(ip);
+                    }
+                    match candidate.checked_add(1) {
+                        Some(next) if next <= last => candidate = next,
+                        _ => break,
+                    }
                 }
-                if taken.peek() == Some(&candidate) || (self.avoid_buggy_ips && is_buggy(ip)) {
-                    candidate += 1;
-                    continue;
-                }
-                return Some(ip);
             }
         }
+        *cursor = FreeCursor {
+            range: self.ranges.len(),
+            next: None,
+        };
         None
     }
+}
+
+/// Where [`Pool::first_free_from`] resumes: an index into the pool's ranges and the first address
+/// of that range not yet known to be used. One per (pool, family) and allocation pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeCursor {
+    range: usize,
+    next: Option<u128>,
 }
 
 fn is_buggy(ip: IpAddr) -> bool {
@@ -444,5 +489,44 @@ mod tests {
         assert_eq!(p.first_free(false, &used), None, "no IPv6 range");
         assert!(!p.offers(ip("198.51.100.0")));
         assert!(p.offers(ip("198.51.100.3")));
+    }
+
+    #[test]
+    fn first_free_from_a_cursor_matches_a_fresh_scan() {
+        // Two ranges, buggy addresses skipped, addresses used out of order and in the middle.
+        let p = pool(&["203.0.113.250-203.0.113.255", "198.51.100.0/29"], true);
+        let mut used: BTreeSet<IpAddr> = [ip("203.0.113.252"), ip("198.51.100.3")].into();
+        let mut cursor = FreeCursor::default();
+        let mut got = Vec::new();
+        // Each result is taken (or, once, not: a failed dual-stack Service takes nothing).
+        for round in 0.. {
+            let fresh = p.first_free(true, &used);
+            let resumed = p.first_free_from(true, &used, &mut cursor);
+            assert_eq!(resumed, fresh, "round {round}");
+            let Some(next) = resumed else { break };
+            got.push(next.to_string());
+            if round != 2 {
+                used.insert(next);
+            }
+            if round == 4 {
+                // Someone else takes an address ahead of the cursor.
+                used.insert(ip("198.51.100.5"));
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                "203.0.113.250",
+                "203.0.113.251",
+                "203.0.113.253",
+                "203.0.113.253",
+                "203.0.113.254",
+                "198.51.100.1",
+                "198.51.100.2",
+                "198.51.100.4",
+                "198.51.100.6",
+                "198.51.100.7",
+            ]
+        );
     }
 }

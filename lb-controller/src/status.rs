@@ -10,12 +10,24 @@
 //! - condition `drawbridge.dev/AddressAllocated`: `True` (reason `Allocated`) or `False` with the
 //!   [`FailureReason`](crate::allocate::FailureReason); `lastTransitionTime` changes only when the
 //!   condition's status flips. Other controllers' conditions are carried over untouched.
+//!
+//! Also the edge that writes the L2 announcement annotations through a generic
+//! [`MetadataWriter`] ([`MetadataAnnotationWriter`]; standalone mode).
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
-use crate::allocate::{Outcome, describe};
+use std::sync::Arc;
+
+use drawbridge_resources::status::{Annotations, MetadataWriter};
+use drawbridge_resources::{Kind, ObjectKey};
+use futures::future::BoxFuture;
+
+use crate::allocate::{Outcome, ServiceKey, describe};
+use crate::announce::{
+    ANNOTATION_ANNOUNCING_CANDIDATES, ANNOTATION_ANNOUNCING_NODE, AnnotationWriter, Error,
+};
 
 /// Condition type lb-controller owns on Services.
 pub const CONDITION_ADDRESS_ALLOCATED: &str = "drawbridge.dev/AddressAllocated";
@@ -92,6 +104,76 @@ pub fn desired_patch(svc: &Service, outcome: &Outcome, now: &Time) -> Option<Val
         json!(others)
     };
     Some(json!({ "loadBalancer": { "ingress": ingress }, "conditions": conditions }))
+}
+
+// === impl MetadataAnnotationWriter ===
+
+/// The announcement writer ([`AnnotationWriter`]) on top of any [`MetadataWriter`]: each call is
+/// one merge patch of `metadata.annotations` naming exactly the keys the election owns (today
+/// `drawbridge.dev/announcing-node` and `drawbridge.dev/announcing-candidates`; `None` removes).
+/// In standalone mode the [`MetadataWriter`] is the manifest source's, so the annotation lands in
+/// the state directory (`<state-dir>/services/<ns>/<name>.yaml`, `metadata.annotations`) where
+/// every process reading the same manifest and state directories sees it.
+pub struct MetadataAnnotationWriter {
+    writer: Arc<dyn MetadataWriter>,
+}
+
+impl MetadataAnnotationWriter {
+    /// Writes through `writer`.
+    pub fn new(writer: Arc<dyn MetadataWriter>) -> Self {
+        MetadataAnnotationWriter { writer }
+    }
+
+    fn patch(
+        &self,
+        key: &ServiceKey,
+        annotations: Annotations,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        let object = ObjectKey::namespaced(Kind::Service, &key.0, &key.1);
+        Box::pin(async move {
+            self.writer
+                .patch_annotations(object, annotations)
+                .await
+                .map_err(Error::AnnotationWriteFailed)
+        })
+    }
+}
+
+impl AnnotationWriter for MetadataAnnotationWriter {
+    fn set_announcing_node(
+        &self,
+        key: &ServiceKey,
+        value: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        let annotations = [(
+            ANNOTATION_ANNOUNCING_NODE.to_string(),
+            value.map(str::to_string),
+        )]
+        .into();
+        self.patch(key, annotations)
+    }
+
+    /// Both annotations in one patch (one state-file write): a reader never sees a new announcer
+    /// with an old candidate list.
+    fn set_announcement(
+        &self,
+        key: &ServiceKey,
+        node: Option<&str>,
+        candidates: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        let annotations = [
+            (
+                ANNOTATION_ANNOUNCING_NODE.to_string(),
+                node.map(str::to_string),
+            ),
+            (
+                ANNOTATION_ANNOUNCING_CANDIDATES.to_string(),
+                candidates.map(str::to_string),
+            ),
+        ]
+        .into();
+        self.patch(key, annotations)
+    }
 }
 
 #[cfg(test)]
