@@ -366,6 +366,8 @@ pub fn serve(
         }
         match receiver.recv() {
             Ok(Some(frame)) => {
+                // Re-read: the set or its deadline may have changed while we waited.
+                let (set, valid_until) = announced.snapshot();
                 let live = valid_until.is_none_or(|t| Instant::now() < t);
                 let answerable = if live { set.as_ref() } else { &nothing };
                 if let Some(reply) = responder::answer(&frame, mac, answerable) {
@@ -465,7 +467,63 @@ mod tests {
             burst + 1,
             "withdrawn: silent"
         );
+        // An answer set past its deadline (gossip view too old: a frozen or stalled node) is not
+        // acted on; renewing it brings the answers back without a new takeover burst.
+        announced.set_until(
+            [vip].into(),
+            Some(Instant::now() + Duration::from_millis(100)),
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        let before = sent.0.lock().expect("lock").len();
+        feed.send(request([203, 0, 113, 10])).expect("feed");
+        std::thread::sleep(Duration::from_millis(50));
+        let after_expiry = sent.0.lock().expect("lock").len();
+        assert_eq!(after_expiry, before, "expired: silent");
+        announced.renew(Some(Instant::now() + Duration::from_secs(10)));
+        feed.send(request([203, 0, 113, 10])).expect("feed");
+        std::thread::sleep(Duration::from_millis(50));
+        let frames = sent.0.lock().expect("lock").clone();
+        assert!(
+            frames.len() > after_expiry && frames[after_expiry..].iter().any(|f| f[..6] == client),
+            "renewed: answered again"
+        );
         stop.store(true, Ordering::Relaxed);
         thread.join().expect("thread");
+    }
+
+    #[test]
+    fn node_seeds_are_internal_ips_of_the_bind_family_at_the_bind_port() {
+        let node = |name: &str, addrs: serde_json::Value| {
+            Arc::new(
+                serde_json::from_value::<k8s_openapi::api::core::v1::Node>(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                    "status": {"addresses": addrs},
+                }))
+                .expect("Node"),
+            )
+        };
+        let nodes = vec![
+            node(
+                "a",
+                serde_json::json!([
+                    {"type": "InternalIP", "address": "192.0.2.11"},
+                    {"type": "InternalIP", "address": "2001:db8::11"},
+                    {"type": "ExternalIP", "address": "203.0.113.5"},
+                    {"type": "Hostname", "address": "a"}
+                ]),
+            ),
+            node(
+                "b",
+                serde_json::json!([{"type": "InternalIP", "address": "192.0.2.12"}]),
+            ),
+            node("c", serde_json::json!([])),
+        ];
+        let v4: std::net::SocketAddr = "192.0.2.11:7946".parse().expect("addr");
+        let v6: std::net::SocketAddr = "[2001:db8::11]:7946".parse().expect("addr");
+        assert_eq!(
+            node_seeds(&nodes, v4),
+            vec![v4, "192.0.2.12:7946".parse().expect("addr")]
+        );
+        assert_eq!(node_seeds(&nodes, v6), vec![v6]);
     }
 }
