@@ -15,7 +15,10 @@
 # Each of --changes changes rewrites change.yaml (temp file + rename) with path /v<n+1> and polls
 # GET /v<n+1> on one keep-alive connection (back to back, ~0.1 ms per poll) until it answers 200:
 # the propagation time includes the source's 10 ms file-watch debounce, re-reading change.yaml,
-# recomputing the whole model from all N rules, and publishing it. Then VmRSS and VmHWM (peak).
+# translating the changed Ingress (config::Translator reuses the other N), rebuilding the route
+# table from all N rules, and publishing it. Then VmRSS and VmHWM (peak).
+# Profiling: GW_BIN may be a wrapper script that execs the gateway (e.g. under heaptrack's
+# LD_PRELOAD with a --no-default-features build); `perf record -p` can attach after the load.
 # Prints one Markdown table row per N.
 set -euo pipefail
 RULES="10 1000 10000"
@@ -26,7 +29,7 @@ while [ $# -gt 0 ]; do
         --rules) RULES="$2"; shift 2 ;;
         --changes) CHANGES="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,25p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done

@@ -323,6 +323,7 @@ impl Translator {
         let mut model = Model::default();
         let mut routes = Vec::new();
         let mut default_backend = None;
+        let mut served = Vec::new();
         {
             // (host, path key, type) → the Ingress that owns the rule.
             let mut owners: HashMap<(&HostMatch, &str, PathType), &ObjectRef> = HashMap::new();
@@ -368,9 +369,12 @@ impl Translator {
                     default_backend = parsed.default_backend.map(|i| parsed.slots[i].backend());
                 }
                 model.tls.extend(parsed.tls.iter().cloned());
-                model.served.insert(key.clone());
+                served.push(key.clone());
             }
         }
+        // Bulk-built (sorts, then fills the tree in one pass): `entries` is usually already in
+        // namespace/name order, so this is linear.
+        model.served = served.into_iter().collect();
         model.routes = RouteTable::new(routes, default_backend)
             .with_tls_hosts(model.tls.iter().map(|t| t.host.as_str()));
         self.cache = entries
