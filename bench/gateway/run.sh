@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
 #
-#   sudo bench/gateway/run.sh [--duration SECONDS] [--profile] [--no-build]
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2] [--profile] [--no-build]
 #
 # Layout (loopback only):
 #   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
@@ -22,12 +22,14 @@ DURATION=10
 PROFILE=0
 TABLE=1
 BUILD=1
+SCENARIOS=h1,https,handshake,h2
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
         --profile) PROFILE=1; shift ;;
         --profile-only) PROFILE=1; TABLE=0; shift ;;
         --no-build) BUILD=0; shift ;;
+        --scenarios) SCENARIOS="$2"; shift 2 ;;
         -h|--help) sed -n 2,20p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -172,8 +174,8 @@ items = [
 ]
 json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(f"{tmp}/manifests/objects.yaml", "w"))
 PY
-start_gateway() { # name binary
-    local name="$1" bin="$2" extra=()
+start_gateway() { # name binary [extra flags...]
+    local name="$1" bin="$2" extra=("${@:3}")
     # Per-request access log (when the build has one): off, like nginx's access_log off.
     "$bin" --help 2>/dev/null | grep -q -- '--access-log' && extra+=(--access-log=false)
     mkdir -p "$TMP/state-$name"
@@ -182,9 +184,13 @@ start_gateway() { # name binary
         --metrics-addr "${METRICS[$name]}" --threads 1 "${extra[@]}" >"$TMP/$name.log" 2>&1 &
     PIDS+=($!)
 }
-start_gateway gateway "$GW_BIN"
+# GW_ARGS / GW_ARGS_B: extra flags for each (e.g. GW_BIN_B=$GW_BIN GW_ARGS_B=--http1-fast-path=false
+# measures the same binary with and without a feature in one run).
+read -r -a GW_EXTRA <<<"${GW_ARGS:-}"
+read -r -a GW_EXTRA_B <<<"${GW_ARGS_B:-}"
+start_gateway gateway "$GW_BIN" "${GW_EXTRA[@]}"
 GW_PID=${PIDS[-1]}
-[ -n "$GW_BIN_B" ] && start_gateway gateway-b "$GW_BIN_B"
+[ -n "$GW_BIN_B" ] && start_gateway gateway-b "$GW_BIN_B" "${GW_EXTRA_B[@]}"
 
 # --- wait until every proxy answers 200 through to the backend, over HTTP and HTTPS ---
 for p in "${PROXIES[@]}"; do
@@ -263,16 +269,25 @@ run_h2() { # key port
 
 START=$(date +%s)
 if [ "$TABLE" = 1 ]; then
+has() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 echo "== direct to backend (no proxy), HTTP/1.1" >&2
 run_wrk direct-h1 "http://$BACKEND/"
+if has h1; then
 echo "== HTTP/1.1 keep-alive" >&2
 for p in "${PROXIES[@]}"; do run_wrk "$p-h1" "http://${HTTP[$p]}/"; done
+fi
+if has https; then
 echo "== HTTPS keep-alive" >&2
 for p in "${PROXIES[@]}"; do run_wrk "$p-https" "https://localhost:${HTTPS[$p]}/"; done
+fi
+if has handshake; then
 echo "== new TLS handshakes (Connection: close)" >&2
 for p in "${PROXIES[@]}"; do run_wrk "$p-handshake" "https://localhost:${HTTPS[$p]}/" -H "Connection: close"; done
+fi
+if has h2; then
 echo "== HTTP/2 over TLS" >&2
 for p in "${PROXIES[@]}"; do run_h2 "$p-h2" "${HTTPS[$p]}"; done
+fi
 END=$(date +%s)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0==0 || a=="?" || b=="?") print "—"; else printf "%.2f×", a/b }'; }
@@ -280,7 +295,7 @@ echo
 echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx | upstream connects |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — | — |"
-for s in h1 https handshake h2; do
+for s in ${SCENARIOS//,/ }; do
     case $s in
         h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
         handshake) name="new TLS handshake per request" ;; h2) name="HTTP/2 (TLS, -m10)" ;;

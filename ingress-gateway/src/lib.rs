@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod fast;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

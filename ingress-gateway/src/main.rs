@@ -66,6 +66,11 @@ struct Args {
     /// `--default-ssl-certificate`); default: a self-signed certificate generated at start.
     #[arg(long, env = "DRAWBRIDGE_DEFAULT_TLS_SECRET", value_name = "NS/NAME", value_parser = parse_ns_name)]
     default_tls_secret: Option<(String, String)>,
+    /// Serve plain HTTP/1.1 keep-alive requests (Content-Length or no body, HTTP/1.1 endpoints)
+    /// on the gateway's own fast path; everything else goes through Pingora's proxy path on the
+    /// same connection. `--http1-fast-path=false`: Pingora's path only.
+    #[arg(long, env = "DRAWBRIDGE_HTTP1_FAST_PATH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    http1_fast_path: bool,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -94,5 +99,6 @@ fn main() -> anyhow::Result<()> {
         upgrade: args.upgrade,
         upgrade_sock: args.upgrade_sock,
         default_tls_secret: args.default_tls_secret,
+        http1_fast_path: args.http1_fast_path,
     })
 }

@@ -15,10 +15,12 @@ use drawbridge_resources::source::{self, Kind, SourceArgs};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::listening::Service;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ObjectRef;
 use crate::discovery::{Discovery, Observers, Published};
+use crate::fast::FastPath;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::tls::{self, CertResolver};
@@ -64,6 +66,9 @@ pub struct Settings {
     /// `--default-tls-secret NAMESPACE/NAME`: the certificate for unknown SNI (a `kubernetes.io/tls`
     /// Secret, followed live); `None` or while it does not load: a generated self-signed one.
     pub default_tls_secret: Option<ObjectRef>,
+    /// Serve plain HTTP/1.1 keep-alive requests on [`crate::fast::FastPath`] (everything else
+    /// still goes through Pingora's `ProxyHttp` path); `false`: Pingora's path only.
+    pub http1_fast_path: bool,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -146,21 +151,41 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // with status 1 when none arrive within Pingora's 5 tries, 1 s apart).
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(published.routes.clone(), metrics).with_access_log(settings.access_log),
-        "ingress-gateway",
-    );
-    proxy.add_tcp(&settings.http_addr.to_string());
+    let gateway = Gateway::new(published.routes.clone(), metrics.clone())
+        .with_access_log(settings.access_log);
     // Paths are ignored once a resolver is set (`TlsSettings::set_cert_resolver` docs).
     let mut tls_settings =
         TlsSettings::intermediate("", "").map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
     tls_settings.set_cert_resolver(resolver);
     tls_settings.enable_h2();
-    proxy.add_tls_with_settings(&settings.https_addr.to_string(), None, tls_settings);
-    server.add_service(proxy);
+    let (http_addr, https_addr) = (
+        settings.http_addr.to_string(),
+        settings.https_addr.to_string(),
+    );
+    if settings.http1_fast_path {
+        let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+        let app = FastPath::new(
+            proxy,
+            published.routes.clone(),
+            metrics,
+            settings.access_log,
+        );
+        let mut service = Service::new("ingress-gateway".to_string(), app);
+        service.add_tcp(&http_addr);
+        service.add_tls_with_settings(&https_addr, None, tls_settings);
+        server.add_service(service);
+    } else {
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            gateway,
+            "ingress-gateway",
+        );
+        proxy.add_tcp(&http_addr);
+        proxy.add_tls_with_settings(&https_addr, None, tls_settings);
+        server.add_service(proxy);
+    }
 
-    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, "ingress-gateway serving");
+    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, http1_fast_path = settings.http1_fast_path, "ingress-gateway serving");
     // The discovery runtime lives as long as this frame, which `run_forever` never leaves.
     let _runtime = runtime;
     server.run_forever()

@@ -1,0 +1,817 @@
+//! The HTTP/1.1 fast path (`--http1-fast-path`, on by default): a Pingora [`ServerApp`] that
+//! serves the common keep-alive HTTP/1.1 request itself and hands everything else to the
+//! Pingora [`ProxyHttp`](pingora::proxy::ProxyHttp) path ([`crate::proxy::Gateway`]) on the same
+//! connection. Still Pingora's listeners, TLS acceptor and graceful upgrade.
+//!
+//! ```text
+//!  Pingora listener (TCP or TLS) ─► FastPath::process_new(stream)
+//!     ALPN h2 ─────────────────────────────────────────────► HttpProxy<Gateway> (unchanged)
+//!     HTTP/1.x: read into a per-connection buffer ─► framing::parse_request
+//!        ├─ hand-over (TE, Upgrade, Expect, HTTP/1.0, no route, redirect, 503, 413, non-HTTP/1.1
+//!        │  upstream, anything httparse or the rules refuse) ─► ServerSession::new_http1(stream)
+//!        │  with the bytes read so far as its pipelined prefix ─► HttpProxy<Gateway> for the
+//!        │  rest of the connection
+//!        └─ route lookup (RouteTable) ─► Backend::choose ─► pool::Pool or connect (retries,
+//!           passive health) ─► upstream head = request line + fields as received + this hop's
+//!           X-Forwarded-*/X-Real-IP/X-Request-ID ─► Content-Length body streamed
+//!           ─► response head (hop-by-hop removed) + body by its framing (Content-Length,
+//!           chunked passed through, or until close re-chunked) ─► pooled again when reusable
+//!           ─► metrics (RouteStats) + access log ─► next request (pipelined bytes kept)
+//! ```
+//!
+//! Why: bench/gateway profiled Pingora's HTTP/1 session machinery (header maps, `Bytes`
+//! copies, per-request futures) as most of the gateway's user-space time per request; this path
+//! keeps one buffer per connection, copies each field once, and makes the same system calls as
+//! nginx (one read and one write each side per request). docs/benchmarks.md has the numbers.
+//!
+//! Semantics are [`crate::proxy`]'s: upstream timeouts (connect → 504/502, read/send → 504)
+//! from the Ingress [`Policy`](crate::policy::Policy), connect failures retried on another
+//! endpoint (at most [`MAX_TRIES`] tries) with passive health ([`crate::upstream`]), a reused
+//! pooled connection the endpoint had closed retried on a new connection for idempotent
+//! requests, the same metrics and access log fields.
+
+pub mod framing;
+pub mod pool;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::metrics::{Method, Metrics, StatusClass};
+use crate::policy::UpstreamProtocol;
+use crate::proxy::{Gateway, MAX_TRIES, POOL_IDLE_TIMEOUT};
+use crate::routes::{Backend, RouteTable};
+use crate::upstream::fast_random;
+use framing::{BodyFraming, ChunkedTracker, Copied, Forwarding, Parsed, Request};
+use pool::Pool;
+
+/// How long an idle client keep-alive connection waits for its next request (Pingora's
+/// default HTTP/1 keep-alive timeout, which the handed-over path keeps using).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Initial capacity of the per-connection request buffer (grows up to [`framing::MAX_HEAD`]
+/// plus one read for long heads).
+const REQUEST_BUFFER: usize = 4096;
+
+/// Capacity of the per-connection response / body buffer.
+const BODY_BUFFER: usize = 16 * 1024;
+
+const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// The fast path in front of the Pingora proxy. Built by `server::run` when
+/// `--http1-fast-path` is on; shares the route table and metrics with the [`Gateway`] inside
+/// `proxy`.
+pub struct FastPath {
+    /// Pingora's proxy, for HTTP/2 connections and handed-over requests.
+    proxy: Arc<HttpProxy<Gateway>>,
+    /// The route table `discovery` publishes.
+    routes: Arc<ArcSwap<RouteTable>>,
+    metrics: Arc<Metrics>,
+    /// One access log event per request (`--access-log`).
+    access_log: bool,
+    /// Idle upstream connections (HTTP/1.1 endpoints only).
+    pool: Pool,
+    /// Set when the service stops listening ([`ServerApp::cleanup`]): idle keep-alive
+    /// connections close, as Pingora's own path does.
+    stopping: AtomicBool,
+    stop: Notify,
+}
+
+impl FastPath {
+    /// A fast path over `proxy` (built with [`pingora::proxy::http_proxy`] from a [`Gateway`]
+    /// reading the same `routes` and counting into the same `metrics`).
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        routes: Arc<ArcSwap<RouteTable>>,
+        metrics: Arc<Metrics>,
+        access_log: bool,
+    ) -> Self {
+        FastPath {
+            proxy: Arc::new(proxy),
+            routes,
+            metrics,
+            access_log,
+            pool: Pool::new(POOL_IDLE_TIMEOUT),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+        }
+    }
+}
+
+/// Per-connection state, reused for every request on the connection.
+struct Conn {
+    /// Bytes read from the client not yet consumed (the current head, its body start, and any
+    /// pipelined requests after it).
+    buf: Vec<u8>,
+    /// Upstream request head, then downstream response head (+ first body bytes).
+    out: Vec<u8>,
+    /// Bytes read from the upstream (and request body pieces read from the client).
+    rbuf: Vec<u8>,
+    copied: Copied,
+    /// The client address (X-Forwarded-For, X-Real-IP, access log), formatted once.
+    client_ip: Option<String>,
+    /// The listener's port (X-Forwarded-Port), formatted once.
+    server_port: Option<String>,
+    tls: bool,
+}
+
+/// How a connection left the fast path.
+enum Outcome {
+    /// Closed (or to be closed).
+    Close,
+    /// The request at the start of `buf` goes to Pingora.
+    HandOver(framing::HandOverReason),
+}
+
+/// A failed exchange: what the client is told (when nothing was sent yet) and logged.
+struct Failure {
+    /// 502, 503 or 504; 0 when the client went away (nothing to answer).
+    status: u16,
+    error: &'static str,
+}
+
+/// A finished exchange.
+struct Exchanged {
+    status: u16,
+    bytes_out: u64,
+    /// The client connection must close (response delimited by close, or a broken write).
+    close: bool,
+}
+
+/// What the metrics and the access log need of a finished request.
+#[derive(Clone, Copy)]
+struct Logged<'a> {
+    started: Instant,
+    /// The answer's status; 0 when the client went away first (logged as 499).
+    status: u16,
+    /// Response payload bytes sent.
+    bytes_out: u64,
+    error: Option<&'static str>,
+    /// The generated ID (used when the client sent no `X-Request-ID`).
+    request_id: &'a [u8; 32],
+}
+
+/// Timing and endpoint of one request, for metrics and the access log.
+struct Attempt {
+    upstream: Option<SocketAddr>,
+    tries: usize,
+    /// The response head has been written to the client.
+    answered: bool,
+}
+
+fn new_request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (half, word) in [fast_random(), fast_random()].into_iter().enumerate() {
+        for i in 0..16 {
+            buf[half * 16 + i] = HEX[((word >> (i * 4)) & 0xf) as usize];
+        }
+    }
+    buf
+}
+
+fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+async fn write_client(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(data).await?;
+    stream.flush().await
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, bool> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
+}
+
+#[async_trait]
+impl ServerApp for FastPath {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        let socket = stream.get_socket_digest();
+        let mut conn = Conn {
+            buf: Vec::with_capacity(REQUEST_BUFFER),
+            out: Vec::with_capacity(1024),
+            rbuf: Vec::new(),
+            copied: Vec::with_capacity(16),
+            client_ip: socket
+                .as_ref()
+                .and_then(|s| s.peer_addr()?.as_inet().map(|a| a.ip().to_string())),
+            server_port: socket
+                .as_ref()
+                .and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string())),
+            tls: stream.get_ssl_digest().is_some(),
+        };
+        match self.serve(&mut stream, &mut conn, shutdown).await {
+            Outcome::Close => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    AsyncWriteExt::shutdown(&mut stream),
+                )
+                .await;
+            }
+            Outcome::HandOver(reason) => {
+                tracing::trace!(reason, "request handed to the Pingora path");
+                self.hand_over(stream, conn.buf, shutdown).await;
+            }
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+        ServerApp::cleanup(&*self.proxy).await;
+    }
+}
+
+// === impl FastPath ===
+
+impl FastPath {
+    /// The rest of the connection on Pingora's HTTP/1 path (the loop of Pingora's own
+    /// `ServerApp` for `HttpServerApp`), starting with the bytes already read.
+    async fn hand_over(self: &Arc<Self>, stream: Stream, read: Vec<u8>, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(KEEPALIVE_TIMEOUT.as_secs())
+        });
+        if !read.is_empty() {
+            session.set_pipelined_prefix(BytesMut::from(&read[..]));
+        }
+        let mut result = self.proxy.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.proxy.process_new_http(session, shutdown).await;
+        }
+    }
+
+    fn is_stopping(&self, shutdown: &ShutdownWatch) -> bool {
+        self.stopping.load(Ordering::Acquire) || *shutdown.borrow()
+    }
+
+    /// Reads more client bytes into `conn.buf`. `Ok(false)`: the connection is done (EOF,
+    /// error, keep-alive timeout, or shutdown while idle).
+    async fn read_client(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        shutdown: &ShutdownWatch,
+    ) -> bool {
+        conn.buf.reserve(REQUEST_BUFFER);
+        if !conn.buf.is_empty() {
+            // Inside a request head: no shutdown check; the rest must come within the timeout.
+            let read = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf));
+            return matches!(read.await, Ok(Ok(n)) if n > 0);
+        }
+        let stop = self.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        if self.is_stopping(shutdown) {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf)) => {
+                matches!(r, Ok(Ok(n)) if n > 0)
+            }
+            _ = &mut stop => false,
+        }
+    }
+
+    /// Serves requests until the connection closes or one must be handed over.
+    async fn serve(
+        self: &Arc<Self>,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        shutdown: &ShutdownWatch,
+    ) -> Outcome {
+        loop {
+            let req = loop {
+                if !conn.buf.is_empty() {
+                    match framing::parse_request(&conn.buf, &mut conn.copied) {
+                        Parsed::Request(req) => break req,
+                        Parsed::Partial => {}
+                        Parsed::HandOver(reason) => return Outcome::HandOver(reason),
+                    }
+                }
+                if !self.read_client(stream, conn, shutdown).await {
+                    return Outcome::Close;
+                }
+            };
+            let started = Instant::now();
+            let backend = match self.route(conn, &req) {
+                Ok(b) => b,
+                Err(reason) => return Outcome::HandOver(reason),
+            };
+            let close = req.close || self.is_stopping(shutdown);
+            let mut attempt = Attempt {
+                upstream: None,
+                tries: 0,
+                answered: false,
+            };
+            let id = new_request_id();
+            let result = self
+                .exchange(stream, conn, &req, &backend, close, &id, &mut attempt)
+                .await;
+            let (status, bytes_out, error, keep) = match &result {
+                Ok(done) => (done.status, done.bytes_out, None, !(close || done.close)),
+                Err(f) => (f.status, 0, Some(f.error), false),
+            };
+            if let Err(f) = &result
+                && f.status != 0
+                && !attempt.answered
+            {
+                let _ = write_client(stream, error_response(f.status)).await;
+            }
+            let logged = Logged {
+                started,
+                status,
+                bytes_out,
+                error,
+                request_id: &id,
+            };
+            self.log(conn, &req, &backend, &logged, &attempt);
+            if !keep {
+                return Outcome::Close;
+            }
+            let used = req.head_len + req.content_length as usize;
+            conn.buf.drain(..used.min(conn.buf.len()));
+        }
+    }
+
+    /// The backend for a parsed request, or why it goes to Pingora's path: no rule (404), a
+    /// redirect to HTTPS, no endpoints (503), a declared body over the limit (413), or an
+    /// upstream that is not plain HTTP/1.1.
+    fn route(&self, conn: &Conn, req: &Request) -> Result<Arc<Backend>, &'static str> {
+        let host = std::str::from_utf8(&conn.buf[req.host.clone()]).unwrap_or("");
+        let path = std::str::from_utf8(&conn.buf[req.path.clone()]).unwrap_or("/");
+        let routes = self.routes.load();
+        let backend = routes.lookup(host, path).ok_or("no rule")?;
+        if !conn.tls && backend.policy.ssl_redirect && routes.has_tls(host) {
+            return Err("redirect to HTTPS");
+        }
+        if backend.protocol != UpstreamProtocol::Http1 {
+            return Err("upstream is not HTTP/1.1");
+        }
+        if backend.endpoints().is_empty() {
+            return Err("no endpoints");
+        }
+        if backend
+            .policy
+            .body_limit
+            .is_some_and(|l| req.content_length > l)
+        {
+            return Err("body over the limit");
+        }
+        Ok(backend.clone())
+    }
+
+    /// One request: endpoint, request out, response back. The client has been answered when
+    /// this returns `Ok`, or when `attempt.answered`.
+    async fn exchange(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        req: &Request,
+        backend: &Backend,
+        close: bool,
+        id: &[u8; 32],
+        attempt: &mut Attempt,
+    ) -> Result<Exchanged, Failure> {
+        let policy = &backend.policy;
+        // Upstream head + the body bytes already read.
+        let fwd = Forwarding {
+            client_ip: conn.client_ip.as_deref(),
+            tls: conn.tls,
+            server_port: conn.server_port.as_deref(),
+            request_id: id,
+        };
+        framing::write_upstream_head(&conn.buf, req, &conn.copied, &fwd, &mut conn.out);
+        let body_in_buf = (conn.buf.len() - req.head_len).min(req.content_length as usize);
+        conn.out
+            .extend_from_slice(&conn.buf[req.head_len..req.head_len + body_in_buf]);
+        let body_left = req.content_length - body_in_buf as u64;
+        // A stale pooled connection may be retried only when nothing more must come from the
+        // client and the method may be repeated.
+        let replayable = body_left == 0 && idempotent(&conn.buf[req.method.clone()]);
+
+        let mut tried = [UNSPECIFIED; MAX_TRIES];
+        let mut fresh_only = false;
+        let (mut up, endpoint, head, _in_flight) = loop {
+            let (endpoint, state) = backend.choose(&tried[..attempt.tries]).ok_or(Failure {
+                status: 503,
+                error: "backend has no endpoints",
+            })?;
+            if attempt.tries < MAX_TRIES {
+                tried[attempt.tries] = endpoint;
+                attempt.tries += 1;
+            }
+            attempt.upstream = Some(endpoint);
+            let in_flight = state.start();
+            let pooled = if fresh_only {
+                None
+            } else {
+                self.pool.take(endpoint)
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => {
+                    let connecting = Instant::now();
+                    match with_timeout(policy.connect_timeout, TcpStream::connect(endpoint)).await {
+                        Ok(up) => {
+                            let _ = up.set_nodelay(true);
+                            self.metrics
+                                .upstream_connect_duration
+                                .observe(connecting.elapsed().as_secs_f64());
+                            up
+                        }
+                        Err(timed_out) => {
+                            self.metrics.upstream_connect_failures.inc();
+                            if in_flight.state().connect_failed() {
+                                self.metrics.endpoint_ejections.inc();
+                                tracing::warn!(%endpoint, "endpoint ejected after repeated connect failures");
+                            }
+                            let untried_left = backend
+                                .endpoints()
+                                .iter()
+                                .any(|a| !tried[..attempt.tries].contains(a));
+                            if attempt.tries < MAX_TRIES && untried_left {
+                                continue;
+                            }
+                            return Err(Failure {
+                                status: if timed_out { 504 } else { 502 },
+                                error: if timed_out {
+                                    "upstream connect timed out"
+                                } else {
+                                    "upstream connect failed"
+                                },
+                            });
+                        }
+                    }
+                }
+            };
+            in_flight.state().connected();
+            // Request head (+ body start) in one write.
+            let sent = with_timeout(policy.send_timeout, up.write_all(&conn.out)).await;
+            let got_head = match sent {
+                Ok(()) => {
+                    self.send_body(stream, conn, &mut up, policy.send_timeout, body_left)
+                        .await?;
+                    self.read_head(&mut up, conn, req.is_head, close, policy.read_timeout)
+                        .await
+                }
+                Err(timed_out) => Err((timed_out, 0)),
+            };
+            match got_head {
+                Ok(head) => break (up, endpoint, head, in_flight),
+                // The endpoint closed a pooled connection before answering: retry on a new one.
+                Err((false, 0)) if reused && replayable && attempt.tries < MAX_TRIES => {
+                    fresh_only = true;
+                    tried[attempt.tries - 1] = UNSPECIFIED;
+                    continue;
+                }
+                Err((timed_out, _)) => {
+                    return Err(Failure {
+                        status: if timed_out { 504 } else { 502 },
+                        error: if timed_out {
+                            "upstream timed out"
+                        } else {
+                            "upstream closed or sent a malformed response"
+                        },
+                    });
+                }
+            }
+        };
+        // `conn.out` holds the downstream head, `conn.rbuf[head.head_len..]` the body start.
+        let mut reusable = head.reusable;
+        let start = head.head_len;
+        let read_timeout = policy.read_timeout;
+        let bytes_out;
+        let mut close_client = close;
+        match head.framing {
+            BodyFraming::Empty => {
+                reusable &= conn.rbuf.len() == start;
+                attempt.answered = true;
+                write_client(stream, &conn.out).await.map_err(client_gone)?;
+                bytes_out = 0;
+            }
+            BodyFraming::Length(n) => {
+                let have = (conn.rbuf.len() - start) as u64;
+                let take = have.min(n) as usize;
+                reusable &= have <= n;
+                conn.out.extend_from_slice(&conn.rbuf[start..start + take]);
+                attempt.answered = true;
+                write_client(stream, &conn.out).await.map_err(client_gone)?;
+                let mut left = n - take as u64;
+                while left > 0 {
+                    conn.rbuf.clear();
+                    let got = read_upstream(&mut up, &mut conn.rbuf, read_timeout).await?;
+                    let take = (got as u64).min(left) as usize;
+                    reusable &= got as u64 <= left;
+                    left -= take as u64;
+                    write_client(stream, &conn.rbuf[..take])
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = n;
+            }
+            BodyFraming::Chunked => {
+                let mut tracker = ChunkedTracker::default();
+                let used = tracker.feed(&conn.rbuf[start..]).map_err(bad_chunk)?;
+                reusable &= start + used == conn.rbuf.len();
+                conn.out.extend_from_slice(&conn.rbuf[start..start + used]);
+                attempt.answered = true;
+                write_client(stream, &conn.out).await.map_err(client_gone)?;
+                while !tracker.is_done() {
+                    conn.rbuf.clear();
+                    let got = read_upstream(&mut up, &mut conn.rbuf, read_timeout).await?;
+                    let used = tracker.feed(&conn.rbuf[..got]).map_err(bad_chunk)?;
+                    reusable &= used == got;
+                    write_client(stream, &conn.rbuf[..used])
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = tracker.payload;
+            }
+            BodyFraming::UntilClose { rechunk } => {
+                reusable = false;
+                close_client |= !rechunk;
+                let mut total = 0u64;
+                let first = conn.rbuf.len() - start;
+                if first > 0 {
+                    if rechunk {
+                        push_chunk_header(&mut conn.out, first);
+                    }
+                    conn.out.extend_from_slice(&conn.rbuf[start..]);
+                    if rechunk {
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                    total += first as u64;
+                }
+                attempt.answered = true;
+                write_client(stream, &conn.out).await.map_err(client_gone)?;
+                loop {
+                    conn.rbuf.clear();
+                    let got = match with_timeout(read_timeout, up.read_buf(&mut conn.rbuf)).await {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(timed_out) => return Err(upstream_read_failed(timed_out)),
+                    };
+                    total += got as u64;
+                    if rechunk {
+                        conn.out.clear();
+                        push_chunk_header(&mut conn.out, got);
+                        conn.out.extend_from_slice(&conn.rbuf[..got]);
+                        conn.out.extend_from_slice(b"\r\n");
+                        write_client(stream, &conn.out).await.map_err(client_gone)?;
+                    } else {
+                        write_client(stream, &conn.rbuf[..got])
+                            .await
+                            .map_err(client_gone)?;
+                    }
+                }
+                if rechunk {
+                    write_client(stream, b"0\r\n\r\n")
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = total;
+            }
+        }
+        if reusable {
+            self.pool.put(endpoint, up);
+        }
+        Ok(Exchanged {
+            status: head.status,
+            bytes_out,
+            close: close_client,
+        })
+    }
+
+    /// Streams the part of a `Content-Length` body not read yet from the client to `up`.
+    async fn send_body(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        up: &mut TcpStream,
+        send_timeout: Duration,
+        mut left: u64,
+    ) -> Result<(), Failure> {
+        while left > 0 {
+            conn.rbuf.clear();
+            conn.rbuf.reserve(BODY_BUFFER);
+            let want = (conn.rbuf.capacity() as u64).min(left) as usize;
+            let got = match (&mut *stream)
+                .take(want as u64)
+                .read_buf(&mut conn.rbuf)
+                .await
+            {
+                Ok(0) | Err(_) => {
+                    return Err(Failure {
+                        status: 0,
+                        error: "client closed during the request body",
+                    });
+                }
+                Ok(n) => n,
+            };
+            left -= got as u64;
+            with_timeout(send_timeout, up.write_all(&conn.rbuf[..got]))
+                .await
+                .map_err(|timed_out| Failure {
+                    status: if timed_out { 504 } else { 502 },
+                    error: "upstream write failed",
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Reads the upstream response head (skipping 1xx interim responses) into `conn.rbuf` and
+    /// writes the downstream head into `conn.out`. `Err((timed_out, bytes_received))`.
+    async fn read_head(
+        &self,
+        up: &mut TcpStream,
+        conn: &mut Conn,
+        is_head: bool,
+        close: bool,
+        read_timeout: Duration,
+    ) -> Result<framing::ResponseHead, (bool, usize)> {
+        conn.rbuf.clear();
+        let mut received = 0;
+        loop {
+            if !conn.rbuf.is_empty() {
+                match framing::parse_response(&conn.rbuf, is_head, close, &mut conn.out) {
+                    Ok(Some(head)) if head.status == 101 => return Err((false, received.max(1))),
+                    Ok(Some(head)) if head.status < 200 => {
+                        conn.rbuf.drain(..head.head_len);
+                        continue;
+                    }
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) => {}
+                    Err(bad) => {
+                        tracing::debug!(error = bad.0, "upstream response refused");
+                        return Err((false, received.max(1)));
+                    }
+                }
+            }
+            conn.rbuf.reserve(BODY_BUFFER);
+            match with_timeout(read_timeout, up.read_buf(&mut conn.rbuf)).await {
+                Ok(0) => return Err((false, received)),
+                Ok(n) => received += n,
+                Err(timed_out) => return Err((timed_out, received)),
+            }
+        }
+    }
+
+    /// Metrics (the backend's [`RouteStats`](crate::metrics::RouteStats)) and the access log
+    /// event, with crate::proxy's fields.
+    fn log(
+        &self,
+        conn: &Conn,
+        req: &Request,
+        backend: &Backend,
+        l: &Logged<'_>,
+        attempt: &Attempt,
+    ) {
+        let Logged {
+            started,
+            status,
+            bytes_out,
+            error,
+            request_id,
+        } = *l;
+        let elapsed = started.elapsed();
+        let method_bytes = &conn.buf[req.method.clone()];
+        let method =
+            http::Method::from_bytes(method_bytes).map_or(Method::OTHER, |m| Method::of(&m));
+        // Logged like Pingora's path: 499 when the client went away before an answer.
+        let status = if status == 0 { 499 } else { status };
+        let bytes_in = if error.is_some() && status == 499 {
+            0
+        } else {
+            req.content_length
+        };
+        backend.stats.record(
+            &self.metrics,
+            method,
+            StatusClass::of(status),
+            elapsed.as_secs_f64(),
+            bytes_in,
+            bytes_out,
+        );
+        if self.access_log {
+            let text = |r: &std::ops::Range<usize>| {
+                std::str::from_utf8(&conn.buf[r.clone()]).unwrap_or("")
+            };
+            let labels = backend.stats.labels();
+            tracing::info!(
+                target: "access",
+                client = conn.client_ip.as_deref(),
+                method = text(&req.method),
+                host = text(&req.host),
+                path = text(&req.path),
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_in,
+                bytes_out,
+                ingress = &*labels.ingress.0,
+                upstream = attempt.upstream.map(tracing::field::display),
+                tries = attempt.tries,
+                request_id = req
+                    .request_id
+                    .as_ref()
+                    .map_or(std::str::from_utf8(request_id).unwrap_or(""), text),
+                error,
+            );
+        }
+    }
+}
+
+fn push_chunk_header(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write;
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+async fn read_upstream(
+    up: &mut TcpStream,
+    rbuf: &mut Vec<u8>,
+    read_timeout: Duration,
+) -> Result<usize, Failure> {
+    rbuf.reserve(BODY_BUFFER);
+    match with_timeout(read_timeout, up.read_buf(rbuf)).await {
+        Ok(0) => Err(Failure {
+            status: 502,
+            error: "upstream closed inside the response body",
+        }),
+        Ok(n) => Ok(n),
+        Err(timed_out) => Err(upstream_read_failed(timed_out)),
+    }
+}
+
+fn upstream_read_failed(timed_out: bool) -> Failure {
+    Failure {
+        status: if timed_out { 504 } else { 502 },
+        error: if timed_out {
+            "upstream read timed out"
+        } else {
+            "upstream read failed"
+        },
+    }
+}
+
+fn client_gone(_: std::io::Error) -> Failure {
+    Failure {
+        status: 0,
+        error: "client write failed",
+    }
+}
+
+fn bad_chunk(_: framing::BadChunk) -> Failure {
+    Failure {
+        status: 502,
+        error: "malformed chunked response body",
+    }
+}
+
+/// The answer when nothing was sent yet (Pingora's error response shape; the connection then
+/// closes, as crate::proxy's `fail_to_proxy` does).
+fn error_response(status: u16) -> &'static [u8] {
+    match status {
+        503 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
+        504 => b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
+        _ => b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
+    }
+}

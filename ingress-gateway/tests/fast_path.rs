@@ -1,0 +1,562 @@
+//! The HTTP/1.1 fast path's own edges (`ingress_gateway::fast`), through the real binary with
+//! raw TCP clients and raw origins: pipelined requests, a request split across reads, heads too
+//! large or too many fields for the fast path (handed to Pingora on the same connection), an
+//! endpoint closing a pooled connection, chunked and close-delimited responses, a HEAD answer,
+//! and `--http1-fast-path=false`. Every step is bounded by [`STEP`].
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn ingress(host: &str, service: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"namespace": "default", "name": service},
+           "spec": {"ingressClassName": "drawbridge",
+                    "rules": [{"host": host, "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix",
+                         "backend": {"service": {"name": service, "port": {"number": 80}}}}]}}]}})
+}
+
+/// An EndpointSlice for `service` with one endpoint at `addr`.
+fn slice(service: &str, addr: SocketAddr) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"namespace": "default", "name": format!("{service}-0"),
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+           "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]})
+}
+
+/// A gateway serving `host` → the hyper origin of `support` (which echoes what it received).
+async fn gateway_with_echo(args: &[&str]) -> (Gateway, Origin) {
+    let origin = Origin::start("echo", "127.0.0.1").await;
+    let objects = vec![
+        mk_class(),
+        mk_service("echo"),
+        ingress("fast.test", "echo"),
+        slice("echo", origin.addr),
+    ];
+    let gw = Gateway::start_with(&objects, args).await;
+    (gw, origin)
+}
+
+/// A gateway serving `raw.test` → `addr`.
+async fn gateway_with_raw(addr: SocketAddr) -> Gateway {
+    let objects = vec![
+        mk_class(),
+        mk_service("raw"),
+        ingress("raw.test", "raw"),
+        slice("raw", addr),
+    ];
+    Gateway::start_with(&objects, &[]).await
+}
+
+/// One HTTP/1.1 response read from `s` (bytes already read are kept in `buf` across calls, so
+/// pipelined responses are split correctly). Content-Length and chunked bodies; `head` says the
+/// response has no body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut tmp = [0u8; 8192];
+    let n = tokio::time::timeout(STEP, s.read(&mut tmp))
+        .await
+        .expect("read timed out")
+        .expect("read");
+    assert!(
+        n > 0,
+        "connection closed early; have {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    buf.extend_from_slice(&tmp[..n]);
+}
+
+async fn read_resp(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Resp {
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(s, buf).await;
+    };
+    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+    buf.drain(..end);
+    let status = head[9..12].parse().unwrap();
+    let mut r = Resp {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    if head_only {
+        return r;
+    }
+    if let Some(n) = r.header("content-length") {
+        let n: usize = n.parse().unwrap();
+        while buf.len() < n {
+            fill(s, buf).await;
+        }
+        r.body = buf.drain(..n).collect();
+    } else if r
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                fill(s, buf).await;
+            };
+            let line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers until the empty line.
+                loop {
+                    let e = loop {
+                        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                            break i;
+                        }
+                        fill(s, buf).await;
+                    };
+                    buf.drain(..e + 2);
+                    if e == 0 {
+                        break;
+                    }
+                }
+                break;
+            }
+            while buf.len() < size + 2 {
+                fill(s, buf).await;
+            }
+            r.body.extend(buf.drain(..size));
+            assert_eq!(&buf[..2], b"\r\n");
+            buf.drain(..2);
+        }
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (gw, origin) = gateway_with_echo(&[]).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    // Three requests in one write, one with a body; then a fourth after the answers.
+    let batch = "GET /one HTTP/1.1\r\nHost: fast.test\r\n\r\n\
+                 POST /two HTTP/1.1\r\nHost: fast.test\r\nContent-Length: 5\r\n\r\nhello\
+                 GET /three HTTP/1.1\r\nHost: fast.test\r\n\r\n";
+    s.write_all(batch.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = read_resp(&mut s, &mut buf, false).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let j = r.json();
+        seen.push((
+            j["path"].as_str().unwrap().to_string(),
+            j["body_len"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [("/one".into(), 0), ("/two".into(), 5), ("/three".into(), 0)]
+    );
+    s.write_all(b"GET /four HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.json()["path"], "/four");
+    assert!(buf.is_empty(), "nothing more than four answers");
+    // Four requests, one upstream connection (pooled between requests).
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_split_across_reads_is_reassembled() {
+    let (gw, _origin) = gateway_with_echo(&[]).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let req = "POST /split?q=1 HTTP/1.1\r\nHost: fast.test\r\nX-Forwarded-For: 192.0.2.9\r\n\
+               X-Request-ID: split-1\r\nContent-Length: 10\r\n\r\n0123456789";
+    for piece in req.as_bytes().chunks(7) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut buf = Vec::new();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["path"], "/split");
+    assert_eq!(j["body_len"], 10);
+    assert_eq!(j["xff"], "192.0.2.9, 127.0.0.1");
+    assert_eq!(j["xri"], "127.0.0.1");
+    assert_eq!(j["xfp"], "http");
+    assert_eq!(j["xfh"], "fast.test");
+    assert_eq!(j["xfport"], gw.http.port().to_string());
+    assert_eq!(j["xrid"], "split-1");
+    // A generated request ID: 32 hex digits.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+        .await
+        .unwrap();
+    let j = read_resp(&mut s, &mut buf, false).await.json();
+    let id = j["xrid"].as_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_larger_than_the_fast_path_buffer_goes_through_pingora_on_the_same_connection() {
+    let (gw, _origin) = gateway_with_echo(&[]).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    // 100 KiB of header (past the fast path's 64 KiB buffer; Pingora allows 1 MiB).
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: fast.test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(100 * 1024)
+    );
+    s.write_all(big.as_bytes()).await.unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.json()["path"], "/big");
+    assert_eq!(r.json()["xfp"], "http");
+    // The same connection keeps working (now on Pingora's path).
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/after");
+}
+
+/// A raw origin answering each request with the number of header fields it received.
+async fn counting_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 65536];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    };
+                    let fields = buf[..end].windows(2).filter(|w| w == b"\r\n").count() - 2;
+                    buf.drain(..end);
+                    let body = fields.to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_fields_than_the_fast_path_parses_are_handed_over() {
+    let gw = gateway_with_raw(counting_origin().await).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    // 10 fields on the fast path: Host + 9, plus X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP
+    // and X-Request-ID added.
+    let few: String = (0..9).map(|i| format!("X-F{i}: v\r\n")).collect();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: raw.test\r\n{few}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(String::from_utf8(r.body).unwrap(), "16");
+    // 150 fields (more than the fast path's 96): Pingora forwards them all, same connection.
+    let many: String = (0..149).map(|i| format!("X-F{i}: v\r\n")).collect();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: raw.test\r\n{many}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    let forwarded: usize = String::from_utf8(r.body).unwrap().parse().unwrap();
+    assert!(
+        forwarded >= 150 + 5,
+        "{forwarded} fields reached the origin"
+    );
+}
+
+/// A raw origin: answers each request on a connection with `Content-Length` keep-alive, except
+/// that the second request on every connection is read and then the connection is closed
+/// without an answer (an endpoint closing an idle keep-alive connection as the gateway reuses
+/// it). Counts connections.
+async fn closing_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                let mut served = 0;
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    }
+                    buf.clear();
+                    served += 1;
+                    if served == 2 {
+                        return; // closes without answering
+                    }
+                    let body = format!("conn {n} req {served}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_endpoint_closed_is_retried_on_a_new_one() {
+    let (addr, accepted) = closing_origin().await;
+    let gw = gateway_with_raw(addr).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 1..=3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_resp(&mut s, &mut buf, false).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            format!("conn {i} req 1"),
+            "request {i} answered on a new upstream connection"
+        );
+    }
+    // Each later request first met the closing pooled connection, then a new one.
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // A POST is not repeated on a new connection (it may have been processed): 502.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+/// A raw origin answering every request with `response` (written in pieces `split` bytes apart,
+/// 2 ms between them), keep-alive unless the response closes. Counts connections.
+async fn scripted_origin(
+    response: &'static [u8],
+    split: usize,
+    close: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    }
+                    buf.clear();
+                    for piece in response.chunks(split) {
+                        if s.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_pass_through_and_the_upstream_connection_is_reused() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\nX-Hop: 1\r\nX-Kept: 1\r\n\r\n\
+                          5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    let (addr, accepted) = scripted_origin(RESP, 9, false).await;
+    let gw = gateway_with_raw(addr).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        s.write_all(b"GET /c HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_resp(&mut s, &mut buf, false).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello, world");
+        assert_eq!(r.header("x-kept").as_deref(), Some("1"));
+        assert_eq!(
+            r.header("x-hop"),
+            None,
+            "Connection-nominated field removed"
+        );
+        assert_eq!(r.header("connection"), None);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for three"
+    );
+    // The payload bytes (12 per response), not the chunk framing, are counted.
+    let text = scrape(&gw, "/metrics").await.body;
+    let text = text.as_str().unwrap();
+    assert_eq!(
+        sample(
+            text,
+            r#"drawbridge_gateway_response_bytes_total{ingress="default/raw",host="raw.test"}"#
+        ),
+        Some(36.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_response_is_rechunked_and_the_client_keeps_its_connection() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end";
+    let (addr, accepted) = scripted_origin(RESP, 20, true).await;
+    let gw = gateway_with_raw(addr).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_resp(&mut s, &mut buf, false).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+        assert_eq!(r.body, b"until the end");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "never pooled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_requests_and_client_close() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    let (addr, accepted) = scripted_origin(RESP, 1000, false).await;
+    let gw = gateway_with_raw(addr).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"HEAD / HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_resp(&mut s, &mut buf, true).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length").as_deref(), Some("1000"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Connection: close is answered with connection: close, then the connection ends.
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, true).await;
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf.is_empty() && rest.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_read_timeout_answers_504_on_the_fast_path() {
+    // The origin reads the request and never answers.
+    let (addr, _) = scripted_origin(b"", 1, false).await;
+    let mut objects = vec![mk_class(), mk_service("raw"), slice("raw", addr)];
+    let mut ing = ingress("raw.test", "raw");
+    ing["metadata"]["annotations"] = json!({"drawbridge.dev/proxy-read-timeout": "1"});
+    objects.push(ing);
+    let gw = Gateway::start_with(&objects, &[]).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = read_resp(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_off_serves_through_pingora() {
+    let (gw, _origin) = gateway_with_echo(&["--http1-fast-path=false"]).await;
+    let a = get(&gw, "fast.test", "/off", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.field("path"), Some("/off"));
+    assert_eq!(a.field("xfp"), Some("http"));
+    // Pingora's path without pipelining support answers the first of two pipelined requests
+    // and closes (the fast path answers both: pipelined_requests_are_answered_in_order).
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: fast.test\r\n\r\nGET /2 HTTP/1.1\r\nHost: fast.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+}
