@@ -148,6 +148,7 @@ backend be
 EOF
 taskset -c 0 haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
 PIDS+=($!)
+declare -A PROC=([haproxy]=$!)
 
 # --- ingress-gateway: --threads 1 on CPU 0 (the whole process: Pingora + discovery thread) ---
 mkdir -p "$TMP/manifests" "$TMP/state"
@@ -183,6 +184,7 @@ start_gateway() { # name binary [extra flags...]
         --http-addr "${HTTP[$name]}" --https-addr "127.0.0.1:${HTTPS[$name]}" \
         --metrics-addr "${METRICS[$name]}" --threads 1 "${extra[@]}" >"$TMP/$name.log" 2>&1 &
     PIDS+=($!)
+    PROC[$name]=$!
 }
 # GW_ARGS / GW_ARGS_B: extra flags for each (e.g. GW_BIN_B=$GW_BIN GW_ARGS_B=--http1-fast-path=false
 # measures the same binary with and without a feature in one run).
@@ -209,7 +211,16 @@ for p in "${PROXIES[@]}"; do
     echo "ready: $p (HTTP/$h2 over TLS; $tls)" >&2
 done
 
+PROC[nginx]=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1) # the one worker
+
 # --- helpers: numbers out of wrk / h2load output, latency in ms ---
+# CPU seconds (user + system, all threads) a proxy process has used so far, from /proc/PID/stat.
+proc_cpu() { # proxy → seconds, or "" (direct)
+    local pid="${PROC[$1]:-}"
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo ""; return; }
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$pid/stat"
+}
+declare -A CPUUS
 to_ms() { # 1.23ms | 456.00us | 1.20s
     awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 }
                           else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v }
@@ -235,8 +246,13 @@ run_wrk() { # key url [extra wrk args...]
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
     before=$(upstream_connects "$proxy")
     local c0; c0=$(cpu_snap)
+    local p0; p0=$(proc_cpu "$proxy")
     local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" 2>&1)
     CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)")
+    local p1; p1=$(proc_cpu "$proxy")
+    local n; n=$(awk '/requests in/{print $1}' <<<"$out")
+    # The proxy's own CPU time per request (µs): robust against other load on the machine.
+    CPUUS[$key]=$([ -n "$p0" ] && [ -n "$n" ] && [ "$n" -gt 0 ] && awk -v a="$p0" -v b="$p1" -v n="$n" 'BEGIN{printf "%.1f", (b-a)*1e6/n}' || echo "")
     after=$(upstream_connects "$proxy")
     CONNECTS[$key]=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo "")
     echo "$out" >"$TMP/wrk-$key.txt"
@@ -244,7 +260,7 @@ run_wrk() { # key url [extra wrk args...]
     P50[$key]=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")
     P99[$key]=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
     ERR[$key]=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
-    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CPUUS[$key]:+ proxy CPU ${CPUUS[$key]} µs/req}${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
 }
 run_h2() { # key port
     local key="$1" port="$2"
@@ -292,9 +308,11 @@ END=$(date +%s)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0==0 || a=="?" || b=="?") print "—"; else printf "%.2f×", a/b }'; }
 echo
-echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx | upstream connects |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — | — |"
+# req per CPU-second vs nginx = nginx's CPU µs/request ÷ this proxy's (higher is better).
+cpu_ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a+0==0 || b+0==0) print "—"; else printf "%.2f×", b/a }'; }
+echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx | proxy CPU µs/req | req per CPU-s vs nginx | upstream connects |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — | — | — | — |"
 for s in ${SCENARIOS//,/ }; do
     case $s in
         h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
@@ -302,7 +320,7 @@ for s in ${SCENARIOS//,/ }; do
     esac
     for p in "${PROXIES[@]}"; do
         k="$p-$s"
-        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") | ${CONNECTS[$k]:-—} |"
+        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") | ${CPUUS[$k]:-—} | $(cpu_ratio "${CPUUS[$k]:-}" "${CPUUS[nginx-$s]:-}") | ${CONNECTS[$k]:-—} |"
     done
 done
 echo
