@@ -719,7 +719,8 @@ fn gossip_hard_node_loss_moves_the_mac_within_a_second() {
             neighbour(&client, VIP4).filter(|(mac, _)| *mac == topo.macs[0])
         },
     );
-    let stats = |sel: &dyn Fn(&(bool, f64, f64)) -> Option<f64>| {
+    type Gap = (bool, f64, f64);
+    let stats = |sel: &dyn Fn(&Gap) -> Option<f64>| {
         let mut v: Vec<f64> = gaps.iter().filter_map(sel).collect();
         v.sort_by(f64::total_cmp);
         if v.is_empty() {

@@ -379,7 +379,8 @@ fn candidates_annotation_format_and_parse_table() {
     // No node: no annotation.
     assert_eq!(desired_candidates(&svc(&[VIP]), &[], &all_pools()), None);
     // Parser table: (value, IPs held, expected).
-    let table: &[(&str, &[&str], &[(&str, &[&str])])] = &[
+    type Row<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a [&'a str])]);
+    let table: &[Row<'_>] = &[
         ("", &[VIP], &[]),
         (" , ", &[VIP], &[]),
         ("a, b ,a", &[VIP], &[(VIP, &["a", "b"])]),

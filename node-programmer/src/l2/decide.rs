@@ -100,7 +100,7 @@ pub enum Verdict {
 
 /// The verdict for one IP with ranked `candidates` (best first) under `view` (module docs).
 pub fn verdict(candidates: &[String], view: &Membership) -> Verdict {
-    if !candidates.iter().any(|c| *c == view.node) {
+    if !candidates.contains(&view.node) {
         return Verdict::NotCandidate;
     }
     let up = |c: &String| {
@@ -510,7 +510,8 @@ mod tests {
     fn parse_candidates_table() {
         let v4: IpAddr = "203.0.113.10".parse().expect("ip");
         let v6: IpAddr = "2001:db8::1".parse().expect("ip");
-        let rows: &[(&str, &[IpAddr], &[(IpAddr, &[&str])])] = &[
+        type Row<'a> = (&'a str, &'a [IpAddr], &'a [(IpAddr, &'a [&'a str])]);
+        let rows: &[Row<'_>] = &[
             ("", &[v4], &[]),
             (" , ", &[v4], &[]),
             ("a, b ,a", &[v4], &[(v4, &["a", "b"])]),

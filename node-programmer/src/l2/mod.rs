@@ -56,7 +56,10 @@ const REOPEN_MAX: Duration = Duration::from_millis(200);
 /// The announced set, shared between the watcher task and the interface threads, with how long
 /// it may be acted on (`None`: until replaced — without gossip).
 #[derive(Clone, Default)]
-pub struct Announced(Arc<RwLock<(Arc<BTreeSet<IpAddr>>, Option<Instant>)>>);
+pub struct Announced(Arc<RwLock<AnnouncedState>>);
+
+/// The set and its deadline, as [`Announced`] holds them.
+type AnnouncedState = (Arc<BTreeSet<IpAddr>>, Option<Instant>);
 
 impl Announced {
     /// The current set (cheap: an `Arc` clone).
