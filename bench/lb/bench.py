@@ -6,9 +6,8 @@
 1. latency: the controller runs; N Services are created one after another (one file each, written
    atomically); for each, the time from the rename to the moment its state file
    (`state/services/default/<name>.yaml`, written after the claim) shows an `ingress` IP. p50/p99/max.
-2. bulk: N Services (one file each; `--one-file` puts them in one multi-document file, which
-   exposes the manifest source's per-write linear scan of that file) written before the
-   controller starts; the time from start until
+2. bulk: N Services (one file each; `--one-file` puts them in one multi-document file) written
+   before the controller starts; the time from start until
    every one has an IP in its state file (claims included: N files created with link(2)), and the
    controller's RSS (VmRSS, VmHWM) once done.
 Prints a Markdown table. Everything lives in a temporary directory, removed at the end.
