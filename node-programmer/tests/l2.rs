@@ -790,6 +790,15 @@ fn probe_lines(path: &Path) -> Vec<(f64, Vec<String>)> {
         .collect()
 }
 
+/// How node-a (the announcer of three) is taken out in [`one_node_out`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outage {
+    /// Its gossip is dropped by nft (UDP 7946 both ways); process and link stay up.
+    GossipCut,
+    /// Its node-programmer is frozen (SIGSTOP), later thawed (SIGCONT).
+    Freeze,
+}
+
 /// A partition, not a crash: node-a (the announcer) keeps running and its link stays up, but its
 /// gossip is cut (nft drops UDP 7946 both ways in its namespace). Being in the minority it must
 /// go quiet on its own before node-b (majority side) takes over: a raw-socket ARP prober on the
@@ -798,12 +807,26 @@ fn probe_lines(path: &Path) -> Vec<(f64, Vec<String>)> {
 /// node-a rejoins and takes the IP back, again never two at once.
 #[test]
 fn gossip_partition_silences_the_minority_before_the_majority_takes_over() {
+    one_node_out("gp", Outage::GossipCut);
+}
+
+/// node-a's node-programmer frozen for 3 s, then thawed: node-b takes over, and the thawed
+/// process — whose last answer set is stale and whose socket holds queued ARP requests and
+/// heartbeats — must not answer beside node-b (answer sets expire 150 ms after their view; a
+/// burst of old heartbeats is no 100 ms streak). Never two MACs for one request, and node-a takes
+/// the IP back only after rejoining.
+#[test]
+fn gossip_thawed_node_never_answers_beside_the_new_owner() {
+    one_node_out("gf", Outage::Freeze);
+}
+
+fn one_node_out(tag: &str, outage: Outage) {
     require_root!();
-    let mut lab = Lab::new("gp");
+    let mut lab = Lab::new(tag);
     let topo = topology_n(&mut lab, 3);
     let manifests = lab.dir.path().join("manifests");
     write_service(&manifests, ranked_service(&["node-a", "node-b", "node-c"]));
-    start_gossip_nodes(&mut lab, &topo);
+    let pids = start_gossip_nodes(&mut lab, &topo);
     let client = topo.client.clone();
     wait_for("first answer from node-a", Duration::from_secs(20), || {
         connect(&client, VIP4).filter(|n| n == "node-a")
@@ -818,33 +841,43 @@ fn gossip_partition_silences_the_minority_before_the_majority_takes_over() {
     std::thread::sleep(Duration::from_secs(1));
     let (a_ns, _) = topo.nodes[0].clone();
     let cut = now_unix();
-    let rules = format!(
-        "table inet dbl2cut {{\n\
-         chain in {{\n type filter hook input priority 0;\n udp dport {GOSSIP_PORT} drop\n }}\n\
-         chain out {{\n type filter hook output priority 0;\n udp dport {GOSSIP_PORT} drop\n }}\n\
-         }}\n"
-    );
-    let rules_file = lab.dir.path().join("cut.nft");
-    std::fs::write(&rules_file, rules).expect("rules file");
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &a_ns,
-        "nft",
-        "-f",
-        &rules_file.to_string_lossy(),
-    ]);
+    match outage {
+        Outage::GossipCut => {
+            let rules = format!(
+                "table inet dbl2cut {{\n\
+                 chain in {{\n type filter hook input priority 0;\n udp dport {GOSSIP_PORT} drop\n }}\n\
+                 chain out {{\n type filter hook output priority 0;\n udp dport {GOSSIP_PORT} drop\n }}\n\
+                 }}\n"
+            );
+            let rules_file = lab.dir.path().join("cut.nft");
+            std::fs::write(&rules_file, rules).expect("rules file");
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &a_ns,
+                "nft",
+                "-f",
+                &rules_file.to_string_lossy(),
+            ]);
+        }
+        Outage::Freeze => signal(pids[0], "STOP"),
+    }
     std::thread::sleep(Duration::from_secs(3));
     let heal = now_unix();
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &a_ns,
-        "nft",
-        "delete table inet dbl2cut",
-    ]);
+    match outage {
+        Outage::GossipCut => {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &a_ns,
+                "nft",
+                "delete table inet dbl2cut",
+            ]);
+        }
+        Outage::Freeze => signal(pids[0], "CONT"),
+    }
     let (mac_a, mac_b) = (&topo.macs[0], &topo.macs[1]);
     wait_for(
         "node-a to take the VIP back",
@@ -880,7 +913,7 @@ fn gossip_partition_silences_the_minority_before_the_majority_takes_over() {
         .map(|l| l.0)
         .expect("node-b took over during the partition");
     report(&format!(
-        "gossip partition: node-a silent after {:.1} ms, node-b answering after {:.1} ms ({} probes, 0 answered twice)",
+        "gossip {outage:?}: node-a silent after {:.1} ms, node-b answering after {:.1} ms ({} probes, 0 answered twice)",
         (last_a - cut) * 1e3,
         (first_b - cut) * 1e3,
         lines.len()
