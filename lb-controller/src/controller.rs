@@ -75,7 +75,8 @@ pub enum Namespaces {
     Unknown,
     /// Watched Namespaces (Kubernetes mode).
     Store(Store<Namespace>),
-    /// A fixed map (standalone mode: the Namespace objects of the manifest directory at start).
+    /// A fixed map (standalone mode: the Namespace objects of the manifest directory at start,
+    /// [`Namespaces::from_manifests`]).
     Fixed(BTreeMap<String, BTreeMap<String, String>>),
 }
 
@@ -90,6 +91,83 @@ impl Namespaces {
                 .unwrap_or_default(),
             Namespaces::Fixed(map) => map.get(name).cloned().unwrap_or_default(),
         }
+    }
+
+    /// Standalone mode: the labels of every `kind: Namespace` (`apiVersion: v1`) document in the
+    /// `*.yaml` / `*.yml` files below `dir` (recursively; hidden files and `skip`, the state
+    /// directory, left out; `kind: List` unwrapped), read once at start — a Namespace added or
+    /// relabelled later needs a restart. A file that does not parse is reported and skipped (the
+    /// manifest source reports it too). Without any Namespace document every Namespace has no
+    /// labels, as before.
+    pub fn from_manifests(dir: &std::path::Path, skip: Option<&std::path::Path>) -> Namespaces {
+        use serde::Deserialize as _;
+        let mut map: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let hidden = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_none_or(|n| n.starts_with('.'));
+                if hidden || skip.is_some_and(|s| path.starts_with(s)) {
+                    continue;
+                }
+                if path.is_dir() {
+                    stack.push(path);
+                } else if matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                ) {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        for path in files {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value = match serde_json::Value::deserialize(document) {
+                    Ok(value) => value,
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "manifest file does not parse; its Namespaces are skipped");
+                        break;
+                    }
+                };
+                let items = match value.get("items").and_then(|i| i.as_array()) {
+                    Some(items) => items.clone(),
+                    None => vec![value],
+                };
+                for object in items {
+                    let is_namespace = object.get("apiVersion").and_then(|v| v.as_str())
+                        == Some("v1")
+                        && object.get("kind").and_then(|v| v.as_str()) == Some("Namespace");
+                    let Some(name) = object.pointer("/metadata/name").and_then(|v| v.as_str())
+                    else {
+                        continue;
+                    };
+                    if !is_namespace {
+                        continue;
+                    }
+                    let labels = object
+                        .pointer("/metadata/labels")
+                        .and_then(|l| serde_json::from_value(l.clone()).ok())
+                        .unwrap_or_default();
+                    map.insert(name.to_string(), labels);
+                }
+            }
+        }
+        tracing::info!(
+            namespaces = map.len(),
+            "Namespace labels read from the manifest directory"
+        );
+        Namespaces::Fixed(map)
     }
 }
 
@@ -582,4 +660,55 @@ fn service_key(svc: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
         svc.metadata.namespace.clone().unwrap_or_default(),
         svc.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_read_from_the_manifest_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(dir.path().join("sub")).expect("mkdir");
+        std::fs::create_dir_all(state.join("namespaces")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("ns.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a, labels: {tier: web}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: team-b, labels: {tier: wrong}}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("sub/list.yml"),
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  \
+             metadata: {name: team-c}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("broken.yaml"), "kind: [unclosed\n").expect("write");
+        std::fs::write(
+            dir.path().join(".hidden.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: hidden}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            state.join("namespaces/x.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: in-state}\n",
+        )
+        .expect("write");
+        let Namespaces::Fixed(map) = Namespaces::from_manifests(dir.path(), Some(&state)) else {
+            panic!("a fixed map");
+        };
+        let names: Vec<&str> = map.keys().map(String::as_str).collect();
+        assert_eq!(names, ["team-a", "team-c"]);
+        let ns = Namespaces::Fixed(map);
+        assert_eq!(
+            ns.labels("team-a").get("tier").map(String::as_str),
+            Some("web")
+        );
+        assert!(ns.labels("team-c").is_empty());
+        assert!(
+            ns.labels("team-b").is_empty(),
+            "a Service is not a Namespace"
+        );
+    }
 }

@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 (
                     Arc::new(DirClaims::new(state_dir).context("opening the claim directory")?),
-                    Namespaces::Unknown,
+                    standalone_namespaces(&args.source),
                 )
             }
             (true, None) => {
@@ -91,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
                         source.metadata.clone(),
                     )));
                 }
-                (Arc::new(MemoryClaims::default()), Namespaces::Unknown)
+                (
+                    Arc::new(MemoryClaims::default()),
+                    standalone_namespaces(&args.source),
+                )
             }
             (false, _) => {
                 let client = kube::Client::try_default()
@@ -129,6 +132,15 @@ async fn main() -> anyhow::Result<()> {
     }
     election.step_down().await;
     Ok(())
+}
+
+/// Standalone mode: Namespace labels (for `serviceAllocation.namespaceSelector`) from the
+/// manifest directory, read once at start.
+fn standalone_namespaces(args: &SourceArgs) -> Namespaces {
+    match &args.manifests {
+        Some(dir) => Namespaces::from_manifests(dir, args.state_dir.as_deref()),
+        None => Namespaces::Unknown,
+    }
 }
 
 /// SIGTERM (Kubernetes stopping the Pod) or Ctrl-C.
