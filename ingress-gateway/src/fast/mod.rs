@@ -164,8 +164,13 @@ struct Logged<'a> {
     request_id: &'a [u8; 32],
 }
 
-/// Timing and endpoint of one request, for metrics and the access log.
+/// One request's exchange: its inputs (`close`, `request_id`) and what happened (endpoint,
+/// tries, whether the client has its answer), for metrics and the access log.
 struct Attempt {
+    /// Answer with `connection: close`, then close (client asked, or shutting down).
+    close: bool,
+    /// The `X-Request-ID` to add when the client sent none.
+    request_id: [u8; 32],
     upstream: Option<SocketAddr>,
     tries: usize,
     /// The response head has been written to the client.
@@ -338,13 +343,14 @@ impl FastPath {
             };
             let close = req.close || self.is_stopping(shutdown);
             let mut attempt = Attempt {
+                close,
+                request_id: new_request_id(),
                 upstream: None,
                 tries: 0,
                 answered: false,
             };
-            let id = new_request_id();
             let result = self
-                .exchange(stream, conn, &req, &backend, close, &id, &mut attempt)
+                .exchange(stream, conn, &req, &backend, &mut attempt)
                 .await;
             let (status, bytes_out, error, keep) = match &result {
                 Ok(done) => (done.status, done.bytes_out, None, !(close || done.close)),
@@ -361,7 +367,7 @@ impl FastPath {
                 status,
                 bytes_out,
                 error,
-                request_id: &id,
+                request_id: &attempt.request_id,
             };
             self.log(conn, &req, &backend, &logged, &attempt);
             if !keep {
@@ -407,17 +413,16 @@ impl FastPath {
         conn: &mut Conn,
         req: &Request,
         backend: &Backend,
-        close: bool,
-        id: &[u8; 32],
         attempt: &mut Attempt,
     ) -> Result<Exchanged, Failure> {
         let policy = &backend.policy;
+        let (close, id) = (attempt.close, attempt.request_id);
         // Upstream head + the body bytes already read.
         let fwd = Forwarding {
             client_ip: conn.client_ip.as_deref(),
             tls: conn.tls,
             server_port: conn.server_port.as_deref(),
-            request_id: id,
+            request_id: &id,
         };
         framing::write_upstream_head(&conn.buf, req, &conn.copied, &fwd, &mut conn.out);
         let body_in_buf = (conn.buf.len() - req.head_len).min(req.content_length as usize);
