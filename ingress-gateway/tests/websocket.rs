@@ -193,3 +193,136 @@ async fn websocket_direct_to_origin_control() {
     assert_eq!(greeting["origin"], "chat");
     exchange_messages(&mut socket).await;
 }
+
+/// An upgrading origin that does not wait: on accept it writes `101` and a 4-byte frame at once,
+/// then echoes every byte after the request head. Its `101` is waiting on the gateway's upstream
+/// socket before the gateway has even sent the request, the ordering of Pingora issue #946.
+async fn eager_upgrade_origin(ip: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                            Connection: Upgrade\r\n\
+                            Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                let _ = s.set_nodelay(true);
+                if s.write_all(&[head.as_bytes(), b"\x81\x02hi"].concat())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                if s.write_all(&seen[end..]).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Regression for Pingora issue #946 (cloudflare/pingora; fix proposed in PR #1016, applied in
+/// `vendor/pingora-proxy`): when the upstream's `101` is read before the upgrade request's own
+/// empty body end, Pingora 0.9.1 took that body end for the end of the tunnel and closed the
+/// client's connection right after the `101`. With an origin that answers before it is asked
+/// (`eager_upgrade_origin`), every one of `UPGRADES` upgrades, with the fast path's hand-over and
+/// with `--http1-fast-path=false`, must deliver the frame sent after the `101` and then echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upgrade_survives_its_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UPGRADES: usize = 200;
+    let (eager, _task) = eager_upgrade_origin("127.0.0.2").await;
+    let http = Origin::start("web", "127.0.0.3").await;
+    let objects = vec![
+        mk_class(),
+        mk_service("chat"),
+        mk_service("web"),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "default", "name": "chat-0",
+                            "labels": {"kubernetes.io/service-name": "chat"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": eager.port(), "protocol": "TCP"}],
+               "endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": true}}]}),
+    ]
+    .into_iter()
+    .chain(mk_slices("web", &[&http]))
+    .chain([
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"namespace": "default", "name": "chat"},
+        "spec": {"ingressClassName": "drawbridge", "rules": [{"host": "ws.test", "http": {"paths": [
+            {"path": "/chat", "pathType": "Prefix",
+             "backend": {"service": {"name": "chat", "port": {"number": 80}}}},
+            {"path": "/", "pathType": "Prefix",
+             "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+    ])
+    .collect::<Vec<_>>();
+    let request = "GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    for args in [&[][..], &["--http1-fast-path=false"][..]] {
+        let gw = Gateway::start_with(&objects, args).await;
+        let ok = eventually(STEP, || async {
+            get(&gw, "ws.test", "/", &[]).await.origin() == Some("web")
+        })
+        .await;
+        assert!(ok, "route for ws.test not served ({args:?})");
+        let mut failed = Vec::new();
+        for i in 0..UPGRADES {
+            let exchange = async {
+                let mut s = TcpStream::connect(gw.http).await.unwrap();
+                s.write_all(request.as_bytes()).await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                // The 101 head, the origin's 4-byte frame, then our 4 bytes echoed.
+                let mut sent = false;
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return Err(String::from_utf8_lossy(&got).into_owned());
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        assert!(got.starts_with(b"HTTP/1.1 101"), "{got:?}");
+                        let rest = &got[end + 4..];
+                        if rest.len() >= 4 && !sent {
+                            assert_eq!(&rest[..4], b"\x81\x02hi");
+                            s.write_all(b"ping").await.unwrap();
+                            sent = true;
+                        }
+                        if rest.len() >= 8 {
+                            assert_eq!(&rest[4..8], b"ping");
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            match tokio::time::timeout(STEP, exchange).await {
+                Ok(Ok(())) => {}
+                Ok(Err(got)) => failed.push((i, got)),
+                Err(_) => failed.push((i, "timed out".into())),
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {UPGRADES} upgrades ended early ({args:?}); first: {:?}",
+            failed.len(),
+            failed[0]
+        );
+    }
+}

@@ -351,7 +351,11 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
             .filter(|(k, _)| k.kind == Kind::IPAddressPool)
             .map(|(_, p)| p)
             .collect();
-        assert_eq!(pool_patches.len(), 3, "one pool, three passes (the fake does not feed back)");
+        assert_eq!(
+            pool_patches.len(),
+            3,
+            "one pool, three passes (the fake does not feed back)"
+        );
         assert_eq!(pool_patches[0]["assignedIPv4"], 1);
         assert_eq!(pool_patches[0]["availableIPv4"], 0);
         let got: Vec<(String, &str, String, Option<String>)> = events
