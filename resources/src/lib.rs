@@ -14,6 +14,7 @@
 pub mod crd;
 pub mod crd_l2;
 pub mod events;
+pub mod l2_interfaces;
 pub mod names;
 pub mod observe;
 pub mod source;
