@@ -14,8 +14,10 @@
 //! resync costs no API writes.
 //!
 //! ExternalName Services: their `spec.externalName` is resolved (system resolver) before a pass
-//! when the set of names changed or the last lookup is older than [`EXTERNAL_NAME_REFRESH`]; a
-//! failed lookup keeps the last good addresses.
+//! when the set of names changed or the last lookup is older than the refresh period
+//! ([`EXTERNAL_NAME_REFRESH`] unless set by [`Discovery::with_external_name_refresh`]); while any
+//! name is resolved the task wakes at least once per period, so a changed answer moves traffic
+//! within one period even when nothing else changes. A failed lookup keeps the last good addresses.
 //!
 //! Each pass also reports: a `RuleConflict` Warning Event on an Ingress whose rule lost to an
 //! identical rule of an older Ingress, a `Rejected` Warning Event on every skipped Ingress, a
@@ -53,8 +55,9 @@ pub const REASON_CERTIFICATE_INVALID: &str = "CertificateInvalid";
 /// Event reason: a rule is not served because an older Ingress has the same host, path and type.
 pub const REASON_RULE_CONFLICT: &str = "RuleConflict";
 
-/// How often ExternalName Services' DNS names are looked up again (ingress-nginx re-resolves on
-/// every sync; 30 s bounds both staleness and resolver load).
+/// How often ExternalName Services' DNS names are looked up again by default (ingress-nginx
+/// re-resolves on every sync; 30 s bounds both staleness and resolver load). The binary's
+/// `--external-name-refresh` sets it.
 pub const EXTERNAL_NAME_REFRESH: Duration = Duration::from_secs(30);
 /// Longest wait for one ExternalName lookup.
 pub const EXTERNAL_NAME_TIMEOUT: Duration = Duration::from_secs(2);
@@ -124,6 +127,8 @@ pub struct Discovery {
     external_names: HashMap<String, Vec<IpAddr>>,
     /// When the names in `external_names` were last looked up.
     resolved_at: Option<Instant>,
+    /// How old a lookup may get before the names are looked up again.
+    external_name_refresh: Duration,
     /// The incremental translation (unchanged Ingresses and backends are reused between ticks).
     translator: config::Translator,
     /// `--default-tls-secret`: the certificate for unknown SNI (else the generated one).
@@ -153,6 +158,7 @@ impl Discovery {
             registry: EndpointRegistry::default(),
             external_names: HashMap::new(),
             resolved_at: None,
+            external_name_refresh: EXTERNAL_NAME_REFRESH,
             translator: config::Translator::default(),
             default_tls_secret: None,
         }
@@ -165,28 +171,41 @@ impl Discovery {
         self
     }
 
-    /// Runs until the source shuts down: reconcile, then wait for a change or the resync timer.
+    /// The same task looking ExternalName Services' names up again every `period` (default
+    /// [`EXTERNAL_NAME_REFRESH`]; `--external-name-refresh`). Zero is taken as one second.
+    pub fn with_external_name_refresh(mut self, period: Duration) -> Self {
+        self.external_name_refresh = period.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Runs until the source shuts down: reconcile, then wait for a change or the resync timer
+    /// (the ExternalName refresh period instead, when shorter and some name is resolved).
     pub async fn run(mut self) {
         let _alive = self.observe.health.liveness_guard("discovery");
         loop {
             self.reconcile().await;
+            let wait = if self.external_names.is_empty() {
+                RESYNC_INTERVAL
+            } else {
+                RESYNC_INTERVAL.min(self.external_name_refresh)
+            };
             tokio::select! {
                 alive = self.resources.changed() => if !alive {
                     info!("resource source stopped; discovery ends");
                     return;
                 },
-                () = tokio::time::sleep(RESYNC_INTERVAL) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    /// Looks up ExternalName Services' names when the set changed or is older than
-    /// [`EXTERNAL_NAME_REFRESH`]. A failed lookup keeps the name's last addresses.
+    /// Looks up ExternalName Services' names when the set changed or is older than the refresh
+    /// period. A failed lookup keeps the name's last addresses.
     async fn resolve_external_names(&mut self) {
         let names = config::external_names(&self.resources.services.state());
         let fresh = self
             .resolved_at
-            .is_some_and(|t| t.elapsed() < EXTERNAL_NAME_REFRESH);
+            .is_some_and(|t| t.elapsed() < self.external_name_refresh);
         if names
             .iter()
             .eq(self.external_names.keys().collect::<BTreeSet<_>>())

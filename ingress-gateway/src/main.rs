@@ -71,6 +71,15 @@ struct Args {
     /// same connection. `--http1-fast-path=false`: Pingora's path only.
     #[arg(long, env = "DRAWBRIDGE_HTTP1_FAST_PATH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     http1_fast_path: bool,
+    /// Seconds between two DNS lookups of each ExternalName Service's `spec.externalName`
+    /// (system resolver; a failed lookup keeps the last addresses). Minimum 1.
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_EXTERNAL_NAME_REFRESH",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
+    external_name_refresh: u64,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -100,5 +109,6 @@ fn main() -> anyhow::Result<()> {
         upgrade_sock: args.upgrade_sock,
         default_tls_secret: args.default_tls_secret,
         http1_fast_path: args.http1_fast_path,
+        external_name_refresh: std::time::Duration::from_secs(args.external_name_refresh),
     })
 }

@@ -69,6 +69,8 @@ pub struct Settings {
     /// Serve plain HTTP/1.1 keep-alive requests on [`crate::fast::FastPath`] (everything else
     /// still goes through Pingora's `ProxyHttp` path); `false`: Pingora's path only.
     pub http1_fast_path: bool,
+    /// `--external-name-refresh`: how often ExternalName Services' names are looked up again.
+    pub external_name_refresh: Duration,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -114,7 +116,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             health,
         },
     )
-    .with_default_tls_secret(settings.default_tls_secret.clone());
+    .with_default_tls_secret(settings.default_tls_secret.clone())
+    .with_external_name_refresh(settings.external_name_refresh);
     // Routes and certificates only; status writes (API calls) happen in the task, off the start path.
     info_span!("discovery").in_scope(|| discovery.publish());
     runtime.spawn(discovery.run().instrument(info_span!("discovery")));
