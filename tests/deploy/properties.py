@@ -2,7 +2,7 @@
 """Checks a rendered drawbridge install for what the install issue promises (schemas are checked
 separately by kubernetes-validate; RBAC-versus-code by rbac_check.py).
 
-    properties.py VARIANT RENDERED.yaml     VARIANT: base | keep-kube-proxy | replace-kube-proxy | dual-stack
+    properties.py VARIANT RENDERED.yaml     VARIANT: base | keep-kube-proxy | replace-kube-proxy | dual-stack | l2
 
 Output: `ok - …` / `not ok - …` lines and `N passed, M failed`; exit status 1 if any failed.
 """
@@ -230,7 +230,7 @@ def variant_checks(docs, variant):
 
 
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("base", "keep-kube-proxy", "replace-kube-proxy", "dual-stack"):
+    if len(argv) != 3 or argv[1] not in ("base", "keep-kube-proxy", "replace-kube-proxy", "dual-stack", "l2"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     variant, path = argv[1], argv[2]
