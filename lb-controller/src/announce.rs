@@ -33,6 +33,16 @@
 //! the list. Format: a comma list `node-a,node-b` when every IP has the same ranking, else
 //! `IP=node-a,node-b;IP=node-c,node-a` (entries separated by `;`). [`parse_candidates`] is the
 //! reference parser.
+//!
+//! `L2Announcement.spec.interfaces` is resolved here too and published in
+//! [`ANNOTATION_ANNOUNCING_INTERFACES`]: per IP and candidate node, the union of `spec.interfaces`
+//! over the announcements that cover the IP's pool and select the node, or no restriction when
+//! one of them lists none (MetalLB speaker's `ipAdvertisementFor`; [`interfaces`]). Grammar,
+//! parser and writer: `drawbridge_resources::l2_interfaces`. The restriction does not change who
+//! is elected (as in MetalLB): a node whose `--l2-interfaces` share nothing with its restriction
+//! stays candidate and node-programmer there warns. An `L2Announcement` listing an interface
+//! name Linux would refuse (or one holding `,` `;` `=`) covers nothing, like a selector with an
+//! unknown operator, and is named in a warning on every pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -42,6 +52,7 @@ use drawbridge_resources::ObjectKey;
 use drawbridge_resources::crd::IPAddressPool;
 use drawbridge_resources::crd_l2::{L2Announcement, NodeLabelSelector};
 use drawbridge_resources::events::{Event, EventRecorder};
+use drawbridge_resources::l2_interfaces::{self, Restriction};
 use drawbridge_resources::names::{FIELD_MANAGER, LABEL_SERVICE_NAME};
 use drawbridge_resources::source::Kind;
 use futures::future::BoxFuture;
@@ -61,6 +72,11 @@ pub const ANNOTATION_ANNOUNCING_NODE: &str = "drawbridge.dev/announcing-node";
 /// rendezvous order (first = [`ANNOTATION_ANNOUNCING_NODE`]); format in the module docs.
 pub const ANNOTATION_ANNOUNCING_CANDIDATES: &str = "drawbridge.dev/announcing-candidates";
 
+/// Service annotation written by lb-controller: per IP and candidate node, the interfaces it may
+/// answer on (`L2Announcement.spec.interfaces`; grammar in `drawbridge_resources::l2_interfaces`;
+/// absent: no restriction).
+pub use drawbridge_resources::l2_interfaces::ANNOTATION_ANNOUNCING_INTERFACES;
+
 /// Node label that keeps a node out of every external load balancer (Kubernetes well-known label;
 /// the service controller and MetalLB honour it; its value is ignored).
 pub const LABEL_EXCLUDE_FROM_EXTERNAL_LB: &str =
@@ -70,6 +86,9 @@ pub const LABEL_EXCLUDE_FROM_EXTERNAL_LB: &str =
 pub const REASON_ANNOUNCING_NODE_CHANGED: &str = "AnnouncingNodeChanged";
 /// Event reason: a Service has LoadBalancer IPs but no node may announce them.
 pub const REASON_NO_ANNOUNCING_NODE: &str = "NoAnnouncingNode";
+/// Event reason: only the interfaces a Service's IPs are announced on changed (note: `old -> new`
+/// values of [`ANNOTATION_ANNOUNCING_INTERFACES`], `<all>` when absent).
+pub const REASON_ANNOUNCING_INTERFACES_CHANGED: &str = "AnnouncingInterfacesChanged";
 /// Event action of the above.
 pub const ACTION_ANNOUNCE: &str = "Announce";
 
@@ -122,6 +141,8 @@ pub struct Policy {
     pub pools: Vec<String>,
     /// `spec.nodeSelectors`; empty: every node; else any one must match.
     pub node_selectors: Vec<NodeLabelSelector>,
+    /// `spec.interfaces`; empty: every interface.
+    pub interfaces: Vec<String>,
 }
 
 impl Policy {
@@ -131,11 +152,24 @@ impl Policy {
             name: l2.metadata.name.clone().unwrap_or_default(),
             pools: l2.spec.ip_address_pools.clone(),
             node_selectors: l2.spec.node_selectors.clone(),
+            interfaces: l2.spec.interfaces.clone(),
         }
     }
 
+    /// The `spec.interfaces` entries that cannot be published
+    /// (`drawbridge_resources::l2_interfaces::valid_interface_name`); a policy with any covers
+    /// nothing.
+    pub fn invalid_interfaces(&self) -> Vec<&str> {
+        self.interfaces
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !l2_interfaces::valid_interface_name(n))
+            .collect()
+    }
+
     fn covers_pool(&self, pool: &str) -> bool {
-        self.pools.is_empty() || self.pools.iter().any(|p| p == pool)
+        (self.pools.is_empty() || self.pools.iter().any(|p| p == pool))
+            && self.invalid_interfaces().is_empty()
     }
 
     /// A selector with an unknown operator matches nothing (the API server would have refused it).
@@ -165,6 +199,8 @@ pub struct ServiceView {
     pub current: Option<String>,
     /// [`ANNOTATION_ANNOUNCING_CANDIDATES`] as observed now.
     pub current_candidates: Option<String>,
+    /// [`ANNOTATION_ANNOUNCING_INTERFACES`] as observed now.
+    pub current_interfaces: Option<String>,
 }
 
 // === election (pure) ===
@@ -211,6 +247,26 @@ pub fn candidates(
     ranked.sort();
     ranked.dedup_by(|a, b| a.1 == b.1);
     ranked.into_iter().map(|(_, n)| n.to_string()).collect()
+}
+
+/// The interfaces `node` may answer on for an IP of pool `pool` (`None`: all): the union of
+/// `spec.interfaces` of every policy that covers `pool` and selects `node`, `None` as soon as one
+/// of them lists no interface (MetalLB speaker `ipAdvertisementFor`). Also `None` when no policy
+/// covers and selects the node (it is then no candidate, so nothing reads it).
+pub fn interfaces(pool: &str, node: &NodeView, policies: &[Policy]) -> Restriction {
+    let mut union = BTreeSet::new();
+    let mut any = false;
+    for p in policies
+        .iter()
+        .filter(|p| p.covers_pool(pool) && p.selects(node))
+    {
+        if p.interfaces.is_empty() {
+            return None;
+        }
+        any = true;
+        union.extend(p.interfaces.iter().cloned());
+    }
+    any.then_some(union)
 }
 
 fn score(node: &str, ip: IpAddr) -> [u8; 32] {
@@ -293,6 +349,39 @@ pub fn desired_candidates(
     )
 }
 
+/// The desired [`ANNOTATION_ANNOUNCING_INTERFACES`] value of `svc`: [`interfaces`] of every
+/// candidate of every IP, written by `drawbridge_resources::l2_interfaces::format` (`None` when no
+/// candidate is restricted).
+pub fn desired_interfaces(
+    svc: &ServiceView,
+    nodes: &[NodeView],
+    policies: &[Policy],
+) -> Option<String> {
+    let by_name: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let restrictions: BTreeMap<IpAddr, BTreeMap<String, Restriction>> = svc
+        .ips
+        .iter()
+        .map(|(ip, pool)| {
+            let per_node = candidates(
+                *ip,
+                pool,
+                nodes,
+                policies,
+                svc.local_only,
+                &svc.ready_endpoint_nodes,
+            )
+            .into_iter()
+            .filter_map(|name| {
+                let node = by_name.get(name.as_str())?;
+                Some((name, interfaces(pool, node, policies)))
+            })
+            .collect();
+            (*ip, per_node)
+        })
+        .collect();
+    l2_interfaces::format(&restrictions)
+}
+
 /// Reads an [`ANNOTATION_ANNOUNCING_CANDIDATES`] value: the ranked candidates of each of `ips`.
 /// A plain comma list covers every IP; `IP=a,b;IP=c` covers the listed IPs. Empty names, entries
 /// that do not parse and IPs not in `ips` are skipped; a node listed twice keeps its first place.
@@ -361,6 +450,10 @@ pub struct Change {
     pub candidates_from: Option<String>,
     /// [`ANNOTATION_ANNOUNCING_CANDIDATES`] wanted (`None`: remove).
     pub candidates_to: Option<String>,
+    /// [`ANNOTATION_ANNOUNCING_INTERFACES`] now (`None`: absent).
+    pub interfaces_from: Option<String>,
+    /// [`ANNOTATION_ANNOUNCING_INTERFACES`] wanted (`None`: remove).
+    pub interfaces_to: Option<String>,
     /// The Service has IPs but no node may announce them (reported as a Warning).
     pub unannounced: bool,
 }
@@ -374,15 +467,21 @@ pub fn plan(services: &[ServiceView], nodes: &[NodeView], policies: &[Policy]) -
         .filter_map(|svc| {
             let to = desired_annotation(svc, nodes, policies);
             let candidates_to = desired_candidates(svc, nodes, policies);
-            (to != svc.current || candidates_to != svc.current_candidates).then(|| Change {
-                key: svc.key.clone(),
-                uid: svc.uid.clone(),
-                from: svc.current.clone(),
-                unannounced: to.is_none() && !svc.ips.is_empty(),
-                to,
-                candidates_from: svc.current_candidates.clone(),
-                candidates_to,
-            })
+            let interfaces_to = desired_interfaces(svc, nodes, policies);
+            (to != svc.current
+                || candidates_to != svc.current_candidates
+                || interfaces_to != svc.current_interfaces)
+                .then(|| Change {
+                    key: svc.key.clone(),
+                    uid: svc.uid.clone(),
+                    from: svc.current.clone(),
+                    unannounced: to.is_none() && !svc.ips.is_empty(),
+                    to,
+                    candidates_from: svc.current_candidates.clone(),
+                    candidates_to,
+                    interfaces_from: svc.current_interfaces.clone(),
+                    interfaces_to,
+                })
         })
         .collect()
 }
@@ -455,6 +554,7 @@ pub fn service_views(
             };
             let current = annotation(ANNOTATION_ANNOUNCING_NODE);
             let current_candidates = annotation(ANNOTATION_ANNOUNCING_CANDIDATES);
+            let current_interfaces = annotation(ANNOTATION_ANNOUNCING_INTERFACES);
             let spec = svc.spec.as_ref();
             let is_lb = spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
             let ips: Vec<(IpAddr, String)> = if is_lb {
@@ -471,7 +571,11 @@ pub fn service_views(
             } else {
                 vec![]
             };
-            if ips.is_empty() && current.is_none() && current_candidates.is_none() {
+            if ips.is_empty()
+                && current.is_none()
+                && current_candidates.is_none()
+                && current_interfaces.is_none()
+            {
                 return None;
             }
             Some(ServiceView {
@@ -483,6 +587,7 @@ pub fn service_views(
                 ips,
                 current,
                 current_candidates,
+                current_interfaces,
             })
         })
         .collect()
@@ -510,8 +615,19 @@ pub enum Error {
     AnnotationWriteFailed(#[source] drawbridge_resources::status::StatusError),
 }
 
-/// Sets or removes [`ANNOTATION_ANNOUNCING_NODE`] (and [`ANNOTATION_ANNOUNCING_CANDIDATES`]) on
-/// one Service.
+/// The annotations the election owns, written together (`None` removes one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Announcement<'a> {
+    /// [`ANNOTATION_ANNOUNCING_NODE`].
+    pub node: Option<&'a str>,
+    /// [`ANNOTATION_ANNOUNCING_CANDIDATES`].
+    pub candidates: Option<&'a str>,
+    /// [`ANNOTATION_ANNOUNCING_INTERFACES`].
+    pub interfaces: Option<&'a str>,
+}
+
+/// Sets or removes [`ANNOTATION_ANNOUNCING_NODE`] (and [`ANNOTATION_ANNOUNCING_CANDIDATES`],
+/// [`ANNOTATION_ANNOUNCING_INTERFACES`]) on one Service.
 pub trait AnnotationWriter: Send + Sync {
     /// `value: None` removes the annotation. Errors: [`Error::AnnotateServiceFailed`].
     fn set_announcing_node(
@@ -520,17 +636,16 @@ pub trait AnnotationWriter: Send + Sync {
         value: Option<&str>,
     ) -> BoxFuture<'_, Result<(), Error>>;
 
-    /// Sets both annotations (`None` removes one) in one write. The default writes only the
-    /// announcing node — for writers that have no place for the candidates (node-programmers then
-    /// fall back to the single announcer, without gossip takeover). Errors:
+    /// Sets all three annotations (`None` removes one) in one write. The default writes only the
+    /// announcing node — for writers that have no place for the others (node-programmers then
+    /// fall back to the single announcer, without gossip takeover, on every interface). Errors:
     /// [`Error::AnnotateServiceFailed`].
     fn set_announcement(
         &self,
         key: &ServiceKey,
-        node: Option<&str>,
-        _candidates: Option<&str>,
+        announcement: Announcement<'_>,
     ) -> BoxFuture<'_, Result<(), Error>> {
-        self.set_announcing_node(key, node)
+        self.set_announcing_node(key, announcement.node)
     }
 }
 
@@ -585,19 +700,19 @@ impl AnnotationWriter for KubeAnnotationWriter {
         self.patch(key, serde_json::json!({ANNOTATION_ANNOUNCING_NODE: value}))
     }
 
-    /// One merge patch carrying both annotations, so a reader never sees a new announcer with an
-    /// old candidate list.
+    /// One merge patch carrying all three annotations, so a reader never sees a new announcer
+    /// with an old candidate list or old interfaces.
     fn set_announcement(
         &self,
         key: &ServiceKey,
-        node: Option<&str>,
-        candidates: Option<&str>,
+        announcement: Announcement<'_>,
     ) -> BoxFuture<'_, Result<(), Error>> {
         self.patch(
             key,
             serde_json::json!({
-                ANNOTATION_ANNOUNCING_NODE: node,
-                ANNOTATION_ANNOUNCING_CANDIDATES: candidates,
+                ANNOTATION_ANNOUNCING_NODE: announcement.node,
+                ANNOTATION_ANNOUNCING_CANDIDATES: announcement.candidates,
+                ANNOTATION_ANNOUNCING_INTERFACES: announcement.interfaces,
             }),
         )
     }
@@ -608,6 +723,7 @@ impl AnnotationWriter for KubeAnnotationWriter {
 pub struct RecordingAnnotationWriter {
     writes: std::sync::Mutex<Vec<(ServiceKey, Option<String>)>>,
     candidates: std::sync::Mutex<Vec<(ServiceKey, Option<String>)>>,
+    interfaces: std::sync::Mutex<Vec<(ServiceKey, Option<String>)>>,
 }
 
 impl RecordingAnnotationWriter {
@@ -619,6 +735,11 @@ impl RecordingAnnotationWriter {
     /// Every announcing-candidates write so far, oldest first.
     pub fn candidate_writes(&self) -> Vec<(ServiceKey, Option<String>)> {
         self.candidates.lock().expect("lock poisoned").clone()
+    }
+
+    /// Every announcing-interfaces write so far, oldest first.
+    pub fn interface_writes(&self) -> Vec<(ServiceKey, Option<String>)> {
+        self.interfaces.lock().expect("lock poisoned").clone()
     }
 }
 
@@ -638,14 +759,17 @@ impl AnnotationWriter for RecordingAnnotationWriter {
     fn set_announcement(
         &self,
         key: &ServiceKey,
-        node: Option<&str>,
-        candidates: Option<&str>,
+        announcement: Announcement<'_>,
     ) -> BoxFuture<'_, Result<(), Error>> {
         self.candidates
             .lock()
             .expect("lock poisoned")
-            .push((key.clone(), candidates.map(str::to_string)));
-        self.set_announcing_node(key, node)
+            .push((key.clone(), announcement.candidates.map(str::to_string)));
+        self.interfaces
+            .lock()
+            .expect("lock poisoned")
+            .push((key.clone(), announcement.interfaces.map(str::to_string)));
+        self.set_announcing_node(key, announcement.node)
     }
 }
 
@@ -681,6 +805,12 @@ pub async fn reconcile(
         .iter()
         .map(|a| Policy::from_object(a))
         .collect();
+    for p in &policies {
+        let invalid = p.invalid_interfaces();
+        if !invalid.is_empty() {
+            tracing::warn!(l2announcement = %p.name, interfaces = ?invalid, "L2Announcement lists interface names Linux would refuse (or holding , ; =); it covers nothing until fixed");
+        }
+    }
     let views = service_views(inputs.services, inputs.slices, inputs.pools);
     let mut ok = true;
     for change in plan(&views, &nodes, &policies) {
@@ -692,8 +822,11 @@ pub async fn reconcile(
         if let Err(error) = writer
             .set_announcement(
                 &change.key,
-                change.to.as_deref(),
-                change.candidates_to.as_deref(),
+                Announcement {
+                    node: change.to.as_deref(),
+                    candidates: change.candidates_to.as_deref(),
+                    interfaces: change.interfaces_to.as_deref(),
+                },
             )
             .await
         {
@@ -701,13 +834,34 @@ pub async fn reconcile(
             ok = false;
             continue;
         }
+        let regarding = ObjectKey::namespaced(Kind::Service, namespace, name);
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "<none>".into());
+        if change.interfaces_to != change.interfaces_from {
+            // An L2Announcement's interfaces (or which candidates they apply to) changed: a
+            // human edited something, so it is reported even when the announcer stays.
+            let all = |v: &Option<String>| v.clone().unwrap_or_else(|| "<all>".into());
+            tracing::info!(%namespace, %name, from = %all(&change.interfaces_from), to = %all(&change.interfaces_to), "announcing interfaces changed");
+            events
+                .publish(
+                    Event::normal(
+                        regarding.clone(),
+                        REASON_ANNOUNCING_INTERFACES_CHANGED,
+                        ACTION_ANNOUNCE,
+                        format!(
+                            "{} -> {}",
+                            all(&change.interfaces_from),
+                            all(&change.interfaces_to)
+                        ),
+                    )
+                    .with_uid(change.uid.clone()),
+                )
+                .await;
+        }
         if change.to == change.from {
             // Only the ranking behind the announcer changed: no Event (nothing a human acts on).
             tracing::debug!(%namespace, %name, candidates = ?change.candidates_to, "announcing candidates changed");
             continue;
         }
-        let regarding = ObjectKey::namespaced(Kind::Service, namespace, name);
-        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "<none>".into());
         let event = if change.unannounced {
             tracing::warn!(%namespace, %name, "no eligible node announces the LoadBalancer IPs");
             Event::warning(

@@ -26,7 +26,8 @@ use futures::future::BoxFuture;
 
 use crate::allocate::{Outcome, ServiceKey, describe};
 use crate::announce::{
-    ANNOTATION_ANNOUNCING_CANDIDATES, ANNOTATION_ANNOUNCING_NODE, AnnotationWriter, Error,
+    ANNOTATION_ANNOUNCING_CANDIDATES, ANNOTATION_ANNOUNCING_INTERFACES, ANNOTATION_ANNOUNCING_NODE,
+    AnnotationWriter, Announcement, Error,
 };
 
 /// Condition type lb-controller owns on Services.
@@ -110,7 +111,8 @@ pub fn desired_patch(svc: &Service, outcome: &Outcome, now: &Time) -> Option<Val
 
 /// The announcement writer ([`AnnotationWriter`]) on top of any [`MetadataWriter`]: each call is
 /// one merge patch of `metadata.annotations` naming exactly the keys the election owns (today
-/// `drawbridge.dev/announcing-node` and `drawbridge.dev/announcing-candidates`; `None` removes).
+/// `drawbridge.dev/announcing-node`, `drawbridge.dev/announcing-candidates` and
+/// `drawbridge.dev/announcing-interfaces`; `None` removes).
 /// In standalone mode the [`MetadataWriter`] is the manifest source's, so the annotation lands in
 /// the state directory (`<state-dir>/services/<ns>/<name>.yaml`, `metadata.annotations`) where
 /// every process reading the same manifest and state directories sees it.
@@ -153,22 +155,25 @@ impl AnnotationWriter for MetadataAnnotationWriter {
         self.patch(key, annotations)
     }
 
-    /// Both annotations in one patch (one state-file write): a reader never sees a new announcer
-    /// with an old candidate list.
+    /// All three annotations in one patch (one state-file write): a reader never sees a new
+    /// announcer with an old candidate list or old interfaces.
     fn set_announcement(
         &self,
         key: &ServiceKey,
-        node: Option<&str>,
-        candidates: Option<&str>,
+        announcement: Announcement<'_>,
     ) -> BoxFuture<'_, Result<(), Error>> {
         let annotations = [
             (
                 ANNOTATION_ANNOUNCING_NODE.to_string(),
-                node.map(str::to_string),
+                announcement.node.map(str::to_string),
             ),
             (
                 ANNOTATION_ANNOUNCING_CANDIDATES.to_string(),
-                candidates.map(str::to_string),
+                announcement.candidates.map(str::to_string),
+            ),
+            (
+                ANNOTATION_ANNOUNCING_INTERFACES.to_string(),
+                announcement.interfaces.map(str::to_string),
             ),
         ]
         .into();

@@ -78,6 +78,7 @@ fn eligibility_table() {
                 values: vec!["b".into()],
             }],
         }],
+        interfaces: vec![],
     }];
     for (what, knock) in knocks {
         let mut ns = nodes(&everyone);
@@ -105,6 +106,7 @@ fn policies_table() {
                 name: "other".into(),
                 pools: vec!["other".into()],
                 node_selectors: vec![],
+                interfaces: vec![],
             }],
             "lab",
             None,
@@ -115,6 +117,7 @@ fn policies_table() {
                 name: "edge".into(),
                 pools: vec!["lab".into()],
                 node_selectors: vec![selector("role", "edge")],
+                interfaces: vec![],
             }],
             "lab",
             Some("node-a"),
@@ -125,6 +128,7 @@ fn policies_table() {
                 name: "edge".into(),
                 pools: vec![],
                 node_selectors: vec![selector("role", "edge"), selector("role", "nope")],
+                interfaces: vec![],
             }],
             "lab",
             Some("node-a"),
@@ -142,6 +146,7 @@ fn policies_table() {
                         values: vec![],
                     }],
                 }],
+                interfaces: vec![],
             }],
             "lab",
             None,
@@ -294,6 +299,8 @@ fn plan_writes_only_differences() {
             unannounced: false,
             candidates_from: None,
             candidates_to: Some(want_candidates.clone()),
+            interfaces_from: None,
+            interfaces_to: None,
         }]
     );
 
@@ -572,4 +579,259 @@ async fn reconcile_writes_while_leader_and_reports() {
     );
     assert_eq!(events[0].uid.as_deref(), Some("uid-web"));
     assert_eq!(events[1].reason, REASON_NO_ANNOUNCING_NODE);
+}
+
+// === spec.interfaces ===
+
+fn policy(name: &str, pools: &[&str], role: Option<&str>, interfaces: &[&str]) -> Policy {
+    Policy {
+        name: name.into(),
+        pools: pools.iter().map(|p| p.to_string()).collect(),
+        node_selectors: role.map(|r| selector("role", r)).into_iter().collect(),
+        interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+    }
+}
+
+fn ifs(names: &[&str]) -> Restriction {
+    Some(names.iter().map(|n| n.to_string()).collect())
+}
+
+/// MetalLB's `ipAdvertisementFor`: union over the announcements covering the pool and selecting
+/// the node; one without interfaces lifts the restriction.
+#[test]
+fn interfaces_union_table() {
+    let mut edge = node("node-a");
+    edge.labels.insert("role".into(), "edge".into());
+    let plain = node("node-b");
+    let cases: Vec<(&str, Vec<Policy>, &NodeView, Restriction)> = vec![
+        (
+            "no interfaces listed: all",
+            vec![policy("p", &[], None, &[])],
+            &edge,
+            None,
+        ),
+        (
+            "one announcement",
+            vec![policy("p", &[], None, &["eth0"])],
+            &edge,
+            ifs(&["eth0"]),
+        ),
+        (
+            "union of two announcements selecting the node",
+            vec![
+                policy("p", &["lab"], None, &["eth0"]),
+                policy("q", &[], Some("edge"), &["eth1", "eth0"]),
+            ],
+            &edge,
+            ifs(&["eth0", "eth1"]),
+        ),
+        (
+            "an announcement not selecting the node does not add",
+            vec![
+                policy("p", &["lab"], None, &["eth0"]),
+                policy("q", &[], Some("edge"), &["eth1"]),
+            ],
+            &plain,
+            ifs(&["eth0"]),
+        ),
+        (
+            "an announcement for another pool does not add",
+            vec![
+                policy("p", &["lab"], None, &["eth0"]),
+                policy("q", &["other"], None, &["eth1"]),
+            ],
+            &edge,
+            ifs(&["eth0"]),
+        ),
+        (
+            "one covering announcement without interfaces: all",
+            vec![
+                policy("p", &["lab"], None, &["eth0"]),
+                policy("q", &[], Some("edge"), &[]),
+            ],
+            &edge,
+            None,
+        ),
+        (
+            "an announcement with an invalid name covers nothing",
+            vec![
+                policy("p", &["lab"], None, &["eth0"]),
+                policy("q", &[], None, &["eth1", "bad name"]),
+            ],
+            &edge,
+            ifs(&["eth0"]),
+        ),
+    ];
+    for (what, policies, n, want) in cases {
+        assert_eq!(interfaces("lab", n, &policies), want, "{what}");
+    }
+    let bad = policy("q", &[], None, &["eth0", "a,b", "waytoolonginterfacename"]);
+    assert_eq!(
+        bad.invalid_interfaces(),
+        vec!["a,b", "waytoolonginterfacename"]
+    );
+    assert_eq!(
+        elect(
+            ip(VIP),
+            "lab",
+            &[edge.clone()],
+            &[bad],
+            false,
+            &BTreeSet::new()
+        ),
+        None,
+        "an announcement with an invalid interface name elects nobody"
+    );
+}
+
+/// The published value per election outcome (the grammar's forms).
+#[test]
+fn interfaces_annotation_table() {
+    let mut ns = nodes(&["node-a", "node-b", "node-c"]);
+    ns[0].labels.insert("role".into(), "edge".into());
+    ns[1].labels.insert("role".into(), "plain".into());
+    let v6 = "2001:db8::10";
+    let mut two_pools = svc(&[VIP, v6]);
+    two_pools.ips[1].1 = "lab6".into();
+    let cases: Vec<(&str, Vec<Policy>, ServiceView, Option<&str>)> = vec![
+        (
+            "no interfaces anywhere: absent",
+            vec![policy("p", &[], None, &[])],
+            svc(&[VIP, v6]),
+            None,
+        ),
+        (
+            "every candidate the same set: compact",
+            vec![policy("p", &[], None, &["eth1", "eth0"])],
+            svc(&[VIP, v6]),
+            Some("eth0,eth1"),
+        ),
+        (
+            "per node (node-a adds eth1 through a second announcement)",
+            vec![
+                policy("p", &[], None, &["eth0"]),
+                policy("q", &[], Some("edge"), &["eth1"]),
+            ],
+            svc(&[VIP, v6]),
+            Some("node-a=eth0,eth1;node-b=eth0;node-c=eth0"),
+        ),
+        (
+            "per node, unrestricted nodes left out",
+            vec![
+                policy("p", &[], Some("plain"), &[]),
+                policy("q", &[], Some("edge"), &["eth1"]),
+                policy("r", &[], Some("nobody"), &["eth9"]),
+            ],
+            svc(&[VIP]),
+            Some("node-a=eth1"),
+        ),
+        (
+            "per IP and node when pools differ",
+            vec![
+                policy("p", &["lab"], Some("edge"), &["eth0"]),
+                policy("q", &["lab6"], Some("edge"), &["eth1"]),
+            ],
+            two_pools,
+            Some("203.0.113.10/node-a=eth0;2001:db8::10/node-a=eth1"),
+        ),
+        (
+            "no candidate: absent",
+            vec![policy("p", &[], Some("nobody"), &["eth0"])],
+            svc(&[VIP]),
+            None,
+        ),
+    ];
+    for (what, policies, view, want) in cases {
+        assert_eq!(
+            desired_interfaces(&view, &ns, &policies).as_deref(),
+            want,
+            "{what}"
+        );
+    }
+}
+
+/// A change of the interfaces alone rewrites all three annotations (one patch), keeps the
+/// announcer, and is reported with an `AnnouncingInterfacesChanged` Event.
+#[tokio::test]
+async fn interfaces_only_change_is_written_and_reported() {
+    let ns = nodes(&["node-a", "node-b"]);
+    let eth0 = vec![policy("p", &[], None, &["eth0"])];
+    let mut settled = svc(&[VIP]);
+    settled.current = desired_annotation(&settled, &ns, &eth0);
+    settled.current_candidates = desired_candidates(&settled, &ns, &eth0);
+    settled.current_interfaces = desired_interfaces(&settled, &ns, &eth0);
+    assert_eq!(settled.current_interfaces.as_deref(), Some("eth0"));
+    assert!(plan(&[settled.clone()], &ns, &eth0).is_empty());
+    let eth1 = vec![policy("p", &[], None, &["eth1"])];
+    let changes = plan(&[settled.clone()], &ns, &eth1);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].from, changes[0].to, "announcer unchanged");
+    assert_eq!(changes[0].candidates_from, changes[0].candidates_to);
+    assert_eq!(
+        (
+            changes[0].interfaces_from.as_deref(),
+            changes[0].interfaces_to.as_deref()
+        ),
+        (Some("eth0"), Some("eth1"))
+    );
+    let no_interfaces = vec![policy("p", &[], None, &[])];
+    let changes = plan(&[settled], &ns, &no_interfaces);
+    assert_eq!(
+        changes[0].interfaces_to, None,
+        "restriction lifted: removed"
+    );
+
+    // Through reconcile, from objects.
+    let annotated = |interfaces: &str| {
+        let announcer =
+            elect(ip(VIP), "lab", &ns, &eth0, false, &BTreeSet::new()).expect("announced");
+        let ranked = candidates(ip(VIP), "lab", &ns, &eth0, false, &BTreeSet::new()).join(",");
+        let svc = service_obj(
+            "web",
+            "Cluster",
+            json!([{"ip": VIP, "ipMode": "VIP"}]),
+            Some(&announcer),
+        );
+        let mut svc = (*svc).clone();
+        let a = svc.metadata.annotations.get_or_insert_default();
+        a.insert(ANNOTATION_ANNOUNCING_CANDIDATES.into(), ranked);
+        a.insert(ANNOTATION_ANNOUNCING_INTERFACES.into(), interfaces.into());
+        Arc::new(svc)
+    };
+    let services = vec![annotated("eth0")];
+    let node_objs = vec![
+        node_obj("node-a", "True", json!({})),
+        node_obj("node-b", "True", json!({})),
+    ];
+    let l2 = |interfaces: serde_json::Value| -> Arc<L2Announcement> {
+        obj(json!({
+            "apiVersion": "drawbridge.dev/v1alpha1", "kind": "L2Announcement",
+            "metadata": {"name": "all"}, "spec": {"interfaces": interfaces},
+        }))
+    };
+    let (_tx, leader) = watch::channel(true);
+    for (spec, want_writes) in [(json!(["eth0"]), 0), (json!(["eth1"]), 1)] {
+        let inputs = Inputs {
+            services: &services,
+            slices: &[],
+            nodes: &node_objs,
+            announcements: &[l2(spec)],
+            pools: &[pool_obj()],
+        };
+        let writer = RecordingAnnotationWriter::default();
+        let events = RecordingEventRecorder::default();
+        assert!(reconcile(&inputs, &writer, &events, &leader).await);
+        assert_eq!(writer.interface_writes().len(), want_writes);
+        if want_writes == 1 {
+            assert_eq!(
+                writer.interface_writes()[0].1.as_deref(),
+                Some("eth1"),
+                "the new set"
+            );
+            let events = events.events();
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert_eq!(events[0].reason, REASON_ANNOUNCING_INTERFACES_CHANGED);
+            assert_eq!(events[0].note, "eth0 -> eth1");
+        }
+    }
 }
