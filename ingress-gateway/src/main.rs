@@ -80,6 +80,11 @@ struct Args {
         default_value_t = 30
     )]
     external_name_refresh: u64,
+    /// Proxy threads steal each other's connections (one multi-thread tokio runtime).
+    /// Default `false`: one current-thread runtime per thread, each serving the connections it
+    /// accepted (Pingora's `work_stealing = false`; fewer wake-ups per request).
+    #[arg(long, env = "DRAWBRIDGE_WORK_STEALING", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    work_stealing: bool,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -110,5 +115,6 @@ fn main() -> anyhow::Result<()> {
         default_tls_secret: args.default_tls_secret,
         http1_fast_path: args.http1_fast_path,
         external_name_refresh: std::time::Duration::from_secs(args.external_name_refresh),
+        work_stealing: args.work_stealing,
     })
 }

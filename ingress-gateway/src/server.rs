@@ -71,6 +71,11 @@ pub struct Settings {
     pub http1_fast_path: bool,
     /// `--external-name-refresh`: how often ExternalName Services' names are looked up again.
     pub external_name_refresh: Duration,
+    /// Pingora's `ServerConf::work_stealing`: one multi-thread tokio runtime whose threads
+    /// steal each other's connections (`true`), or one current-thread runtime per thread, each
+    /// keeping the connections it accepted, like nginx's workers (`false`: fewer wake-ups and
+    /// cross-thread hand-offs per request; bench/gateway measured it, docs/benchmarks.md).
+    pub work_stealing: bool,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -133,6 +138,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let conf = ServerConf {
         upgrade_sock,
         threads: settings.threads.max(1),
+        work_stealing: settings.work_stealing,
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         // Upper bound of Pingora's retry loop; `Gateway::fail_to_connect` decides each retry.
@@ -172,6 +178,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             published.routes.clone(),
             metrics,
             settings.access_log,
+            settings.work_stealing,
         );
         let mut service = Service::new("ingress-gateway".to_string(), app);
         service.add_tcp(&http_addr);
@@ -188,7 +195,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         server.add_service(proxy);
     }
 
-    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, http1_fast_path = settings.http1_fast_path, "ingress-gateway serving");
+    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, http1_fast_path = settings.http1_fast_path, work_stealing = settings.work_stealing, "ingress-gateway serving");
     // The discovery runtime lives as long as this frame, which `run_forever` never leaves.
     let _runtime = runtime;
     server.run_forever()

@@ -32,10 +32,13 @@
 
 pub mod framing;
 pub mod pool;
+pub mod timer;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -57,6 +60,7 @@ use crate::routes::{Backend, RouteTable};
 use crate::upstream::fast_random;
 use framing::{BodyFraming, ChunkedTracker, Copied, Forwarding, Parsed, Request};
 use pool::Pool;
+use timer::Deadline;
 
 /// How long an idle client keep-alive connection waits for its next request (Pingora's
 /// default HTTP/1 keep-alive timeout, which the handed-over path keeps using).
@@ -92,19 +96,27 @@ pub struct FastPath {
 
 impl FastPath {
     /// A fast path over `proxy` (built with [`pingora::proxy::http_proxy`] from a [`Gateway`]
-    /// reading the same `routes` and counting into the same `metrics`).
+    /// reading the same `routes` and counting into the same `metrics`). `work_stealing`: how
+    /// Pingora runs the service (`ServerConf::work_stealing`); without it every thread has its
+    /// own runtime and I/O driver, so idle upstream connections are pooled per thread
+    /// ([`Pool::per_thread`]).
     pub fn new(
         proxy: HttpProxy<Gateway>,
         routes: Arc<ArcSwap<RouteTable>>,
         metrics: Arc<Metrics>,
         access_log: bool,
+        work_stealing: bool,
     ) -> Self {
         FastPath {
             proxy: Arc::new(proxy),
             routes,
             metrics,
             access_log,
-            pool: Pool::new(POOL_IDLE_TIMEOUT),
+            pool: if work_stealing {
+                Pool::new(POOL_IDLE_TIMEOUT)
+            } else {
+                Pool::per_thread(POOL_IDLE_TIMEOUT)
+            },
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
         }
@@ -126,6 +138,10 @@ struct Conn {
     /// The listener's port (X-Forwarded-Port), formatted once.
     server_port: Option<String>,
     tls: bool,
+    /// Keep-alive / request head timeout of the client side.
+    client_timer: Deadline,
+    /// Send / read timeouts of the upstream side.
+    up_timer: Deadline,
 }
 
 /// How a connection left the fast path.
@@ -200,6 +216,7 @@ async fn write_client(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
     stream.flush().await
 }
 
+/// `tokio::time::timeout` for operations too rare for a [`Deadline`] (connects, shutdown).
 async fn with_timeout<T>(
     limit: Duration,
     f: impl std::future::Future<Output = std::io::Result<T>>,
@@ -234,6 +251,8 @@ impl ServerApp for FastPath {
                 .as_ref()
                 .and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string())),
             tls: stream.get_ssl_digest().is_some(),
+            client_timer: Deadline::new(),
+            up_timer: Deadline::new(),
         };
         match self.serve(&mut stream, &mut conn, shutdown).await {
             Outcome::Close => {
@@ -298,8 +317,20 @@ impl FastPath {
         conn.buf.reserve(REQUEST_BUFFER);
         if !conn.buf.is_empty() {
             // Inside a request head: no shutdown check; the rest must come within the timeout.
-            let read = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf));
-            return matches!(read.await, Ok(Ok(n)) if n > 0);
+            let read = conn
+                .client_timer
+                .run(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf));
+            return matches!(read.await, Ok(n) if n > 0);
+        }
+        if self.is_stopping(shutdown) {
+            return false;
+        }
+        // The next request is often there already: read it without registering for `stop`
+        // (a lock and a list entry in the shared `Notify`).
+        let mut read = pin!(stream.read_buf(&mut conn.buf));
+        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+        {
+            return matches!(r, Ok(n) if n > 0);
         }
         let stop = self.stop.notified();
         tokio::pin!(stop);
@@ -309,9 +340,7 @@ impl FastPath {
         }
         tokio::select! {
             biased;
-            r = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf)) => {
-                matches!(r, Ok(Ok(n)) if n > 0)
-            }
+            r = conn.client_timer.run(KEEPALIVE_TIMEOUT, read) => matches!(r, Ok(n) if n > 0),
             _ = &mut stop => false,
         }
     }
@@ -491,7 +520,10 @@ impl FastPath {
             };
             in_flight.state().connected();
             // Request head (+ body start) in one write.
-            let sent = with_timeout(policy.send_timeout, up.write_all(&conn.out)).await;
+            let sent = conn
+                .up_timer
+                .run(policy.send_timeout, up.write_all(&conn.out))
+                .await;
             let got_head = match sent {
                 Ok(()) => {
                     self.send_body(stream, conn, &mut up, policy.send_timeout, body_left)
@@ -544,7 +576,9 @@ impl FastPath {
                 let mut left = n - take as u64;
                 while left > 0 {
                     conn.rbuf.clear();
-                    let got = read_upstream(&mut up, &mut conn.rbuf, read_timeout).await?;
+                    let got =
+                        read_upstream(&mut up, &mut conn.rbuf, &mut conn.up_timer, read_timeout)
+                            .await?;
                     let take = (got as u64).min(left) as usize;
                     reusable &= got as u64 <= left;
                     left -= take as u64;
@@ -563,7 +597,9 @@ impl FastPath {
                 write_client(stream, &conn.out).await.map_err(client_gone)?;
                 while !tracker.is_done() {
                     conn.rbuf.clear();
-                    let got = read_upstream(&mut up, &mut conn.rbuf, read_timeout).await?;
+                    let got =
+                        read_upstream(&mut up, &mut conn.rbuf, &mut conn.up_timer, read_timeout)
+                            .await?;
                     let used = tracker.feed(&conn.rbuf[..got]).map_err(bad_chunk)?;
                     reusable &= used == got;
                     write_client(stream, &conn.rbuf[..used])
@@ -591,7 +627,11 @@ impl FastPath {
                 write_client(stream, &conn.out).await.map_err(client_gone)?;
                 loop {
                     conn.rbuf.clear();
-                    let got = match with_timeout(read_timeout, up.read_buf(&mut conn.rbuf)).await {
+                    let got = match conn
+                        .up_timer
+                        .run(read_timeout, up.read_buf(&mut conn.rbuf))
+                        .await
+                    {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(timed_out) => return Err(upstream_read_failed(timed_out)),
@@ -654,7 +694,8 @@ impl FastPath {
                 Ok(n) => n,
             };
             left -= got as u64;
-            with_timeout(send_timeout, up.write_all(&conn.rbuf[..got]))
+            conn.up_timer
+                .run(send_timeout, up.write_all(&conn.rbuf[..got]))
                 .await
                 .map_err(|timed_out| Failure {
                     status: if timed_out { 504 } else { 502 },
@@ -693,7 +734,11 @@ impl FastPath {
                 }
             }
             conn.rbuf.reserve(BODY_BUFFER);
-            match with_timeout(read_timeout, up.read_buf(&mut conn.rbuf)).await {
+            match conn
+                .up_timer
+                .run(read_timeout, up.read_buf(&mut conn.rbuf))
+                .await
+            {
                 Ok(0) => return Err((false, received)),
                 Ok(n) => received += n,
                 Err(timed_out) => return Err((timed_out, received)),
@@ -719,9 +764,7 @@ impl FastPath {
             request_id,
         } = *l;
         let elapsed = started.elapsed();
-        let method_bytes = &conn.buf[req.method.clone()];
-        let method =
-            http::Method::from_bytes(method_bytes).map_or(Method::OTHER, |m| Method::of(&m));
+        let method = method_label(&conn.buf[req.method.clone()]);
         // Logged like Pingora's path: 499 when the client went away before an answer.
         let status = if status == 0 { 499 } else { status };
         let bytes_in = if error.is_some() && status == 499 {
@@ -765,6 +808,23 @@ impl FastPath {
     }
 }
 
+/// The metrics label of a request method as received (methods are case-sensitive, RFC 9110
+/// §9.1: `get` is an extension method, `OTHER`).
+fn method_label(method: &[u8]) -> Method {
+    match method {
+        b"GET" => Method::GET,
+        b"HEAD" => Method::HEAD,
+        b"POST" => Method::POST,
+        b"PUT" => Method::PUT,
+        b"DELETE" => Method::DELETE,
+        b"PATCH" => Method::PATCH,
+        b"OPTIONS" => Method::OPTIONS,
+        b"CONNECT" => Method::CONNECT,
+        b"TRACE" => Method::TRACE,
+        _ => Method::OTHER,
+    }
+}
+
 fn push_chunk_header(out: &mut Vec<u8>, len: usize) {
     use std::io::Write;
     let _ = write!(out, "{len:x}\r\n");
@@ -773,10 +833,11 @@ fn push_chunk_header(out: &mut Vec<u8>, len: usize) {
 async fn read_upstream(
     up: &mut TcpStream,
     rbuf: &mut Vec<u8>,
+    timer: &mut Deadline,
     read_timeout: Duration,
 ) -> Result<usize, Failure> {
     rbuf.reserve(BODY_BUFFER);
-    match with_timeout(read_timeout, up.read_buf(rbuf)).await {
+    match timer.run(read_timeout, up.read_buf(rbuf)).await {
         Ok(0) => Err(Failure {
             status: 502,
             error: "upstream closed inside the response body",

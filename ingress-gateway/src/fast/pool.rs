@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -32,15 +33,27 @@ struct Idle {
 }
 
 /// Idle upstream connections by endpoint address. Shared by all worker threads (one short
-/// uncontended lock per request on one worker).
+/// uncontended lock per request on one worker); with [`Pool::per_thread`], each thread only
+/// gets back the connections it returned.
 pub struct Pool {
     idle_timeout: Duration,
+    per_thread: bool,
     inner: Mutex<Inner>,
 }
 
+/// Pool key: the worker thread's shard (0 when shared) and the endpoint.
+type Key = (usize, SocketAddr);
+
 struct Inner {
-    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    by_addr: HashMap<Key, Vec<Idle>>,
     last_sweep: Instant,
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's shard number (1, 2, …; assigned on first use).
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether an idle connection is still usable: nothing to read (a readable idle HTTP/1.1
@@ -59,15 +72,40 @@ fn looks_alive(stream: &TcpStream) -> bool {
 }
 
 impl Pool {
-    /// An empty pool closing connections idle longer than `idle_timeout`.
+    /// An empty pool closing connections idle longer than `idle_timeout`, shared by all threads
+    /// (for runtimes whose threads share one I/O driver: tokio's multi-thread runtime).
     pub fn new(idle_timeout: Duration) -> Self {
+        Self::with_sharing(idle_timeout, false)
+    }
+
+    /// Like [`Pool::new`], but a connection is only handed back to the thread that returned it:
+    /// for one current-thread runtime per thread (Pingora's `work_stealing = false`), where a
+    /// socket stays registered with the I/O driver of the runtime that opened it, and would be
+    /// woken late (only when that runtime's thread polls its driver) on another.
+    pub fn per_thread(idle_timeout: Duration) -> Self {
+        Self::with_sharing(idle_timeout, true)
+    }
+
+    fn with_sharing(idle_timeout: Duration, per_thread: bool) -> Self {
         Pool {
             idle_timeout,
+            per_thread,
             inner: Mutex::new(Inner {
                 by_addr: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
         }
+    }
+
+    fn key(&self, addr: SocketAddr) -> Key {
+        (
+            if self.per_thread {
+                SHARD.with(|s| *s)
+            } else {
+                0
+            },
+            addr,
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -79,7 +117,7 @@ impl Pool {
         let mut inner = self.lock();
         let now = Instant::now();
         self.maybe_sweep(&mut inner, now);
-        let list = inner.by_addr.get_mut(&addr)?;
+        let list = inner.by_addr.get_mut(&self.key(addr))?;
         while let Some(idle) = list.pop() {
             if now.duration_since(idle.since) < self.idle_timeout && looks_alive(&idle.stream) {
                 return Some(idle.stream);
@@ -93,7 +131,7 @@ impl Pool {
         let mut inner = self.lock();
         let now = Instant::now();
         self.maybe_sweep(&mut inner, now);
-        let list = inner.by_addr.entry(addr).or_default();
+        let list = inner.by_addr.entry(self.key(addr)).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle { stream, since: now });
         }
@@ -152,6 +190,33 @@ mod tests {
         assert!(
             pool.take(addr).is_none(),
             "connection with unread bytes dropped"
+        );
+    }
+
+    #[test]
+    fn per_thread_pools_give_connections_back_to_their_thread_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = std::sync::Arc::new(Pool::per_thread(Duration::from_secs(60)));
+        let client = rt.block_on(TcpStream::connect(addr)).unwrap();
+        let _server = rt.block_on(listener.accept()).unwrap();
+        pool.put(addr, client);
+        let other = std::sync::Arc::clone(&pool);
+        let taken_elsewhere = std::thread::spawn(move || other.take(addr).is_some())
+            .join()
+            .unwrap();
+        assert!(
+            !taken_elsewhere,
+            "another thread got this thread's connection"
+        );
+        let _guard = rt.enter();
+        assert!(
+            pool.take(addr).is_some(),
+            "the returning thread gets it back"
         );
     }
 
