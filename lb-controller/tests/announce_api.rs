@@ -1,6 +1,8 @@
 //! L2 announcement wired into the controller loop, through a real HTTP API (the API double): two
 //! Ready Nodes and an L2Announcement → the Service gets `drawbridge.dev/announcing-node`; the chosen
-//! Node turns NotReady → the annotation moves; a replica that is not the leader writes nothing.
+//! Node turns NotReady → the annotation moves; a replica that is not the leader writes nothing;
+//! `spec.interfaces` set → `drawbridge.dev/announcing-interfaces` written (and reported), lifted →
+//! removed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use drawbridge_resources::Kind;
 use drawbridge_resources::source::kubernetes;
 use kube::{Client, Config};
 use lb_controller::announce::{
-    ANNOTATION_ANNOUNCING_CANDIDATES, ANNOTATION_ANNOUNCING_NODE, KubeAnnotationWriter,
-    REASON_ANNOUNCING_NODE_CHANGED,
+    ANNOTATION_ANNOUNCING_CANDIDATES, ANNOTATION_ANNOUNCING_INTERFACES, ANNOTATION_ANNOUNCING_NODE,
+    KubeAnnotationWriter, REASON_ANNOUNCING_INTERFACES_CHANGED, REASON_ANNOUNCING_NODE_CHANGED,
 };
 use lb_controller::claim_store::KubeClaims;
 use lb_controller::controller::{self, Claims, Namespaces, Settings};
@@ -42,6 +44,13 @@ fn announcer(double: &ApiDouble) -> Option<String> {
 fn candidates(double: &ApiDouble) -> Option<String> {
     let svc = double.get("v1", "Service", Some("default"), "web")?;
     svc["metadata"]["annotations"][ANNOTATION_ANNOUNCING_CANDIDATES]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn interfaces(double: &ApiDouble) -> Option<String> {
+    let svc = double.get("v1", "Service", Some("default"), "web")?;
+    svc["metadata"]["annotations"][ANNOTATION_ANNOUNCING_INTERFACES]
         .as_str()
         .map(str::to_string)
 }
@@ -165,6 +174,40 @@ async fn announcing_node_is_elected_moves_on_not_ready_and_waits_for_the_lease()
         announcer(&double).as_deref() == Some(first.as_str())
     })
     .await;
+
+    // spec.interfaces set: published in the same kind of merge patch, announcer unchanged, and
+    // reported (a human changed where the IP is answered).
+    assert_eq!(
+        interfaces(&double),
+        None,
+        "no interfaces listed: no annotation"
+    );
+    double.update(
+        json!({"apiVersion": V1A1, "kind": "L2Announcement", "metadata": {"name": "lab"},
+               "spec": {"ipAddressPools": ["lab"], "interfaces": ["eth1"]}}),
+    );
+    wait_for("the interfaces annotation", || {
+        interfaces(&double).as_deref() == Some("eth1")
+    })
+    .await;
+    assert_eq!(announcer(&double).as_deref(), Some(first.as_str()));
+    let reported: Vec<String> = events
+        .events()
+        .into_iter()
+        .filter(|e| e.reason == REASON_ANNOUNCING_INTERFACES_CHANGED)
+        .map(|e| e.note)
+        .collect();
+    assert_eq!(reported, vec!["<all> -> eth1".to_string()]);
+    // Lifted again: the merge patch's null removes it.
+    double.update(
+        json!({"apiVersion": V1A1, "kind": "L2Announcement", "metadata": {"name": "lab"},
+               "spec": {"ipAddressPools": ["lab"]}}),
+    );
+    wait_for("the interfaces annotation to go", || {
+        interfaces(&double).is_none()
+    })
+    .await;
+    assert_eq!(announcer(&double).as_deref(), Some(first.as_str()));
     task.abort();
 }
 
