@@ -80,10 +80,11 @@ struct Args {
         default_value_t = 30
     )]
     external_name_refresh: u64,
-    /// Proxy threads steal each other's connections (one multi-thread tokio runtime).
-    /// Default `false`: one current-thread runtime per thread, each serving the connections it
-    /// accepted (Pingora's `work_stealing = false`; fewer wake-ups per request).
-    #[arg(long, env = "DRAWBRIDGE_WORK_STEALING", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Proxy threads share one multi-thread tokio runtime and steal each other's tasks
+    /// (Pingora's default). `--work-stealing=false`: one current-thread runtime per thread, each
+    /// serving the connections it accepted, like nginx workers. bench/gateway measured no
+    /// HTTP/1.1 gain and up to 0.68× the HTTP/2 req/s without it (docs/benchmarks.md, 2026-12-06).
+    #[arg(long, env = "DRAWBRIDGE_WORK_STEALING", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     work_stealing: bool,
 }
 

@@ -72,9 +72,10 @@ pub struct Settings {
     /// `--external-name-refresh`: how often ExternalName Services' names are looked up again.
     pub external_name_refresh: Duration,
     /// Pingora's `ServerConf::work_stealing`: one multi-thread tokio runtime whose threads
-    /// steal each other's connections (`true`), or one current-thread runtime per thread, each
-    /// keeping the connections it accepted, like nginx's workers (`false`: fewer wake-ups and
-    /// cross-thread hand-offs per request; bench/gateway measured it, docs/benchmarks.md).
+    /// steal each other's tasks (`true`, the default), or one current-thread runtime per thread,
+    /// each keeping the connections it accepted, like nginx's workers (`false`). bench/gateway:
+    /// HTTP/1.1 the same within noise, HTTP/2 0.68–1.01× without stealing (docs/benchmarks.md,
+    /// 2026-12-06).
     pub work_stealing: bool,
 }
 

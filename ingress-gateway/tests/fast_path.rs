@@ -560,3 +560,108 @@ async fn fast_path_off_serves_through_pingora() {
     let text = String::from_utf8_lossy(&all);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
 }
+
+/// A raw origin answering the first request on each connection with `200` and never the
+/// next ones (reads them and waits).
+async fn first_only_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    }
+                    buf.clear();
+                    if !answered {
+                        // After a pause, so that the gateway waits for (and times) this read.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        answered = true;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The fast path arms one timer per connection side lazily (`fast::timer::Deadline`): a timer
+/// armed by an earlier request on the same connection must not cut a later one short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_timeout_armed_by_an_earlier_request_still_gives_the_next_its_full_time() {
+    let addr = first_only_origin().await;
+    let mut objects = vec![mk_class(), mk_service("raw"), slice("raw", addr)];
+    let mut ing = ingress("raw.test", "raw");
+    ing["metadata"]["annotations"] = json!({"drawbridge.dev/proxy-read-timeout": "1"});
+    objects.push(ing);
+    let gw = Gateway::start_with(&objects, &[]).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_resp(&mut s, &mut buf, false).await.status, 200);
+    // The first request's 1 s timer would fire ~0.6 s into the second request.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(b"GET /2 HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 504);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "timed out after {waited:?}, not the full 1 s"
+    );
+}
+
+/// Upstream connections are reused with both runtimes: `--work-stealing=false` (one runtime
+/// per thread, pool per thread) and `--work-stealing=true` (the default, shared pool). Eight
+/// client connections one after another over two proxy threads need at most one upstream
+/// connection per thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_with_and_without_work_stealing() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    for flag in ["--work-stealing=false", "--work-stealing=true"] {
+        let (addr, accepted) = scripted_origin(RESP, RESP.len(), false).await;
+        let objects = vec![
+            mk_class(),
+            mk_service("raw"),
+            ingress("raw.test", "raw"),
+            slice("raw", addr),
+        ];
+        let gw = Gateway::start_with(&objects, &[flag]).await;
+        for i in 0..8 {
+            let mut s = TcpStream::connect(gw.http).await.unwrap();
+            let mut buf = Vec::new();
+            for _ in 0..3 {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+                    .await
+                    .unwrap();
+                let r = read_resp(&mut s, &mut buf, false).await;
+                assert_eq!(r.status, 200, "{flag} connection {i}");
+                assert_eq!(r.body, b"ok");
+            }
+            drop(s);
+            // Lets the gateway return the upstream connection before the next client comes.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let n = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&n),
+            "{flag}: {n} upstream connections for 24 sequential requests on 2 threads"
+        );
+    }
+}
