@@ -8,10 +8,11 @@
 //!     ▼                                        every heartbeat and at once on every change
 //!  run(): without gossip: responder::announced_ips(services, --node-name)  ── pure
 //!         with gossip:    decide::answered_ips(decide::ranked_ips(services), view)  ── pure
-//!     │ publish Arc<BTreeSet<IpAddr>> + valid-until (view.as_of + fence_after; renewed by
-//!     │ every view, so a frozen or stalled node stops answering by itself)
+//!         then interfaces::answers(ips, interfaces::scopes(services, node, --l2-interfaces))
+//!     │ publish Arc<Answers> (IP -> interfaces, None = all) + valid-until (view.as_of +
+//!     │ fence_after; renewed by every view, so a frozen or stalled node stops answering by itself)
 //!     ▼
-//!  one thread per --l2-interfaces interface: serve()
+//!  one thread per --l2-interfaces interface: serve(), its own IP set precomputed per change
 //!     ├─ socket::FrameReceiver ─ frame ─> responder::answer() ─> socket::FrameSender (reply)
 //!     ├─ responder::Takeovers: gratuitous ARP / unsolicited NA burst + repeats on takeover
 //!     └─ IPv6: join each announced IP's solicited-node group (socket::MulticastMembership)
@@ -25,6 +26,7 @@
 pub mod arp;
 pub mod decide;
 pub mod gossip;
+pub mod interfaces;
 pub mod ndp;
 pub mod responder;
 pub mod socket;
@@ -42,6 +44,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use decide::Membership;
+use interfaces::{Answers, Problem};
 use responder::Takeovers;
 use socket::{FrameReceiver, FrameSender, MulticastMembership};
 
@@ -53,36 +56,37 @@ pub const TICK: Duration = Duration::from_millis(10);
 const REOPEN_MIN: Duration = Duration::from_millis(20);
 const REOPEN_MAX: Duration = Duration::from_millis(200);
 
-/// The announced set, shared between the watcher task and the interface threads, with how long
-/// it may be acted on (`None`: until replaced — without gossip).
+/// The announced IPs (each with the interfaces to answer it on), shared between the watcher task
+/// and the interface threads, with how long they may be acted on (`None`: until replaced —
+/// without gossip).
 #[derive(Clone, Default)]
 pub struct Announced(Arc<RwLock<AnnouncedState>>);
 
-/// The set and its deadline, as [`Announced`] holds them.
-type AnnouncedState = (Arc<BTreeSet<IpAddr>>, Option<Instant>);
+/// The answers and their deadline, as [`Announced`] holds them.
+type AnnouncedState = (Arc<Answers>, Option<Instant>);
 
 impl Announced {
-    /// The current set (cheap: an `Arc` clone).
-    pub fn get(&self) -> Arc<BTreeSet<IpAddr>> {
+    /// The current answers (cheap: an `Arc` clone).
+    pub fn get(&self) -> Arc<Answers> {
         self.snapshot().0
     }
 
-    /// The current set and its deadline.
-    pub fn snapshot(&self) -> (Arc<BTreeSet<IpAddr>>, Option<Instant>) {
+    /// The current answers and their deadline.
+    pub fn snapshot(&self) -> (Arc<Answers>, Option<Instant>) {
         match self.0.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Replaces the set; it is valid for ever.
+    /// Replaces the answers with `ips` on every interface; valid for ever.
     pub fn set(&self, ips: BTreeSet<IpAddr>) {
-        self.set_until(ips, None);
+        self.set_until(ips.into_iter().map(|ip| (ip, None)).collect(), None);
     }
 
-    /// Replaces the set; answers stop at `valid_until` unless renewed.
-    pub fn set_until(&self, ips: BTreeSet<IpAddr>, valid_until: Option<Instant>) {
-        let value = (Arc::new(ips), valid_until);
+    /// Replaces the answers; they stop at `valid_until` unless renewed.
+    pub fn set_until(&self, answers: Answers, valid_until: Option<Instant>) {
+        let value = (Arc::new(answers), valid_until);
         match self.0.write() {
             Ok(mut guard) => *guard = value,
             Err(poisoned) => *poisoned.into_inner() = value,
@@ -107,6 +111,10 @@ pub struct Metrics {
     /// `drawbridge_l2_announcer_changes_total{change="gained"|"lost"}`: IPs this node took over
     /// or gave up.
     pub changes: Family<[(&'static str, &'static str); 1], Counter>,
+    /// `drawbridge_l2_unanswered_ips{reason="no_interface"|"invalid_interfaces_annotation"}`:
+    /// IPs this node is the announcer of but answers on no interface (`--l2-interfaces` ∩
+    /// `drawbridge.dev/announcing-interfaces` empty, or that annotation malformed).
+    pub unanswered: Family<[(&'static str, &'static str); 1], Gauge>,
     /// Gossip membership metrics.
     pub gossip: gossip::GossipMetrics,
 }
@@ -128,12 +136,19 @@ impl Metrics {
             "LoadBalancer IPs this node took over (gained) or gave up (lost)",
             m.changes.clone(),
         );
+        registry.register(
+            "drawbridge_l2_unanswered_ips",
+            "LoadBalancer IPs this node announces but answers on no interface (reason: no_interface = --l2-interfaces and the Service's announcing-interfaces share none; invalid_interfaces_annotation = that annotation does not parse)",
+            m.unanswered.clone(),
+        );
         m
     }
 }
 
 /// Follows Services (and, with `gossip`, the membership view) and answers for this node's IPs on
-/// `interfaces` until the source ends. Interfaces that cannot be opened are logged and retried;
+/// `interfaces` (each IP only on those its `drawbridge.dev/announcing-interfaces` entry for
+/// `node` allows: [`interfaces`]) until the source ends. IPs answered nowhere are logged once per
+/// change (a warning naming the Service and IP) and counted in `drawbridge_l2_unanswered_ips`. Interfaces that cannot be opened are logged and retried;
 /// a gossip socket that cannot be bound is logged and L2 answers stay off (never answering without
 /// the failure detector that would fence us). Nothing here stops the process.
 pub async fn run(
@@ -144,7 +159,7 @@ pub async fn run(
     metrics: Metrics,
 ) {
     let announced = Announced::default();
-    for name in interfaces {
+    for name in interfaces.clone() {
         let announced = announced.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("l2-{name}"))
@@ -169,11 +184,14 @@ pub async fn run(
     }
     resources.wait_synced().await;
     let mut ranked = Arc::new(BTreeMap::new());
+    let mut scopes = BTreeMap::new();
+    let mut reported: Vec<Problem> = vec![];
     let mut resources_changed = true;
     loop {
         if resources_changed {
             let services = resources.services.state();
             ranked = Arc::new(decide::ranked_ips(&services));
+            scopes = interfaces::scopes(&services, &node, &interfaces);
             if let Some(bind) = gossip_port {
                 seeds_tx.send_if_modified(|seeds| {
                     let wanted = node_seeds(&resources.nodes.state(), bind);
@@ -195,18 +213,19 @@ pub async fn run(
                 None => (BTreeSet::new(), Some(Instant::now())),
             },
         };
+        let (answers, problems) = interfaces::answers(&desired, &scopes);
+        if problems != reported {
+            report_problems(&node, &reported, &problems, &metrics);
+            reported = problems;
+        }
         let current = announced.get();
-        if *current != desired {
-            let gained: Vec<String> = desired
-                .difference(&current)
-                .map(|i| i.to_string())
-                .collect();
-            let lost: Vec<String> = current
-                .difference(&desired)
-                .map(|i| i.to_string())
-                .collect();
+        if *current != answers {
+            let before: BTreeSet<IpAddr> = current.keys().copied().collect();
+            let desired: BTreeSet<IpAddr> = answers.keys().copied().collect();
+            let gained: Vec<String> = desired.difference(&before).map(|i| i.to_string()).collect();
+            let lost: Vec<String> = before.difference(&desired).map(|i| i.to_string()).collect();
             if let Some(view) = views.borrow().as_ref() {
-                let why: Vec<String> = current
+                let why: Vec<String> = before
                     .difference(&desired)
                     .filter_map(|ip| {
                         Some(format!(
@@ -216,8 +235,22 @@ pub async fn run(
                     })
                     .collect();
                 tracing::info!(node = %node, gained = ?gained, lost = ?lost, why = ?why, "L2 announcements changed");
-            } else {
+            } else if !gained.is_empty() || !lost.is_empty() {
                 tracing::info!(node = %node, gained = ?gained, lost = ?lost, "L2 announcements changed");
+            }
+            let moved: Vec<String> = answers
+                .iter()
+                .filter(|(ip, only)| current.get(*ip).is_some_and(|was| was != *only))
+                .map(|(ip, only)| match only {
+                    None => format!("{ip}: all"),
+                    Some(set) => format!(
+                        "{ip}: {}",
+                        set.iter().cloned().collect::<Vec<_>>().join(",")
+                    ),
+                })
+                .collect();
+            if !moved.is_empty() {
+                tracing::info!(node = %node, interfaces = ?moved, "L2 answer interfaces changed");
             }
             metrics
                 .changes
@@ -227,8 +260,8 @@ pub async fn run(
                 .changes
                 .get_or_create(&[("change", "lost")])
                 .inc_by(lost.len() as u64);
-            metrics.announced.set(desired.len() as i64);
-            announced.set_until(desired, valid_until);
+            metrics.announced.set(answers.len() as i64);
+            announced.set_until(answers, valid_until);
         } else {
             announced.renew(valid_until);
         }
@@ -242,7 +275,7 @@ pub async fn run(
             changed = views.changed(), if fence_after.is_some() => {
                 if changed.is_err() {
                     // The gossip task ended (it logged why): stop answering, follow Services only.
-                    announced.set_until(BTreeSet::new(), Some(Instant::now()));
+                    announced.set_until(Answers::new(), Some(Instant::now()));
                     if !resources.changed().await {
                         return;
                     }
@@ -250,6 +283,37 @@ pub async fn run(
                 resources_changed = false;
             }
         }
+    }
+}
+
+/// Logs what changed between two problem lists (a warning per new IP answered nowhere, naming
+/// the Service; an info line per resolved one) and sets `drawbridge_l2_unanswered_ips`.
+fn report_problems(node: &str, before: &[Problem], now: &[Problem], metrics: &Metrics) {
+    for problem in now.iter().filter(|p| !before.contains(p)) {
+        match problem {
+            Problem::NoInterface {
+                ip,
+                service,
+                wanted,
+            } => {
+                tracing::warn!(node = %node, service = %service, %ip, wanted = %wanted, "this node announces the IP but none of its --l2-interfaces is in the Service's drawbridge.dev/announcing-interfaces (L2Announcement spec.interfaces): answering it nowhere")
+            }
+            Problem::Malformed { ip, service, error } => {
+                tracing::warn!(node = %node, service = %service, %ip, error = %error, "drawbridge.dev/announcing-interfaces does not parse: answering the IP nowhere until lb-controller rewrites it")
+            }
+        }
+    }
+    for problem in before.iter().filter(|p| !now.contains(p)) {
+        let (Problem::NoInterface { ip, service, .. } | Problem::Malformed { ip, service, .. }) =
+            problem;
+        tracing::info!(node = %node, service = %service, %ip, "no longer unanswerable for its interfaces");
+    }
+    for reason in ["no_interface", "invalid_interfaces_annotation"] {
+        let count = now.iter().filter(|p| p.reason() == reason).count();
+        metrics
+            .unanswered
+            .get_or_create(&[("reason", reason)])
+            .set(count as i64);
     }
 }
 
@@ -287,6 +351,7 @@ fn open_and_serve(name: &str, announced: &Announced) {
                 }
                 let opened = Instant::now();
                 let error = serve(
+                    name,
                     link.mac,
                     link.index,
                     link.sender.as_ref(),
@@ -314,6 +379,38 @@ fn open_and_serve(name: &str, announced: &Announced) {
     }
 }
 
+/// One interface thread's view of [`Announced`]: its own IPs, their gratuitous schedule and
+/// IPv6 group memberships, recomputed only when the shared answers change.
+#[derive(Default)]
+struct InterfaceState {
+    seen: Option<Arc<Answers>>,
+    local: BTreeSet<IpAddr>,
+    takeovers: Takeovers,
+    memberships: BTreeMap<IpAddr, Option<MulticastMembership>>,
+}
+
+impl InterfaceState {
+    fn follow(&mut self, answers: &Arc<Answers>, interface: &str, index: u32) {
+        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, answers)) {
+            return;
+        }
+        self.local = interfaces::for_interface(answers, interface);
+        self.takeovers.update(&self.local, Instant::now());
+        let local = &self.local;
+        self.memberships.retain(|ip, _| local.contains(ip));
+        for ip in local {
+            if let IpAddr::V6(v6) = ip {
+                self.memberships.entry(*ip).or_insert_with(|| {
+                    MulticastMembership::join(ndp::solicited_node_group(*v6), index)
+                        .map_err(|error| tracing::warn!(%error, ip = %v6, "cannot join the solicited-node group"))
+                        .ok()
+                });
+            }
+        }
+        self.seen = Some(answers.clone());
+    }
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
@@ -322,9 +419,12 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// The interface loop: answer, announce on takeover, keep multicast memberships, until a
-/// receive error (returned) or `stop()` says so (tests). Send errors are logged, not fatal.
+/// The interface loop for `interface`: answer, announce on takeover, keep multicast
+/// memberships — each only for the IPs [`Announced`] allows on `interface` (computed once per
+/// change, not per frame) — until a receive error (returned) or `stop()` says so (tests). Send
+/// errors are logged, not fatal.
 pub fn serve(
+    interface: &str,
     mac: [u8; 6],
     index: u32,
     sender: &dyn FrameSender,
@@ -332,9 +432,7 @@ pub fn serve(
     announced: &Announced,
     stop: &dyn Fn() -> bool,
 ) -> std::io::Error {
-    let mut takeovers = Takeovers::default();
-    let mut memberships: BTreeMap<IpAddr, Option<MulticastMembership>> = BTreeMap::new();
-    let mut seen: Option<Arc<BTreeSet<IpAddr>>> = None;
+    let mut state = InterfaceState::default();
     let send = |frame: &[u8]| {
         if let Err(error) = sender.send(frame) {
             tracing::warn!(%error, "sending an ARP/NDP frame failed");
@@ -342,26 +440,13 @@ pub fn serve(
     };
     let nothing = BTreeSet::new();
     while !stop() {
-        let (set, valid_until) = announced.snapshot();
+        let (answers, valid_until) = announced.snapshot();
         // Past its deadline the set is not acted on (a stalled decision loop or a thawed
         // process must not answer from a stale view).
         let live = valid_until.is_none_or(|t| Instant::now() < t);
-        if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &set)) {
-            takeovers.update(&set, Instant::now());
-            memberships.retain(|ip, _| set.contains(ip));
-            for ip in set.iter() {
-                if let IpAddr::V6(v6) = ip {
-                    memberships.entry(*ip).or_insert_with(|| {
-                        MulticastMembership::join(ndp::solicited_node_group(*v6), index)
-                            .map_err(|error| tracing::warn!(%error, ip = %v6, "cannot join the solicited-node group"))
-                            .ok()
-                    });
-                }
-            }
-            seen = Some(set.clone());
-        }
+        state.follow(&answers, interface, index);
         if live {
-            for ip in takeovers.due(Instant::now()) {
+            for ip in state.takeovers.due(Instant::now()) {
                 for frame in responder::gratuitous(mac, ip) {
                     send(&frame);
                 }
@@ -369,10 +454,12 @@ pub fn serve(
         }
         match receiver.recv() {
             Ok(Some(frame)) => {
-                // Re-read: the set or its deadline may have changed while we waited.
-                let (set, valid_until) = announced.snapshot();
+                // Re-read: the answers or their deadline may have changed while we waited (a
+                // pointer comparison unless they did).
+                let (answers, valid_until) = announced.snapshot();
+                state.follow(&answers, interface, index);
                 let live = valid_until.is_none_or(|t| Instant::now() < t);
-                let answerable = if live { set.as_ref() } else { &nothing };
+                let answerable = if live { &state.local } else { &nothing };
                 if let Some(reply) = responder::answer(&frame, mac, answerable) {
                     send(&reply);
                 }
@@ -426,6 +513,7 @@ mod tests {
             let (sent, announced, stop) = (sent.clone(), announced.clone(), stop.clone());
             std::thread::spawn(move || {
                 serve(
+                    "eth0",
                     OURS,
                     0,
                     sent.as_ref(),
@@ -473,7 +561,7 @@ mod tests {
         // An answer set past its deadline (gossip view too old: a frozen or stalled node) is not
         // acted on; renewing it brings the answers back without a new takeover burst.
         announced.set_until(
-            [vip].into(),
+            [(vip, None)].into(),
             Some(Instant::now() + Duration::from_millis(100)),
         );
         std::thread::sleep(Duration::from_millis(150));
@@ -490,6 +578,62 @@ mod tests {
             frames.len() > after_expiry && frames[after_expiry..].iter().any(|f| f[..6] == client),
             "renewed: answered again"
         );
+        stop.store(true, Ordering::Relaxed);
+        thread.join().expect("thread");
+    }
+
+    /// An IP restricted to another interface gets neither the gratuitous burst nor answers on
+    /// this one; allowing this interface too starts both (a burst only for the newly allowed IP).
+    #[test]
+    fn serve_answers_only_where_the_interfaces_allow() {
+        let vip: IpAddr = "203.0.113.10".parse().expect("ip");
+        let only = |names: &[&str]| Some(Arc::new(names.iter().map(|n| n.to_string()).collect()));
+        let announced = Announced::default();
+        announced.set_until([(vip, only(&["eth1"]))].into(), None);
+        let sent = Arc::new(Recorded::default());
+        let (feed, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (sent, announced, stop) = (sent.clone(), announced.clone(), stop.clone());
+            std::thread::spawn(move || {
+                serve(
+                    "eth0",
+                    OURS,
+                    0,
+                    sent.as_ref(),
+                    Box::new(Fed(rx)),
+                    &announced,
+                    &move || stop.load(Ordering::Relaxed),
+                )
+            })
+        };
+        let client = [0x02, 0, 0, 0, 0, 0xc];
+        let mut request = vec![];
+        etherparse::PacketBuilder::ethernet2(client, arp::BROADCAST)
+            .arp(etherparse::ArpPacket::from(etherparse::ArpEthIpv4Packet {
+                operation: etherparse::ArpOperation::REQUEST,
+                sender_mac: client,
+                sender_ipv4: [192, 0, 2, 2],
+                target_mac: [0; 6],
+                target_ipv4: [203, 0, 113, 10],
+            }))
+            .write(&mut request)
+            .expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        feed.send(request.clone()).expect("feed");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            sent.0.lock().expect("lock").len(),
+            0,
+            "restricted to eth1: no burst, no answer on eth0"
+        );
+        announced.set_until([(vip, only(&["eth1", "eth0"]))].into(), None);
+        std::thread::sleep(Duration::from_millis(100));
+        feed.send(request).expect("feed");
+        std::thread::sleep(Duration::from_millis(50));
+        let frames = sent.0.lock().expect("lock").clone();
+        assert_eq!(frames.len(), 7, "burst of 6, then the answer");
+        assert_eq!(&frames[6][..6], &client);
         stop.store(true, Ordering::Relaxed);
         thread.join().expect("thread");
     }
