@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
 #
-#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2] [--profile] [--no-build]
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2] [--profile] [--syscalls] [--no-build]
 #
 # Layout (loopback only):
 #   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
@@ -16,10 +16,14 @@
 #   h2        h2load -t1 -c64 -m10 over TLS (ALPN h2), percentiles from h2load --log-file
 # --profile: afterwards, `perf record -e cpu-clock -g` on the pinned gateway during an h1 run;
 #            writes the top symbols and a Pingora/rustls/malloc/kernel/our-code split.
+# --syscalls: afterwards, `strace -c -f` on each proxy (all threads) during an HTTP/1.1 wrk run;
+#            prints system calls per request by name (strace slows the proxy; only the counts
+#            per request are meant, not the rate).
 set -euo pipefail
 
 DURATION=10
 PROFILE=0
+SYSCALLS=0
 TABLE=1
 BUILD=1
 SCENARIOS=h1,https,handshake,h2
@@ -28,9 +32,11 @@ while [ $# -gt 0 ]; do
         --duration) DURATION="$2"; shift 2 ;;
         --profile) PROFILE=1; shift ;;
         --profile-only) PROFILE=1; TABLE=0; shift ;;
+        --syscalls) SYSCALLS=1; shift ;;
+        --syscalls-only) SYSCALLS=1; TABLE=0; shift ;;
         --no-build) BUILD=0; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,23p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -46,6 +52,7 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v perf >/dev/null || need+=(linux-perf)
+command -v strace >/dev/null || need+=(strace)
 command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
@@ -395,4 +402,31 @@ if [ "$PROFILE" = 1 ]; then
     echo "nginx split (same patterns; nginx's own code lands in \"other\"):"
     split_of "$OUT/nginx-symbols.txt"
     echo "(req/s during the nginx profile: $(awk '/^Requests\/sec:/{print $2}' "$TMP/wrk-nginx-prof.txt"))"
+fi
+
+if [ "$SYSCALLS" = 1 ]; then
+    echo
+    echo "System calls per request, HTTP/1.1 keep-alive (strace -c -f on the proxy, all threads, during wrk -t1 -c$CONNS -d${DURATION}s):"
+    echo
+    declare -A SC
+    for p in "${PROXIES[@]}"; do
+        pid="${PROC[$p]}"
+        strace -c -f -q -p "$pid" -o "$TMP/strace-$p.txt" &
+        ST=$!
+        sleep 1
+        out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://${HTTP[$p]}/" 2>&1)
+        kill -INT "$ST"; wait "$ST" 2>/dev/null || true
+        n=$(awk '/requests in/{print $1}' <<<"$out")
+        # strace -c rows: % time, seconds, usecs/call, calls, [errors], syscall
+        SC[$p]=$(awk -v n="$n" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ {
+                    name=$NF; calls=$4; errs=(NF==6)?$5:0
+                    if (name=="total") { total=calls; next }
+                    if (calls/n >= 0.01) { row[name]=sprintf("%s %.2f", name, calls/n); if (errs/n >= 0.01) row[name]=row[name] sprintf(" (%.2f failed)", errs/n) } }
+                 END { printf "%.2f|", total/n; for (k in row) printf "%s; ", row[k] }' "$TMP/strace-$p.txt")
+        echo "  $p: $n requests; ${SC[$p]}" >&2
+        cp "$TMP/strace-$p.txt" "${SYSCALLS_OUT:-$ROOT/bench/gateway/profile}/strace-$p.txt" 2>/dev/null || true
+    done
+    echo "| proxy | syscalls/request | by name (≥ 0.01 per request) |"
+    echo "|---|---:|---|"
+    for p in "${PROXIES[@]}"; do echo "| $p | ${SC[$p]%%|*} | ${SC[$p]#*|} |"; done
 fi
