@@ -931,3 +931,188 @@ fn one_node_out(tag: &str, outage: Outage) {
         "only node-b for the rest of the partition"
     );
 }
+
+// === L2Announcement.spec.interfaces (issue 4) ===
+
+/// `L2Announcement.spec.interfaces` applied, with ARP from two sides: node-a has two interfaces,
+/// each on its own link with a client (`c0` ↔ `eth0`, `c1` ↔ `eth1`) and runs with
+/// `--l2-interfaces eth0,eth1`; a raw-socket ARP prober on each client asks for the VIP every
+/// 10 ms from before node-programmer starts (so the takeover burst is seen too).
+/// 1. `drawbridge.dev/announcing-interfaces: eth0`: c0 gets eth0's MAC; c1 hears nothing at all.
+/// 2. `node-a=eth1` (only the interfaces change): c1 gets eth1's MAC; c0 goes silent.
+/// 3. `eth9` (in no `--l2-interfaces`): both silent, and node-programmer warns naming the Service.
+#[test]
+fn interfaces_restrict_where_arp_is_answered() {
+    require_root!();
+    let mut lab = Lab::new("if");
+    let clients = [lab.netns("client0"), lab.netns("client1")];
+    let node = lab.netns("node-a");
+    for (i, client) in clients.iter().enumerate() {
+        let (c, eth) = (format!("c{i}"), format!("eth{i}"));
+        run(&[
+            "ip", "link", "add", &c, "netns", client, "type", "veth", "peer", "name", &eth,
+            "netns", &node,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            client,
+            "addr",
+            "add",
+            &format!("192.0.2.{}/24", 2 + i),
+            "dev",
+            &c,
+        ]);
+        run(&["ip", "-n", client, "link", "set", &c, "up"]);
+        run(&["ip", "-n", &node, "link", "set", &eth, "up"]);
+    }
+    let macs = [mac_of(&node, "eth0"), mac_of(&node, "eth1")];
+    let manifests = lab.dir.path().join("manifests");
+    let restrict = |value: &str| {
+        let mut svc = service("node-a");
+        svc["metadata"]["annotations"]["drawbridge.dev/announcing-interfaces"] = json!(value);
+        write_service(&manifests, svc);
+    };
+    restrict("eth0");
+    let probe_logs: Vec<_> = (0..2)
+        .map(|i| lab.dir.path().join(format!("probe{i}.log")))
+        .collect();
+    for (i, client) in clients.clone().iter().enumerate() {
+        let log = std::fs::File::create(&probe_logs[i]).expect("probe log");
+        let me = format!("192.0.2.{}", 2 + i);
+        let dev = format!("c{i}");
+        lab.spawn(
+            client,
+            &["python3", "-u", "-c", ARP_PROBE, &dev, VIP4, &me],
+            Stdio::from(log),
+        );
+    }
+    let np_log_path = lab.dir.path().join("node-a.log");
+    let np_log = std::fs::File::create(&np_log_path).expect("log");
+    let manifests_arg = manifests.to_string_lossy().into_owned();
+    lab.spawn_logged(
+        &node,
+        &[
+            env!("CARGO_BIN_EXE_node-programmer"),
+            "--node-name",
+            "node-a",
+            "--manifests",
+            &manifests_arg,
+            "--metrics-addr",
+            "off",
+            "--healthz-addr",
+            "off",
+            "--l2-interfaces",
+            "eth0,eth1",
+        ],
+        Stdio::null(),
+        Stdio::from(np_log),
+    );
+    // Every probe line from `since` on (after a grace of `settle` s), per client.
+    let lines_after = |i: usize, since: f64| -> Vec<Vec<String>> {
+        probe_lines(&probe_logs[i])
+            .into_iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, m)| m)
+            .collect()
+    };
+    let first_from = |i: usize, mac: &str, since: f64| {
+        probe_lines(&probe_logs[i])
+            .into_iter()
+            .find(|(t, m)| *t >= since && m.iter().any(|x| x == mac))
+            .map(|(t, _)| t)
+    };
+
+    // 1. eth0 only.
+    let answered = wait_for(
+        "c0 answered with eth0's MAC",
+        Duration::from_secs(10),
+        || first_from(0, &macs[0], 0.0),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let side0 = lines_after(0, answered);
+    let side1 = lines_after(1, 0.0);
+    assert!(
+        side1.len() >= 30,
+        "the c1 prober ran: {} lines",
+        side1.len()
+    );
+    assert!(
+        side1.iter().all(Vec::is_empty),
+        "eth1 is not in announcing-interfaces: c1 must hear no reply (burst included): {:?}",
+        side1
+            .iter()
+            .filter(|m| !m.is_empty())
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        side0.iter().all(|m| m.iter().all(|x| *x == macs[0])),
+        "c0 only ever hears eth0's MAC"
+    );
+    assert!(
+        side0.iter().filter(|m| !m.is_empty()).count() * 10 >= side0.len() * 9,
+        "c0 is answered (almost) every time: {} of {}",
+        side0.iter().filter(|m| !m.is_empty()).count(),
+        side0.len()
+    );
+
+    // 2. Only the interfaces change: the answers move to eth1.
+    let switched = now_unix();
+    restrict("node-a=eth1");
+    let moved = wait_for(
+        "c1 answered with eth1's MAC",
+        Duration::from_secs(5),
+        || first_from(1, &macs[1], switched),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // eth0's thread drops the IP within a tick of the change eth1's thread acts on.
+    let quiet0 = lines_after(0, moved + 0.05);
+    assert!(
+        quiet0.len() >= 20,
+        "the c0 prober ran: {} lines",
+        quiet0.len()
+    );
+    assert!(
+        quiet0.iter().all(Vec::is_empty),
+        "restricted to eth1: c0 must hear nothing"
+    );
+    let side1 = lines_after(1, moved);
+    assert!(
+        side1.iter().all(|m| m.iter().all(|x| *x == macs[1])),
+        "c1 only ever hears eth1's MAC"
+    );
+    assert!(
+        side1.iter().filter(|m| !m.is_empty()).count() * 10 >= side1.len() * 9,
+        "c1 is answered (almost) every time"
+    );
+
+    // 3. No interface in common: silent on both, and a warning naming the Service.
+    let emptied = now_unix();
+    restrict("eth9");
+    wait_for("the warning", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&np_log_path).ok()?;
+        (text.contains("none of its --l2-interfaces") && text.contains("demo/web")).then_some(())
+    });
+    let warned = now_unix();
+    std::thread::sleep(Duration::from_millis(400));
+    for i in 0..2 {
+        let lines = lines_after(i, warned + 0.05);
+        assert!(lines.len() >= 15, "prober {i} ran");
+        assert!(
+            lines.iter().all(Vec::is_empty),
+            "eth9 only: c{i} hears nothing"
+        );
+    }
+    let text = std::fs::read_to_string(&np_log_path).unwrap_or_default();
+    for vip in [VIP4, VIP6] {
+        let warnings = text
+            .lines()
+            .filter(|l| l.contains("none of its --l2-interfaces") && l.contains(vip))
+            .count();
+        assert_eq!(
+            warnings, 1,
+            "{vip}: warned once per change, not per frame or view (since {emptied:.3})"
+        );
+    }
+}
