@@ -4,8 +4,11 @@
 #   ingress-gateway/fuzz/run.sh [SECONDS]        # default 600 per target
 #
 # Targets (fuzz_targets/): route_match (host/path matching vs an oracle of the Ingress v1 rules),
-# ingress_translate (generated Ingress/Service/EndpointSlice objects → config::translate; order
-# independence and served-xor-reported). Needs cargo-fuzz (`cargo install cargo-fuzz`); it asks for
+# ingress_translate (a sequence of IngressClass/Service/EndpointSlice/Ingress upserts, deletes,
+# relists, ExternalName answer changes and store reorders; after every step the long-lived
+# config::Translator the binary uses must equal a from-scratch config::translate of the same world,
+# and an unchanged world must give back the same Backends; plus order independence and
+# served-xor-reported on the final world). Needs cargo-fuzz (`cargo install cargo-fuzz`); it asks for
 # nightly, so on a stable toolchain this sets RUSTC_BOOTSTRAP=1 (lets stable rustc accept the -Z
 # sanitizer flags; the AddressSanitizer runtime ships with the stable x86_64-linux std).
 # Writes corpus/ and artifacts/ (crash inputs) here and a summary line per target to stdout;
