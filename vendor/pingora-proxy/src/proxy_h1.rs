@@ -343,6 +343,16 @@ where
                             }
                         },
                         Err(e) => {
+                           // drawbridge patch (proxy-send-timeout on a stalled upload): the
+                           // upstream stopped reading the request body for the whole write
+                           // timeout and has not answered. Waiting on for its response would
+                           // only end at the read timeout; give up now (504 to the client, the
+                           // connection is not reused).
+                           if !response_done && e.etype() == &WriteTimedout {
+                               warn!("upstream write timed out, giving up: {e}");
+                               let _ = tx.send(HttpTask::Failed(e.into_up())).await;
+                               return Ok(false);
+                           }
                            warn!("send error, draining read buf: {e}");
                            request_done = true;
 
