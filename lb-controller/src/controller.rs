@@ -490,7 +490,18 @@ pub async fn reconcile_with(
         }
     }
     observe.record_pools(&pools, &outcomes);
-    observe.retain_services(&services.iter().map(|s| service_key(s)).collect());
+    observe.retain_services(
+        &services
+            .iter()
+            .map(|s| {
+                let m = &s.metadata;
+                (
+                    m.namespace.as_deref().unwrap_or_default(),
+                    m.name.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect(),
+    );
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut patches = Vec::new();

@@ -12,7 +12,7 @@
 //! Events are published only after the status write for that outcome succeeded, so what an
 //! operator reads in `kubectl describe service` always matches the Service's status.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -228,12 +228,13 @@ impl Observe {
             .await;
     }
 
-    /// Forgets Event history of Services that no longer exist.
-    pub fn retain_services(&mut self, existing: &BTreeSet<ServiceKey>) {
+    /// Forgets Event history of Services that no longer exist. `existing`: `(namespace, name)` of
+    /// every Service (borrowed: this runs every pass over every Service, so no key is cloned).
+    pub fn retain_services(&mut self, existing: &HashSet<(&str, &str)>) {
         self.last_events.retain(|k| {
             k.namespace
-                .as_ref()
-                .is_some_and(|ns| existing.contains(&(ns.clone(), k.name.clone())))
+                .as_deref()
+                .is_some_and(|ns| existing.contains(&(ns, k.name.as_str())))
         });
     }
 }

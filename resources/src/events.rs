@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Publishing never fails the caller: an Event is a side channel, so an API error is logged (`warn`)
-//! and dropped (the next change publishes again).
+//! and dropped (the next change publishes again). In Kubernetes mode it does not wait either: Events
+//! are queued and POSTed by a background task (see [`KubeEventRecorder`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -151,52 +152,86 @@ pub fn reporting_instance() -> Option<String> {
 
 // === impl KubeEventRecorder ===
 
+/// Events waiting for their POST at most; more are dropped (counted and logged). client-go's
+/// broadcaster queues 1,000 and drops the same way; a burst of allocations at start-up (10,000
+/// Services) is larger than that, so the queue is 4,096 (~2 MiB when full).
+pub const EVENT_QUEUE: usize = 4096;
+
 /// Creates events.k8s.io/v1 Events through kube-runtime's [`Recorder`] (which also turns repeats
 /// within minutes into an Event series). Needs RBAC `create`, `patch` on `events.k8s.io/events`.
+///
+/// `publish` only logs the Event and queues it: one background task POSTs the queue in order, so
+/// a status write never waits for an Event's round trip (a bulk allocation was one claim POST +
+/// one status PATCH + one Event POST per Service, one after another). A full queue
+/// ([`EVENT_QUEUE`]) drops the Event, and the task logs how many were dropped. Must be created
+/// inside a tokio runtime.
 pub struct KubeEventRecorder {
-    recorder: Recorder,
+    queue: tokio::sync::mpsc::Sender<(kube::runtime::events::Event, ObjectReference, ObjectKey)>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl KubeEventRecorder {
-    /// A recorder on `client` reporting as [`reporting_controller`] / [`reporting_instance`].
+    /// A recorder on `client` reporting as [`reporting_controller`] / [`reporting_instance`];
+    /// spawns the task that publishes (it ends when the recorder is dropped).
     pub fn new(client: Client) -> Self {
         let reporter = Reporter {
             controller: reporting_controller(),
             instance: reporting_instance(),
         };
-        KubeEventRecorder {
-            recorder: Recorder::new(client, reporter),
-        }
+        let recorder = Recorder::new(client, reporter);
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<(
+            kube::runtime::events::Event,
+            ObjectReference,
+            ObjectKey,
+        )>(EVENT_QUEUE);
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lost = dropped.clone();
+        tokio::spawn(async move {
+            while let Some((ev, reference, key)) = rx.recv().await {
+                if let Err(error) = recorder.publish(&ev, &reference).await {
+                    tracing::warn!(%error, object = %key, reason = ev.reason, "publishing Event failed");
+                }
+                let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    tracing::warn!(
+                        dropped = n,
+                        queue = EVENT_QUEUE,
+                        "Event queue full; Events dropped (their log lines were written)"
+                    );
+                }
+            }
+        });
+        KubeEventRecorder { queue, dropped }
     }
 }
 
 impl EventRecorder for KubeEventRecorder {
     fn publish(&self, event: Event) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let key = &event.regarding;
-            let reference = ObjectReference {
-                api_version: Some(key.kind.api_version().to_string()),
-                kind: Some(key.kind.name().to_string()),
-                namespace: key.namespace.clone(),
-                name: Some(key.name.clone()),
-                uid: event.uid.clone(),
-                ..ObjectReference::default()
-            };
-            let ev = kube::runtime::events::Event {
-                type_: match event.type_ {
-                    EventType::Normal => kube::runtime::events::EventType::Normal,
-                    EventType::Warning => kube::runtime::events::EventType::Warning,
-                },
-                reason: event.reason.to_string(),
-                note: Some(event.truncated_note()),
-                action: event.action.to_string(),
-                secondary: None,
-            };
-            log_event(&event);
-            if let Err(error) = self.recorder.publish(&ev, &reference).await {
-                tracing::warn!(%error, object = %key, reason = event.reason, "publishing Event failed");
-            }
-        })
+        let key = &event.regarding;
+        let reference = ObjectReference {
+            api_version: Some(key.kind.api_version().to_string()),
+            kind: Some(key.kind.name().to_string()),
+            namespace: key.namespace.clone(),
+            name: Some(key.name.clone()),
+            uid: event.uid.clone(),
+            ..ObjectReference::default()
+        };
+        let ev = kube::runtime::events::Event {
+            type_: match event.type_ {
+                EventType::Normal => kube::runtime::events::EventType::Normal,
+                EventType::Warning => kube::runtime::events::EventType::Warning,
+            },
+            reason: event.reason.to_string(),
+            note: Some(event.truncated_note()),
+            action: event.action.to_string(),
+            secondary: None,
+        };
+        log_event(&event);
+        if self.queue.try_send((ev, reference, key.clone())).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Box::pin(std::future::ready(()))
     }
 }
 
