@@ -254,9 +254,18 @@ async fn readyz_is_503_until_the_first_complete_sync_and_healthz_200_throughout(
         released.elapsed()
     );
     assert!(listed("endpointslices"));
-    let (status, body) = get(http, "ready.test", "/")
-        .await
-        .expect("HTTP listener up once ready");
+    // Readiness is set when the first configuration is published, just before Pingora binds
+    // its listeners (server.rs: publish, then bootstrap/run_forever), so the listener may come
+    // up a few ms after `/readyz` turns 200 (a known gap, README): allow 1 s for it.
+    let mut answer = None;
+    let listening = Instant::now();
+    while answer.is_none() && listening.elapsed() < Duration::from_secs(1) {
+        answer = get(http, "ready.test", "/").await;
+        if answer.is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (status, body) = answer.expect("HTTP listener up within 1 s of ready");
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     assert_eq!((status, body["origin"].as_str()), (200, Some("web")));
     for _ in 0..5 {
