@@ -86,6 +86,16 @@ struct Args {
     /// HTTP/1.1 gain and up to 0.68× the HTTP/2 req/s without it (docs/benchmarks.md, 2026-12-06).
     #[arg(long, env = "DRAWBRIDGE_WORK_STEALING", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     work_stealing: bool,
+    /// Seconds one read of a request body may wait for the client (between two reads, not for
+    /// the whole body; nginx's `client_body_timeout`, ingress-nginx's `client-body-timeout`). A
+    /// stalled body is answered 408 and its upstream connection closed. HTTP/1.x clients.
+    #[arg(
+        long,
+        env = "DRAWBRIDGE_CLIENT_BODY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
+    client_body_timeout: u64,
 }
 
 fn parse_ns_name(s: &str) -> Result<(String, String), String> {
@@ -117,5 +127,6 @@ fn main() -> anyhow::Result<()> {
         http1_fast_path: args.http1_fast_path,
         external_name_refresh: std::time::Duration::from_secs(args.external_name_refresh),
         work_stealing: args.work_stealing,
+        client_body_timeout: std::time::Duration::from_secs(args.client_body_timeout.max(1)),
     })
 }

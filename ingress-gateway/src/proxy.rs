@@ -73,6 +73,12 @@ pub const MAX_TRIES: usize = 3;
 /// worker (ingress-nginx default 320).
 pub const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 
+/// Default of `--client-body-timeout`: how long a read of the request body may wait for the
+/// client (nginx's `client_body_timeout` and ingress-nginx's `client-body-timeout`, 60 s; the time
+/// between two successive reads, not for the whole body). A request whose body stalls longer is
+/// answered 408 and its upstream connection closed.
+pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Concurrent streams per HTTP/2 upstream connection.
 pub const H2_STREAMS_PER_CONNECTION: usize = 100;
 
@@ -84,6 +90,8 @@ pub struct Gateway {
     no_route: RouteStats,
     /// Emit one access log event per request (`--access-log`).
     access_log: bool,
+    /// `--client-body-timeout`: the longest wait of one request body read (HTTP/1.x clients).
+    client_body_timeout: Duration,
 }
 
 impl Gateway {
@@ -94,7 +102,14 @@ impl Gateway {
             metrics,
             no_route: RouteStats::default(),
             access_log: true,
+            client_body_timeout: CLIENT_BODY_TIMEOUT,
         }
+    }
+
+    /// The same gateway with another request body read timeout (see [`CLIENT_BODY_TIMEOUT`]).
+    pub fn with_client_body_timeout(mut self, timeout: Duration) -> Self {
+        self.client_body_timeout = timeout;
+        self
     }
 
     /// The same gateway with the access log on or off.
@@ -243,6 +258,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Body reads (HTTP/1.x; Pingora's HTTP/2 server session has no read timeout). A timeout
+        // is a downstream `ReadTimedout`, answered 408 by `fail_to_proxy`.
+        session.set_read_timeout(Some(self.client_body_timeout));
         if has_te_and_content_length(session) {
             return respond(
                 session,
@@ -449,7 +467,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// Pingora's default error answer, except that upstream timeouts answer 504 (nginx's
-    /// `proxy_*_timeout` behaviour) instead of 502.
+    /// `proxy_*_timeout` behaviour) instead of 502 and a request body the client stopped sending
+    /// answers 408 (nginx's `client_body_timeout`) instead of 400.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -464,6 +483,7 @@ impl ProxyHttp for Gateway {
             {
                 504
             }
+            ReadTimedout if *e.esource() == ErrorSource::Downstream => 408,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {

@@ -77,6 +77,9 @@ pub struct Settings {
     /// HTTP/1.1 the same within noise, HTTP/2 0.68–1.01× without stealing (docs/benchmarks.md,
     /// 2026-12-06).
     pub work_stealing: bool,
+    /// `--client-body-timeout`: the longest wait of one request body read before a 408
+    /// ([`crate::proxy::CLIENT_BODY_TIMEOUT`]).
+    pub client_body_timeout: Duration,
 }
 
 /// Starts the gateway and serves until the process is told to stop (never returns on success).
@@ -90,6 +93,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Probes answer from the start: alive, not ready until the first table is published.
     let (mut registry, health) = (observe::registry("ingress-gateway"), Health::default());
+    // Ready also needs the listeners, which Pingora binds in `run_forever`, after the first sync.
+    let listening = health.gate("listeners");
     let metrics = Metrics::register(&mut registry);
     let _metrics_server = start_metrics(&runtime, &settings, Arc::new(registry), health.clone())?;
 
@@ -162,7 +167,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     server.bootstrap();
 
     let gateway = Gateway::new(published.routes.clone(), metrics.clone())
-        .with_access_log(settings.access_log);
+        .with_access_log(settings.access_log)
+        .with_client_body_timeout(settings.client_body_timeout);
     // Paths are ignored once a resolver is set (`TlsSettings::set_cert_resolver` docs).
     let mut tls_settings =
         TlsSettings::intermediate("", "").map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
@@ -180,7 +186,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             metrics,
             settings.access_log,
             settings.work_stealing,
-        );
+        )
+        .with_client_body_timeout(settings.client_body_timeout);
         let mut service = Service::new("ingress-gateway".to_string(), app);
         service.add_tcp(&http_addr);
         service.add_tls_with_settings(&https_addr, None, tls_settings);
@@ -196,10 +203,33 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         server.add_service(proxy);
     }
 
+    runtime.spawn(open_when_accepting(settings.http_addr, listening));
     info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, http1_fast_path = settings.http1_fast_path, work_stealing = settings.work_stealing, "ingress-gateway serving");
     // The discovery runtime lives as long as this frame, which `run_forever` never leaves.
     let _runtime = runtime;
     server.run_forever()
+}
+
+/// How often [`open_when_accepting`] tries to connect.
+const LISTENER_PROBE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Opens `gate` once a TCP connection to `addr` (the HTTP listener; an unspecified address is
+/// tried on loopback) succeeds. Both listeners belong to one Pingora service, which binds all of
+/// its listeners before it accepts on any (`Service::start_service`), so the HTTPS one is bound
+/// too; it is not probed because a connection closed before the TLS handshake is logged as an
+/// error. With `--upgrade` the sockets come from the old process and already accept.
+async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    while tokio::net::TcpStream::connect(target).await.is_err() {
+        tokio::time::sleep(LISTENER_PROBE_INTERVAL).await;
+    }
+    gate.open();
 }
 
 /// Starts `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. Normally a failed bind is

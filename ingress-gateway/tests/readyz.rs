@@ -2,7 +2,8 @@
 //! The real binary in Kubernetes mode against the API double (tests/api-double), through a small
 //! HTTP relay in the test that holds every EndpointSlice request back until the test opens it:
 //! the other four kinds (Ingress, IngressClass, Service, TLS Secret) are listed and watched, the
-//! first sync is incomplete for as long as the relay holds, and readiness must wait for it.
+//! first sync is incomplete for as long as the relay holds, and readiness must wait for it; once
+//! ready, the listeners accept at once.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -254,18 +255,11 @@ async fn readyz_is_503_until_the_first_complete_sync_and_healthz_200_throughout(
         released.elapsed()
     );
     assert!(listed("endpointslices"));
-    // Readiness is set when the first configuration is published, just before Pingora binds
-    // its listeners (server.rs: publish, then bootstrap/run_forever), so the listener may come
-    // up a few ms after `/readyz` turns 200 (a known gap, README): allow 1 s for it.
-    let mut answer = None;
-    let listening = Instant::now();
-    while answer.is_none() && listening.elapsed() < Duration::from_secs(1) {
-        answer = get(http, "ready.test", "/").await;
-        if answer.is_none() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let (status, body) = answer.expect("HTTP listener up within 1 s of ready");
+    // Ready means the listeners accept too (server.rs: a readiness gate opened once a connect
+    // to each listener succeeds), so the first request after 200 is served.
+    let (status, body) = get(http, "ready.test", "/")
+        .await
+        .expect("HTTP listener refused a connection after /readyz said 200");
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     assert_eq!((status, body["origin"].as_str()), (200, Some("web")));
     for _ in 0..5 {

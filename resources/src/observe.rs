@@ -11,7 +11,8 @@
 //! Probe semantics are the ones Kubernetes expects: `/healthz` (liveness) answers 200 while every
 //! loop that holds a [`LivenessGuard`] is still running (a loop that returned or panicked makes it
 //! 503, so the kubelet restarts the container); `/readyz` (readiness) answers 503 until the
-//! component's first complete sync, then 200 for the rest of the process's life (a component that
+//! component's first complete sync and until every [`ReadyGate`] it took is opened (the gateway's:
+//! its listeners accept connections), then 200 for the rest of the process's life (a component that
 //! once served keeps serving its last good state; a transient API outage is not a reason to pull
 //! it from its Service).
 
@@ -19,7 +20,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -90,6 +91,8 @@ struct HealthInner {
     alive: AtomicBool,
     /// Set by [`Health::shutting_down`]: loops ending now are expected, not failures.
     stopping: AtomicBool,
+    /// [`ReadyGate`]s taken and not opened yet; ready needs 0.
+    closed_gates: AtomicUsize,
 }
 
 impl Default for Health {
@@ -99,6 +102,7 @@ impl Default for Health {
                 ready: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
                 stopping: AtomicBool::new(false),
+                closed_gates: AtomicUsize::new(0),
             }),
         }
     }
@@ -112,9 +116,21 @@ impl Health {
         }
     }
 
-    /// Whether [`Health::set_ready`] was called.
+    /// Whether [`Health::set_ready`] was called and every [`ReadyGate`] is open.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Relaxed)
+            && self.inner.closed_gates.load(Ordering::Acquire) == 0
+    }
+
+    /// One more condition of readiness besides the first sync (for example "the listeners
+    /// accept"): `/readyz` answers 503 until the returned gate is [opened](ReadyGate::open).
+    /// Take gates before serving the endpoint; a gate dropped unopened stays closed.
+    pub fn gate(&self, name: &'static str) -> ReadyGate {
+        self.inner.closed_gates.fetch_add(1, Ordering::AcqRel);
+        ReadyGate {
+            health: self.clone(),
+            name,
+        }
     }
 
     /// Announces an orderly shutdown (SIGTERM): loops that end from now on are logged at `info`,
@@ -135,6 +151,25 @@ impl Health {
             health: self.clone(),
             name,
         }
+    }
+}
+
+/// See [`Health::gate`].
+#[derive(Debug)]
+#[must_use = "readiness waits until the gate is opened"]
+pub struct ReadyGate {
+    health: Health,
+    name: &'static str,
+}
+
+impl ReadyGate {
+    /// Opens the gate (once: it is consumed).
+    pub fn open(self) {
+        self.health
+            .inner
+            .closed_gates
+            .fetch_sub(1, Ordering::AcqRel);
+        tracing::debug!(gate = self.name, "readiness condition met");
     }
 }
 
@@ -349,6 +384,25 @@ mod tests {
         drop(guard);
         assert_eq!(get(addr, "/healthz").await.0, 503, "a loop ended");
         server.abort();
+    }
+
+    #[test]
+    fn readiness_waits_for_the_first_sync_and_every_gate() {
+        let health = Health::default();
+        let (listeners, other) = (health.gate("listeners"), health.gate("other"));
+        health.set_ready();
+        assert!(!health.is_ready(), "two gates closed");
+        listeners.open();
+        assert!(!health.is_ready(), "one gate closed");
+        other.open();
+        assert!(health.is_ready());
+
+        let late = Health::default();
+        let gate = late.gate("listeners");
+        gate.open();
+        assert!(!late.is_ready(), "gates open, first sync not done");
+        late.set_ready();
+        assert!(late.is_ready());
     }
 
     #[tokio::test]

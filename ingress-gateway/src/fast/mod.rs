@@ -86,6 +86,8 @@ pub struct FastPath {
     metrics: Arc<Metrics>,
     /// One access log event per request (`--access-log`).
     access_log: bool,
+    /// `--client-body-timeout`: the longest wait of one request body read.
+    client_body_timeout: Duration,
     /// Idle upstream connections (HTTP/1.1 endpoints only).
     pool: Pool,
     /// Set when the service stops listening ([`ServerApp::cleanup`]): idle keep-alive
@@ -112,6 +114,7 @@ impl FastPath {
             routes,
             metrics,
             access_log,
+            client_body_timeout: crate::proxy::CLIENT_BODY_TIMEOUT,
             pool: if work_stealing {
                 Pool::new(POOL_IDLE_TIMEOUT)
             } else {
@@ -120,6 +123,16 @@ impl FastPath {
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
         }
+    }
+}
+
+impl FastPath {
+    /// The same fast path with another request body read timeout (default
+    /// [`CLIENT_BODY_TIMEOUT`](crate::proxy::CLIENT_BODY_TIMEOUT); the Pingora path is given the
+    /// same through [`Gateway::with_client_body_timeout`]).
+    pub fn with_client_body_timeout(mut self, timeout: Duration) -> Self {
+        self.client_body_timeout = timeout;
+        self
     }
 }
 
@@ -154,7 +167,7 @@ enum Outcome {
 
 /// A failed exchange: what the client is told (when nothing was sent yet) and logged.
 struct Failure {
-    /// 502, 503 or 504; 0 when the client went away (nothing to answer).
+    /// 408, 502, 503 or 504; 0 when the client went away (nothing to answer).
     status: u16,
     error: &'static str,
 }
@@ -680,15 +693,23 @@ impl FastPath {
             conn.rbuf.clear();
             conn.rbuf.reserve(BODY_BUFFER);
             let want = (conn.rbuf.capacity() as u64).min(left) as usize;
-            let got = match (&mut *stream)
-                .take(want as u64)
-                .read_buf(&mut conn.rbuf)
+            let mut read = (&mut *stream).take(want as u64);
+            let got = match conn
+                .client_timer
+                .run(self.client_body_timeout, read.read_buf(&mut conn.rbuf))
                 .await
             {
-                Ok(0) | Err(_) => {
+                Ok(0) | Err(false) => {
                     return Err(Failure {
                         status: 0,
                         error: "client closed during the request body",
+                    });
+                }
+                // nginx's `client_body_timeout`: 408, the upstream connection is dropped.
+                Err(true) => {
+                    return Err(Failure {
+                        status: 408,
+                        error: "client request body timed out",
                     });
                 }
                 Ok(n) => n,
@@ -876,6 +897,7 @@ fn bad_chunk(_: framing::BadChunk) -> Failure {
 /// closes, as crate::proxy's `fail_to_proxy` does).
 fn error_response(status: u16) -> &'static [u8] {
     match status {
+        408 => b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
         503 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
         504 => b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",
         _ => b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n",

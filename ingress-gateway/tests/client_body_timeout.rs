@@ -1,0 +1,124 @@
+//! `--client-body-timeout` (nginx's `client_body_timeout`): a client that sends a request head
+//! and part of its body, then stops, is answered 408 after about the timeout — not after the
+//! upstream read timeout, never not at all — and the upstream connection carrying the half-sent
+//! request is closed, on the fast path (Content-Length) and on Pingora's path (Content-Length
+//! with `--http1-fast-path=false`, and chunked).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Gateway, mk_class};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const BODY_TIMEOUT_SECS: u64 = 1;
+
+/// An endpoint that reads whatever arrives and never answers; reports each connection's byte
+/// count when the gateway closes it.
+async fn silent_endpoint() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let (mut total, mut buf) = (0, [0u8; 4096]);
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    total += n;
+                }
+                let _ = closed_tx.send(total);
+            });
+        }
+    });
+    (addr, closed_rx)
+}
+
+fn objects(endpoint: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    vec![
+        mk_class(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "sink"},
+               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "default", "name": "sink-0",
+                            "labels": {"kubernetes.io/service-name": "sink"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
+               "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}]}),
+        // The upstream read timeout is long: only the client body timeout can end the request
+        // within the test's bounds.
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"namespace": "default", "name": "sink", "annotations": {
+                   "drawbridge.dev/proxy-read-timeout": "30"}},
+               "spec": {"ingressClassName": "drawbridge", "rules": [{"host": "sink.test", "http": {"paths": [
+                   {"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "sink", "port": {"name": "http"}}}}]}}]}}),
+    ]
+}
+
+/// Sends the head and the first part of a body, then nothing (the socket stays open); returns
+/// the status and when it came, measured from the last byte sent.
+async fn stalled_body(gw: &Gateway, chunked: bool) -> (u16, Duration) {
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    let request = if chunked {
+        "POST /upload HTTP/1.1\r\nHost: sink.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+         a\r\n0123456789\r\n"
+    } else {
+        "POST /upload HTTP/1.1\r\nHost: sink.test\r\nContent-Length: 1000\r\n\r\n0123456789"
+    };
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within 20 s (chunked {chunked})"),
+        }
+    }
+    let elapsed = start.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer (chunked {chunked}): {text:?}"));
+    (status, elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_answered_408_and_its_upstream_connection_closed() {
+    let secs = BODY_TIMEOUT_SECS.to_string();
+    for (fast, chunked) in [(true, false), (false, false), (true, true)] {
+        let (endpoint, mut closed) = silent_endpoint().await;
+        let mut args = vec!["--client-body-timeout", &secs];
+        if !fast {
+            args.push("--http1-fast-path=false");
+        }
+        let gw = Gateway::start_with(&objects(endpoint), &args).await;
+        let (status, elapsed) = stalled_body(&gw, chunked).await;
+        eprintln!(
+            "fast path {fast}, chunked {chunked}: {status} after {elapsed:?} \
+             (client body timeout {BODY_TIMEOUT_SECS} s)"
+        );
+        assert_eq!(status, 408, "fast path {fast}, chunked {chunked}");
+        assert!(
+            elapsed >= Duration::from_millis(BODY_TIMEOUT_SECS * 1000 - 100),
+            "408 after only {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(BODY_TIMEOUT_SECS + 4),
+            "408 after {elapsed:?}, timeout {BODY_TIMEOUT_SECS} s"
+        );
+        // The endpoint got the head and the 10 body bytes, then its connection was closed.
+        let got = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("upstream connection left open (fast path {fast})"))
+            .expect("endpoint task");
+        assert!(got > 10, "the endpoint got {got} bytes");
+    }
+}
