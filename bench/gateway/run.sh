@@ -350,13 +350,22 @@ split_of() { # symbols.txt → "| category | % |" rows
 }
 
 if [ "$PROFILE" = 1 ]; then
-    echo "== perf: ingress-gateway (pid $GW_PID), HTTP/1.1 keep-alive" >&2
-    OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile}"
-    mkdir -p "$OUT"
-    taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[gateway]}/" >/dev/null 2>&1 &
+    # PROFILE_LOAD=h2: the gateway is profiled under the HTTP/2 cell's load (h2load over TLS)
+    # instead, into bench/gateway/profile-h2 (nginx's profile below stays HTTP/1.1).
+    if [ "${PROFILE_LOAD:-h1}" = h2 ]; then
+        echo "== perf: ingress-gateway (pid $GW_PID), HTTP/2 over TLS (h2load -m10)" >&2
+        OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-h2}"
+        taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$((DURATION + 2))" "https://localhost:${HTTPS[gateway]}/" >/dev/null 2>&1 &
+    else
+        echo "== perf: ingress-gateway (pid $GW_PID), HTTP/1.1 keep-alive" >&2
+        OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile}"
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[gateway]}/" >/dev/null 2>&1 &
+    fi
     WRK=$!
+    mkdir -p "$OUT"
     sleep 1
-    perf record -e cpu-clock -g -p "$GW_PID" -o "$TMP/perf.data" -- sleep "$DURATION" >/dev/null 2>&1
+    # PERF_CALLGRAPH="--call-graph dwarf" for user-space callers (the build has no frame pointers).
+    perf record -e cpu-clock ${PERF_CALLGRAPH:--g} -p "$GW_PID" -o "$TMP/perf.data" -- sleep "$DURATION" >/dev/null 2>&1
     ps -L -o tid=,comm=,pcpu=,psr= -p "$GW_PID" >"$OUT/threads.txt"
     wait "$WRK" || true
     # who calls the top kernel symbols (callers, from the -g call chains)
@@ -373,7 +382,7 @@ if [ "$PROFILE" = 1 ]; then
         grep -E '^ +[0-9.]+%' | cut -c1-200 >"$OUT/thread-symbols.txt" || true
     [ -n "${KEEP_PERF:-}" ] && cp "$TMP/perf.data" "$KEEP_PERF"
     echo
-    echo "Top 15 symbols (self time, ingress-gateway on CPU 0, HTTP/1.1 keep-alive):"
+    echo "Top 15 symbols (self time, ingress-gateway on CPU 0, ${PROFILE_LOAD:-h1} load):"
     echo '```'
     head -15 "$OUT/symbols.txt" | cut -c1-150
     echo '```'
