@@ -155,6 +155,10 @@ struct Conn {
     client_timer: Deadline,
     /// Send / read timeouts of the upstream side.
     up_timer: Deadline,
+    /// Requests answered on this connection so far. The first request of a connection is served
+    /// even while shutting down (as Pingora's own path does): the client may have sent it
+    /// already, and closing then fails it.
+    answered: u64,
 }
 
 /// How a connection left the fast path.
@@ -266,6 +270,7 @@ impl ServerApp for FastPath {
             tls: stream.get_ssl_digest().is_some(),
             client_timer: Deadline::new(),
             up_timer: Deadline::new(),
+            answered: 0,
         };
         match self.serve(&mut stream, &mut conn, shutdown).await {
             Outcome::Close => {
@@ -320,7 +325,8 @@ impl FastPath {
     }
 
     /// Reads more client bytes into `conn.buf`. `Ok(false)`: the connection is done (EOF,
-    /// error, keep-alive timeout, or shutdown while idle).
+    /// error, keep-alive timeout, or shutdown while idle between two requests; a new connection
+    /// waits for its first request even while shutting down).
     async fn read_client(
         &self,
         stream: &mut Stream,
@@ -328,8 +334,9 @@ impl FastPath {
         shutdown: &ShutdownWatch,
     ) -> bool {
         conn.buf.reserve(REQUEST_BUFFER);
-        if !conn.buf.is_empty() {
-            // Inside a request head: no shutdown check; the rest must come within the timeout.
+        if !conn.buf.is_empty() || conn.answered == 0 {
+            // Inside a request head, or before the first one: no shutdown check; the rest must
+            // come within the timeout.
             let read = conn
                 .client_timer
                 .run(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf));
@@ -415,6 +422,7 @@ impl FastPath {
             if !keep {
                 return Outcome::Close;
             }
+            conn.answered += 1;
             let used = req.head_len + req.content_length as usize;
             conn.buf.drain(..used.min(conn.buf.len()));
         }
