@@ -4,12 +4,16 @@
 //!
 //! ```text
 //!  manifests/ (pool + stable-* + churn-* Services, one file each)  ──>  lb-controller --manifests
-//!  state/services/…/*.yaml (status)   state/ipaddressclaims/*.claim  <──  (killed every 5–60 ms)
+//!  state/services/…/*.yaml (status)   state/ipaddressclaims/*.claim  <──  (killed after 5–60 ms,
+//!                                                                        or after its first write)
 //!        └── checked after every kill: duplicates, changed addresses of stable-*
 //! ```
 //!
 //! Standalone mode (manifest directory + state directory): the claim is an exclusive file create,
-//! the status an atomic rename, so a kill can fall between any two writes. `TORTURE_KILLS`
+//! the status an atomic rename, so a kill can fall between any two writes. Half the kills come at
+//! a random 5–60 ms after start (often before the controller has done anything); the other half
+//! come 0–20 ms after the state directory first changed (at most 2 s), so at least half the kills
+//! land in a working controller however slow a loaded machine makes its start. `TORTURE_KILLS`
 //! overrides the number of kills (default 1,000); the seed is printed for replay
 //! (`TORTURE_SEED`).
 
@@ -113,6 +117,21 @@ fn claims(state: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Names, sizes and modification times of the state directory's status and claim files: cheap,
+/// and safe to take while a controller is writing (files that vanish are skipped).
+fn fingerprint(state: &Path) -> BTreeSet<(PathBuf, u64, std::time::SystemTime)> {
+    [state.join("services/default"), state.join("ipaddressclaims")]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            Some((entry.path(), meta.len(), meta.modified().ok()?))
+        })
+        .collect()
+}
+
 fn start(bin: &Path, manifests: &Path, state: &Path) -> Child {
     Command::new(bin)
         .arg("--manifests")
@@ -194,9 +213,21 @@ fn a_thousand_sigkills_leave_no_duplicate_and_no_changed_address() {
     for kill in 0..kills {
         let before = (statuses(&state), claims(&state));
         guard.0 = Some(start(&bin, &manifests, &state));
-        let life = Instant::now() + Duration::from_millis(5 + rng.below(56));
+        let files_before = fingerprint(&state);
+        let spawned = Instant::now();
+        let mut life = spawned + Duration::from_millis(5 + rng.below(56));
+        // Odd kills wait for the controller's first write (bounded), then a little more.
+        let mut await_write = kill % 2 == 1;
         // Mutate the world while it runs.
-        while Instant::now() < life {
+        while Instant::now() < life || await_write {
+            if await_write
+                && Instant::now() >= life
+                && (fingerprint(&state) != files_before
+                    || spawned.elapsed() > Duration::from_secs(2))
+            {
+                await_write = false;
+                life = Instant::now() + Duration::from_millis(rng.below(21));
+            }
             match rng.below(4) {
                 0 if churn.len() < 120 => {
                     let i = next_churn;
