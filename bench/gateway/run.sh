@@ -273,13 +273,21 @@ run_h2() { # key port
     local key="$1" port="$2"
     local proxy="${key%-*}" before after
     before=$(upstream_connects "$proxy")
+    taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --warm-up-time="$WARMUP" \
+        --log-file="$TMP/h2-$key.log" "https://localhost:$port/" >"$TMP/h2load-$key.txt" 2>&1 &
+    local h2pid=$!
+    # CPU snapshots around the measured part only (h2load counts nothing during its warm-up).
+    sleep "$WARMUP"
     local c0; c0=$(cpu_snap)
-    local out; out=$(taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --warm-up-time="$WARMUP" \
-        --log-file="$TMP/h2-$key.log" "https://localhost:$port/" 2>&1)
-    CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)") # includes the warm-up second(s)
+    local p0; p0=$(proc_cpu "$proxy")
+    wait "$h2pid" || true
+    CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)")
+    local p1; p1=$(proc_cpu "$proxy")
+    local out; out=$(cat "$TMP/h2load-$key.txt")
+    local n; n=$(awk '/^requests:/{gsub(/,/,""); print $8+0}' <<<"$out") # "N succeeded"
+    CPUUS[$key]=$([ -n "$p0" ] && [ -n "$n" ] && [ "$n" -gt 0 ] && awk -v a="$p0" -v b="$p1" -v n="$n" 'BEGIN{printf "%.1f", (b-a)*1e6/n}' || echo "")
     after=$(upstream_connects "$proxy")
     CONNECTS[$key]=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo "")
-    echo "$out" >"$TMP/h2load-$key.txt"
     RPS[$key]=$(awk '/^finished in/{gsub(/,/,""); printf "%.0f", $4}' <<<"$out")
     # log file: start time, status, duration in µs (one line per request)
     read -r p50 p99 < <(awk '{print $3}' "$TMP/h2-$key.log" | sort -n |
@@ -287,7 +295,7 @@ run_h2() { # key port
                              printf "%.3f %.3f\n", a[i]/1000, a[j]/1000 }')
     P50[$key]=$p50; P99[$key]=$p99
     ERR[$key]=$(awk '/^requests:/{gsub(/,/,""); print $10+0}' <<<"$out") # "N failed"
-    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CPUUS[$key]:+ proxy CPU ${CPUUS[$key]} µs/req}${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
 }
 
 START=$(date +%s)

@@ -71,6 +71,12 @@ struct Args {
     /// same connection. `--http1-fast-path=false`: Pingora's path only.
     #[arg(long, env = "DRAWBRIDGE_HTTP1_FAST_PATH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     http1_fast_path: bool,
+    /// Serve HTTP/2 streams without a request body to HTTP/1.1 endpoints on the fast path's
+    /// pooled upstream exchange (needs `--http1-fast-path`); every other stream goes through
+    /// Pingora's proxy path on the same connection. `--http2-fast-path=false`: Pingora's path
+    /// for all HTTP/2.
+    #[arg(long, env = "DRAWBRIDGE_HTTP2_FAST_PATH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    http2_fast_path: bool,
     /// Seconds between two DNS lookups of each ExternalName Service's `spec.externalName`
     /// (system resolver; a failed lookup keeps the last addresses). Minimum 1.
     #[arg(
@@ -125,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         upgrade_sock: args.upgrade_sock,
         default_tls_secret: args.default_tls_secret,
         http1_fast_path: args.http1_fast_path,
+        http2_fast_path: args.http2_fast_path,
         external_name_refresh: std::time::Duration::from_secs(args.external_name_refresh),
         work_stealing: args.work_stealing,
         client_body_timeout: std::time::Duration::from_secs(args.client_body_timeout.max(1)),

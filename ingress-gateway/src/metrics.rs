@@ -112,6 +112,31 @@ pub struct RouteLabels {
     pub host: Label,
 }
 
+/// The client's protocol, as a label (`HTTP/1.1`, `HTTP/2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        })
+    }
+}
+
+/// Labels of `drawbridge_gateway_pingora_path_requests_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandOverLabels {
+    pub protocol: Protocol,
+    /// Why the fast path did not serve it (a fixed text from `crate::fast`, e.g. `no rule`,
+    /// `request body`, `upstream is not HTTP/1.1`).
+    pub reason: &'static str,
+}
+
 type SecretLabel = [(&'static str, String); 1];
 
 fn duration_buckets() -> Histogram {
@@ -145,6 +170,11 @@ pub struct Metrics {
     /// `drawbridge_gateway_certificate_expiry_timestamp_seconds{secret}`: `notAfter` of the leaf
     /// certificate of each loaded Secret (`namespace/name`).
     pub certificate_expiry: Family<SecretLabel, Gauge>,
+    /// `drawbridge_gateway_pingora_path_requests_total{protocol,reason}`: hand-overs from the
+    /// fast path to Pingora's proxy path, and why. HTTP/2: one per stream. HTTP/1.1: one per
+    /// connection (the request that was handed over; the rest of that connection stays on
+    /// Pingora's path uncounted). Nothing is counted with the fast path off.
+    pub handovers: Family<HandOverLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -160,6 +190,7 @@ impl Default for Metrics {
             config_syncs: Counter::default(),
             last_config_sync: Gauge::default(),
             certificate_expiry: Family::default(),
+            handovers: Family::default(),
         }
     }
 }
@@ -218,7 +249,19 @@ impl Metrics {
             "notAfter of the certificate in a kubernetes.io/tls Secret",
             m.certificate_expiry.clone(),
         );
+        registry.register(
+            "drawbridge_gateway_pingora_path_requests",
+            "Requests the fast path handed to Pingora's proxy path, by client protocol and reason",
+            m.handovers.clone(),
+        );
         Arc::new(m)
+    }
+
+    /// Counts one request or stream handed to Pingora's path.
+    pub fn handed_over(&self, protocol: Protocol, reason: &'static str) {
+        self.handovers
+            .get_or_create(&HandOverLabels { protocol, reason })
+            .inc();
     }
 }
 

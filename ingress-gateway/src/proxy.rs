@@ -144,7 +144,7 @@ impl RequestCtx {
 }
 
 /// The request's host: `:authority` / absolute-form URI first (HTTP/2), else the `Host` header.
-fn request_host(req: &RequestHeader) -> &str {
+pub(crate) fn request_host(req: &RequestHeader) -> &str {
     req.uri
         .host()
         .or_else(|| {

@@ -69,6 +69,9 @@ pub struct Settings {
     /// Serve plain HTTP/1.1 keep-alive requests on [`crate::fast::FastPath`] (everything else
     /// still goes through Pingora's `ProxyHttp` path); `false`: Pingora's path only.
     pub http1_fast_path: bool,
+    /// Serve HTTP/2 streams without a request body to HTTP/1.1 endpoints on the fast path too
+    /// (only with `http1_fast_path`).
+    pub http2_fast_path: bool,
     /// `--external-name-refresh`: how often ExternalName Services' names are looked up again.
     pub external_name_refresh: Duration,
     /// Pingora's `ServerConf::work_stealing`: one multi-thread tokio runtime whose threads
@@ -187,7 +190,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             settings.access_log,
             settings.work_stealing,
         )
-        .with_client_body_timeout(settings.client_body_timeout);
+        .with_client_body_timeout(settings.client_body_timeout)
+        .with_http2(settings.http2_fast_path);
         let mut service = Service::new("ingress-gateway".to_string(), app);
         service.add_tcp(&http_addr);
         service.add_tls_with_settings(&https_addr, None, tls_settings);
@@ -204,7 +208,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     runtime.spawn(open_when_accepting(settings.http_addr, listening));
-    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, http1_fast_path = settings.http1_fast_path, work_stealing = settings.work_stealing, "ingress-gateway serving");
+    info!(http = %settings.http_addr, https = %settings.https_addr, upgraded = settings.upgrade, http1_fast_path = settings.http1_fast_path, http2_fast_path = settings.http2_fast_path, work_stealing = settings.work_stealing, "ingress-gateway serving");
     // The discovery runtime lives as long as this frame, which `run_forever` never leaves.
     let _runtime = runtime;
     server.run_forever()

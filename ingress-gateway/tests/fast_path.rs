@@ -16,47 +16,17 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn ingress(host: &str, service: &str) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-           "metadata": {"namespace": "default", "name": service},
-           "spec": {"ingressClassName": "drawbridge",
-                    "rules": [{"host": host, "http": {"paths": [
-                        {"path": "/", "pathType": "Prefix",
-                         "backend": {"service": {"name": service, "port": {"number": 80}}}}]}}]}})
-}
-
-/// An EndpointSlice for `service` with one endpoint at `addr`.
-fn slice(service: &str, addr: SocketAddr) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"namespace": "default", "name": format!("{service}-0"),
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4",
-           "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
-           "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]})
-}
-
 /// A gateway serving `host` → the hyper origin of `support` (which echoes what it received).
 async fn gateway_with_echo(args: &[&str]) -> (Gateway, Origin) {
     let origin = Origin::start("echo", "127.0.0.1").await;
     let objects = vec![
         mk_class(),
         mk_service("echo"),
-        ingress("fast.test", "echo"),
-        slice("echo", origin.addr),
+        ingress_to("fast.test", "echo"),
+        slice_at("echo", origin.addr),
     ];
     let gw = Gateway::start_with(&objects, args).await;
     (gw, origin)
-}
-
-/// A gateway serving `raw.test` → `addr`.
-async fn gateway_with_raw(addr: SocketAddr) -> Gateway {
-    let objects = vec![
-        mk_class(),
-        mk_service("raw"),
-        ingress("raw.test", "raw"),
-        slice("raw", addr),
-    ];
-    Gateway::start_with(&objects, &[]).await
 }
 
 /// One HTTP/1.1 response read from `s` (bytes already read are kept in `buf` across calls, so
@@ -387,47 +357,6 @@ async fn a_pooled_connection_the_endpoint_closed_is_retried_on_a_new_one() {
     assert_eq!(r.status, 502, "{r:?}");
 }
 
-/// A raw origin answering every request with `response` (written in pieces `split` bytes apart,
-/// 2 ms between them), keep-alive unless the response closes. Counts connections.
-async fn scripted_origin(
-    response: &'static [u8],
-    split: usize,
-    close: bool,
-) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
-                        }
-                    }
-                    buf.clear();
-                    for piece in response.chunks(split) {
-                        if s.write_all(piece).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    if close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_responses_pass_through_and_the_upstream_connection_is_reused() {
     const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\nX-Hop: 1\r\nX-Kept: 1\r\n\r\n\
@@ -522,8 +451,8 @@ async fn head_requests_and_client_close() {
 async fn upstream_read_timeout_answers_504_on_the_fast_path() {
     // The origin reads the request and never answers.
     let (addr, _) = scripted_origin(b"", 1, false).await;
-    let mut objects = vec![mk_class(), mk_service("raw"), slice("raw", addr)];
-    let mut ing = ingress("raw.test", "raw");
+    let mut objects = vec![mk_class(), mk_service("raw"), slice_at("raw", addr)];
+    let mut ing = ingress_to("raw.test", "raw");
     ing["metadata"]["annotations"] = json!({"drawbridge.dev/proxy-read-timeout": "1"});
     objects.push(ing);
     let gw = Gateway::start_with(&objects, &[]).await;
@@ -601,8 +530,8 @@ async fn first_only_origin() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_timeout_armed_by_an_earlier_request_still_gives_the_next_its_full_time() {
     let addr = first_only_origin().await;
-    let mut objects = vec![mk_class(), mk_service("raw"), slice("raw", addr)];
-    let mut ing = ingress("raw.test", "raw");
+    let mut objects = vec![mk_class(), mk_service("raw"), slice_at("raw", addr)];
+    let mut ing = ingress_to("raw.test", "raw");
     ing["metadata"]["annotations"] = json!({"drawbridge.dev/proxy-read-timeout": "1"});
     objects.push(ing);
     let gw = Gateway::start_with(&objects, &[]).await;
@@ -639,8 +568,8 @@ async fn upstream_connections_are_reused_with_and_without_work_stealing() {
         let objects = vec![
             mk_class(),
             mk_service("raw"),
-            ingress("raw.test", "raw"),
-            slice("raw", addr),
+            ingress_to("raw.test", "raw"),
+            slice_at("raw", addr),
         ];
         let gw = Gateway::start_with(&objects, &[flag]).await;
         for i in 0..8 {

@@ -120,16 +120,19 @@ fn claims(state: &Path) -> BTreeMap<String, String> {
 /// Names, sizes and modification times of the state directory's status and claim files: cheap,
 /// and safe to take while a controller is writing (files that vanish are skipped).
 fn fingerprint(state: &Path) -> BTreeSet<(PathBuf, u64, std::time::SystemTime)> {
-    [state.join("services/default"), state.join("ipaddressclaims")]
-        .iter()
-        .filter_map(|dir| std::fs::read_dir(dir).ok())
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let meta = entry.metadata().ok()?;
-            Some((entry.path(), meta.len(), meta.modified().ok()?))
-        })
-        .collect()
+    [
+        state.join("services/default"),
+        state.join("ipaddressclaims"),
+    ]
+    .iter()
+    .filter_map(|dir| std::fs::read_dir(dir).ok())
+    .flatten()
+    .flatten()
+    .filter_map(|entry| {
+        let meta = entry.metadata().ok()?;
+        Some((entry.path(), meta.len(), meta.modified().ok()?))
+    })
+    .collect()
 }
 
 fn start(bin: &Path, manifests: &Path, state: &Path) -> Child {

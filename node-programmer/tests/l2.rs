@@ -552,7 +552,12 @@ fn unsolicited_advertisement_moves_the_ipv6_neighbour() {
         neighbour(&client, VIP6).filter(|(mac, _)| *mac == topo.macs[1])
     });
     assert_eq!(mac, topo.macs[1], "{state}");
-    assert_eq!(connect(&client, VIP6).as_deref(), Some("node-b"));
+    // Then traffic follows. Retried: one curl (2 s) failed once in CI on a loaded machine
+    // right after the entry had moved.
+    let answered = wait_for("node-b's IPv6 answer", Duration::from_secs(10), || {
+        connect(&client, VIP6)
+    });
+    assert_eq!(answered, "node-b");
 }
 
 // === gossip failure detection (issue 4) ===

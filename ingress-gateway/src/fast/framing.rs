@@ -468,6 +468,16 @@ impl ChunkedTracker {
     /// Feeds the next bytes; returns how many belong to the body (fewer than `data.len()` only
     /// when the body ended inside `data`).
     pub fn feed(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// [`feed`](Self::feed), also handing each run of chunk data (payload) in `data` to
+    /// `payload` as a range of `data`, in order (HTTP/2 downstreams get the payload unframed).
+    pub fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(Range<usize>),
+    ) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -477,6 +487,7 @@ impl ChunkedTracker {
                     let take =
                         (data.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= take as u64;
+                    payload(i..i + take);
                     i += take;
                     if self.size == 0 {
                         self.state = ChunkState::DataCr;
@@ -784,11 +795,14 @@ mod tests {
                 let mut consumed = 0;
                 let mut pos = 0;
                 let mut first = true;
+                let mut payload = Vec::new();
                 while pos < body.len() && !t.is_done() {
                     let n = if first { split.max(1) } else { step };
                     first = false;
                     let piece = &body[pos..(pos + n).min(body.len())];
-                    let used = t.feed(piece).unwrap();
+                    let used = t
+                        .feed_with(piece, |r| payload.extend_from_slice(&piece[r]))
+                        .unwrap();
                     consumed += used;
                     pos += piece.len();
                     if used < piece.len() {
@@ -798,6 +812,10 @@ mod tests {
                 assert!(t.is_done(), "split {split} step {step}");
                 assert_eq!(consumed, end, "split {split} step {step}");
                 assert_eq!(t.payload, 5 + 26);
+                assert_eq!(
+                    payload, b"helloabcdefghijklmnopqrstuvwxyz",
+                    "split {split} step {step}"
+                );
             }
         }
     }

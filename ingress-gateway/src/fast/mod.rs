@@ -5,7 +5,9 @@
 //!
 //! ```text
 //!  Pingora listener (TCP or TLS) ─► FastPath::process_new(stream)
-//!     ALPN h2 ─────────────────────────────────────────────► HttpProxy<Gateway> (unchanged)
+//!     ALPN h2 ─► h2::serve_h2 (streams without a body to HTTP/1.1 endpoints: the pooled
+//!                upstream exchange below; other streams: HttpProxy<Gateway>); with
+//!                `--http2-fast-path=false` ─► HttpProxy<Gateway> (unchanged)
 //!     HTTP/1.x: read into a per-connection buffer ─► framing::parse_request
 //!        ├─ hand-over (TE, Upgrade, Expect, HTTP/1.0, no route, redirect, 503, 413, non-HTTP/1.1
 //!        │  upstream, anything httparse or the rules refuse) ─► ServerSession::new_http1(stream)
@@ -31,6 +33,7 @@
 //! requests, the same metrics and access log fields.
 
 pub mod framing;
+mod h2;
 pub mod pool;
 pub mod timer;
 
@@ -53,11 +56,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::metrics::{Method, Metrics, StatusClass};
+use crate::metrics::{Method, Metrics, Protocol, StatusClass};
 use crate::policy::UpstreamProtocol;
 use crate::proxy::{Gateway, MAX_TRIES, POOL_IDLE_TIMEOUT};
 use crate::routes::{Backend, RouteTable};
-use crate::upstream::fast_random;
+use crate::upstream::{InFlight, fast_random};
 use framing::{BodyFraming, ChunkedTracker, Copied, Forwarding, Parsed, Request};
 use pool::Pool;
 use timer::Deadline;
@@ -88,6 +91,8 @@ pub struct FastPath {
     access_log: bool,
     /// `--client-body-timeout`: the longest wait of one request body read.
     client_body_timeout: Duration,
+    /// `--http2-fast-path`: HTTP/2 streams to HTTP/1.1 endpoints served here too ([`h2`]).
+    http2: bool,
     /// Idle upstream connections (HTTP/1.1 endpoints only).
     pool: Pool,
     /// Set when the service stops listening ([`ServerApp::cleanup`]): idle keep-alive
@@ -115,6 +120,7 @@ impl FastPath {
             metrics,
             access_log,
             client_body_timeout: crate::proxy::CLIENT_BODY_TIMEOUT,
+            http2: true,
             pool: if work_stealing {
                 Pool::new(POOL_IDLE_TIMEOUT)
             } else {
@@ -124,14 +130,19 @@ impl FastPath {
             stop: Notify::new(),
         }
     }
-}
 
-impl FastPath {
     /// The same fast path with another request body read timeout (default
     /// [`CLIENT_BODY_TIMEOUT`](crate::proxy::CLIENT_BODY_TIMEOUT); the Pingora path is given the
     /// same through [`Gateway::with_client_body_timeout`]).
     pub fn with_client_body_timeout(mut self, timeout: Duration) -> Self {
         self.client_body_timeout = timeout;
+        self
+    }
+
+    /// Whether HTTP/2 connections use the fast path too (default on; off: every HTTP/2 stream
+    /// goes to Pingora's proxy).
+    pub fn with_http2(mut self, on: bool) -> Self {
+        self.http2 = on;
         self
     }
 }
@@ -141,10 +152,8 @@ struct Conn {
     /// Bytes read from the client not yet consumed (the current head, its body start, and any
     /// pipelined requests after it).
     buf: Vec<u8>,
-    /// Upstream request head, then downstream response head (+ first body bytes).
-    out: Vec<u8>,
-    /// Bytes read from the upstream (and request body pieces read from the client).
-    rbuf: Vec<u8>,
+    /// Buffers and timer of the upstream side.
+    up: UpSide,
     copied: Copied,
     /// The client address (X-Forwarded-For, X-Real-IP, access log), formatted once.
     client_ip: Option<String>,
@@ -153,12 +162,40 @@ struct Conn {
     tls: bool,
     /// Keep-alive / request head timeout of the client side.
     client_timer: Deadline,
-    /// Send / read timeouts of the upstream side.
-    up_timer: Deadline,
     /// Requests answered on this connection so far. The first request of a connection is served
     /// even while shutting down (as Pingora's own path does): the client may have sent it
     /// already, and closing then fails it.
     answered: u64,
+}
+
+/// The upstream side of an exchange: one per HTTP/1.1 client connection (reused for each of
+/// its requests), one per HTTP/2 stream.
+struct UpSide {
+    /// Upstream request head, then the downstream response head (+ first body bytes).
+    out: Vec<u8>,
+    /// Bytes read from the upstream (and request body pieces read from the client).
+    rbuf: Vec<u8>,
+    /// Send / read timeouts.
+    timer: Deadline,
+}
+
+impl UpSide {
+    fn new() -> Self {
+        UpSide {
+            out: Vec::with_capacity(1024),
+            rbuf: Vec::new(),
+            timer: Deadline::new(),
+        }
+    }
+}
+
+/// The part of an HTTP/1.1 `Content-Length` request body still to be read from the client.
+struct ClientBody<'a> {
+    stream: &'a mut Stream,
+    /// The client side's timer (`--client-body-timeout` per read).
+    timer: &'a mut Deadline,
+    /// Bytes left.
+    left: u64,
 }
 
 /// How a connection left the fast path.
@@ -253,13 +290,16 @@ impl ServerApp for FastPath {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            if self.http2 {
+                self.serve_h2(stream, shutdown).await;
+                return None;
+            }
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let socket = stream.get_socket_digest();
         let mut conn = Conn {
             buf: Vec::with_capacity(REQUEST_BUFFER),
-            out: Vec::with_capacity(1024),
-            rbuf: Vec::new(),
+            up: UpSide::new(),
             copied: Vec::with_capacity(16),
             client_ip: socket
                 .as_ref()
@@ -269,7 +309,6 @@ impl ServerApp for FastPath {
                 .and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string())),
             tls: stream.get_ssl_digest().is_some(),
             client_timer: Deadline::new(),
-            up_timer: Deadline::new(),
             answered: 0,
         };
         match self.serve(&mut stream, &mut conn, shutdown).await {
@@ -282,6 +321,7 @@ impl ServerApp for FastPath {
             }
             Outcome::HandOver(reason) => {
                 tracing::trace!(reason, "request handed to the Pingora path");
+                self.metrics.handed_over(Protocol::Http1, reason);
                 self.hand_over(stream, conn.buf, shutdown).await;
             }
         }
@@ -474,18 +514,179 @@ impl FastPath {
             server_port: conn.server_port.as_deref(),
             request_id: &id,
         };
-        framing::write_upstream_head(&conn.buf, req, &conn.copied, &fwd, &mut conn.out);
+        framing::write_upstream_head(&conn.buf, req, &conn.copied, &fwd, &mut conn.up.out);
         let body_in_buf = (conn.buf.len() - req.head_len).min(req.content_length as usize);
-        conn.out
+        conn.up
+            .out
             .extend_from_slice(&conn.buf[req.head_len..req.head_len + body_in_buf]);
         let body_left = req.content_length - body_in_buf as u64;
         // A stale pooled connection may be retried only when nothing more must come from the
         // client and the method may be repeated.
         let replayable = body_left == 0 && idempotent(&conn.buf[req.method.clone()]);
 
+        let body = (body_left > 0).then_some(ClientBody {
+            stream: &mut *stream,
+            timer: &mut conn.client_timer,
+            left: body_left,
+        });
+        let (mut up, endpoint, head, _in_flight) = self
+            .request_upstream(
+                &mut conn.up,
+                backend,
+                attempt,
+                replayable,
+                req.is_head,
+                body,
+            )
+            .await?;
+        // `conn.up.out` holds the downstream head, `conn.up.rbuf[head.head_len..]` the body start.
+        let mut reusable = head.reusable;
+        let start = head.head_len;
+        let read_timeout = policy.read_timeout;
+        let bytes_out;
+        let mut close_client = close;
+        match head.framing {
+            BodyFraming::Empty => {
+                reusable &= conn.up.rbuf.len() == start;
+                attempt.answered = true;
+                write_client(stream, &conn.up.out)
+                    .await
+                    .map_err(client_gone)?;
+                bytes_out = 0;
+            }
+            BodyFraming::Length(n) => {
+                let have = (conn.up.rbuf.len() - start) as u64;
+                let take = have.min(n) as usize;
+                reusable &= have <= n;
+                conn.up
+                    .out
+                    .extend_from_slice(&conn.up.rbuf[start..start + take]);
+                attempt.answered = true;
+                write_client(stream, &conn.up.out)
+                    .await
+                    .map_err(client_gone)?;
+                let mut left = n - take as u64;
+                while left > 0 {
+                    conn.up.rbuf.clear();
+                    let got =
+                        read_upstream(&mut up, &mut conn.up.rbuf, &mut conn.up.timer, read_timeout)
+                            .await?;
+                    let take = (got as u64).min(left) as usize;
+                    reusable &= got as u64 <= left;
+                    left -= take as u64;
+                    write_client(stream, &conn.up.rbuf[..take])
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = n;
+            }
+            BodyFraming::Chunked => {
+                let mut tracker = ChunkedTracker::default();
+                let used = tracker.feed(&conn.up.rbuf[start..]).map_err(bad_chunk)?;
+                reusable &= start + used == conn.up.rbuf.len();
+                conn.up
+                    .out
+                    .extend_from_slice(&conn.up.rbuf[start..start + used]);
+                attempt.answered = true;
+                write_client(stream, &conn.up.out)
+                    .await
+                    .map_err(client_gone)?;
+                while !tracker.is_done() {
+                    conn.up.rbuf.clear();
+                    let got =
+                        read_upstream(&mut up, &mut conn.up.rbuf, &mut conn.up.timer, read_timeout)
+                            .await?;
+                    let used = tracker.feed(&conn.up.rbuf[..got]).map_err(bad_chunk)?;
+                    reusable &= used == got;
+                    write_client(stream, &conn.up.rbuf[..used])
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = tracker.payload;
+            }
+            BodyFraming::UntilClose { rechunk } => {
+                reusable = false;
+                close_client |= !rechunk;
+                let mut total = 0u64;
+                let first = conn.up.rbuf.len() - start;
+                if first > 0 {
+                    if rechunk {
+                        push_chunk_header(&mut conn.up.out, first);
+                    }
+                    conn.up.out.extend_from_slice(&conn.up.rbuf[start..]);
+                    if rechunk {
+                        conn.up.out.extend_from_slice(b"\r\n");
+                    }
+                    total += first as u64;
+                }
+                attempt.answered = true;
+                write_client(stream, &conn.up.out)
+                    .await
+                    .map_err(client_gone)?;
+                loop {
+                    conn.up.rbuf.clear();
+                    let got = match conn
+                        .up
+                        .timer
+                        .run(read_timeout, up.read_buf(&mut conn.up.rbuf))
+                        .await
+                    {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(timed_out) => return Err(upstream_read_failed(timed_out)),
+                    };
+                    total += got as u64;
+                    if rechunk {
+                        conn.up.out.clear();
+                        push_chunk_header(&mut conn.up.out, got);
+                        conn.up.out.extend_from_slice(&conn.up.rbuf[..got]);
+                        conn.up.out.extend_from_slice(b"\r\n");
+                        write_client(stream, &conn.up.out)
+                            .await
+                            .map_err(client_gone)?;
+                    } else {
+                        write_client(stream, &conn.up.rbuf[..got])
+                            .await
+                            .map_err(client_gone)?;
+                    }
+                }
+                if rechunk {
+                    write_client(stream, b"0\r\n\r\n")
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = total;
+            }
+        }
+        if reusable {
+            self.pool.put(endpoint, up);
+        }
+        Ok(Exchanged {
+            status: head.status,
+            bytes_out,
+            close: close_client,
+        })
+    }
+
+    /// The upstream half of one request: chooses an endpoint, takes a pooled connection or
+    /// connects (connect failures retried on another endpoint, at most [`MAX_TRIES`] tries,
+    /// with passive health), writes `side.out` (request head + body start) and the rest of the
+    /// request body (`body`), and reads the response head. A pooled connection the endpoint had
+    /// closed is retried on a new one when `replayable`. On success `side.out` holds the
+    /// downstream HTTP/1.1 head and `side.rbuf[head.head_len..]` the body start.
+    async fn request_upstream(
+        &self,
+        side: &mut UpSide,
+        backend: &Backend,
+        attempt: &mut Attempt,
+        replayable: bool,
+        is_head: bool,
+        mut body: Option<ClientBody<'_>>,
+    ) -> Result<(TcpStream, SocketAddr, framing::ResponseHead, InFlight), Failure> {
+        let policy = &backend.policy;
         let mut tried = [UNSPECIFIED; MAX_TRIES];
         let mut fresh_only = false;
-        let (mut up, endpoint, head, _in_flight) = loop {
+        loop {
             let (endpoint, state) = backend.choose(&tried[..attempt.tries]).ok_or(Failure {
                 status: 503,
                 error: "backend has no endpoints",
@@ -541,21 +742,23 @@ impl FastPath {
             };
             in_flight.state().connected();
             // Request head (+ body start) in one write.
-            let sent = conn
-                .up_timer
-                .run(policy.send_timeout, up.write_all(&conn.out))
+            let sent = side
+                .timer
+                .run(policy.send_timeout, up.write_all(&side.out))
                 .await;
             let got_head = match sent {
                 Ok(()) => {
-                    self.send_body(stream, conn, &mut up, policy.send_timeout, body_left)
-                        .await?;
-                    self.read_head(&mut up, conn, req.is_head, close, policy.read_timeout)
+                    if let Some(body) = body.as_mut() {
+                        self.send_body(body, side, &mut up, policy.send_timeout)
+                            .await?;
+                    }
+                    self.read_head(&mut up, side, is_head, attempt.close, policy.read_timeout)
                         .await
                 }
                 Err(timed_out) => Err((timed_out, 0)),
             };
             match got_head {
-                Ok(head) => break (up, endpoint, head, in_flight),
+                Ok(head) => return Ok((up, endpoint, head, in_flight)),
                 // The endpoint closed a pooled connection before answering: retry on a new one.
                 Err((false, 0)) if reused && replayable && attempt.tries < MAX_TRIES => {
                     fresh_only = true;
@@ -573,138 +776,25 @@ impl FastPath {
                     });
                 }
             }
-        };
-        // `conn.out` holds the downstream head, `conn.rbuf[head.head_len..]` the body start.
-        let mut reusable = head.reusable;
-        let start = head.head_len;
-        let read_timeout = policy.read_timeout;
-        let bytes_out;
-        let mut close_client = close;
-        match head.framing {
-            BodyFraming::Empty => {
-                reusable &= conn.rbuf.len() == start;
-                attempt.answered = true;
-                write_client(stream, &conn.out).await.map_err(client_gone)?;
-                bytes_out = 0;
-            }
-            BodyFraming::Length(n) => {
-                let have = (conn.rbuf.len() - start) as u64;
-                let take = have.min(n) as usize;
-                reusable &= have <= n;
-                conn.out.extend_from_slice(&conn.rbuf[start..start + take]);
-                attempt.answered = true;
-                write_client(stream, &conn.out).await.map_err(client_gone)?;
-                let mut left = n - take as u64;
-                while left > 0 {
-                    conn.rbuf.clear();
-                    let got =
-                        read_upstream(&mut up, &mut conn.rbuf, &mut conn.up_timer, read_timeout)
-                            .await?;
-                    let take = (got as u64).min(left) as usize;
-                    reusable &= got as u64 <= left;
-                    left -= take as u64;
-                    write_client(stream, &conn.rbuf[..take])
-                        .await
-                        .map_err(client_gone)?;
-                }
-                bytes_out = n;
-            }
-            BodyFraming::Chunked => {
-                let mut tracker = ChunkedTracker::default();
-                let used = tracker.feed(&conn.rbuf[start..]).map_err(bad_chunk)?;
-                reusable &= start + used == conn.rbuf.len();
-                conn.out.extend_from_slice(&conn.rbuf[start..start + used]);
-                attempt.answered = true;
-                write_client(stream, &conn.out).await.map_err(client_gone)?;
-                while !tracker.is_done() {
-                    conn.rbuf.clear();
-                    let got =
-                        read_upstream(&mut up, &mut conn.rbuf, &mut conn.up_timer, read_timeout)
-                            .await?;
-                    let used = tracker.feed(&conn.rbuf[..got]).map_err(bad_chunk)?;
-                    reusable &= used == got;
-                    write_client(stream, &conn.rbuf[..used])
-                        .await
-                        .map_err(client_gone)?;
-                }
-                bytes_out = tracker.payload;
-            }
-            BodyFraming::UntilClose { rechunk } => {
-                reusable = false;
-                close_client |= !rechunk;
-                let mut total = 0u64;
-                let first = conn.rbuf.len() - start;
-                if first > 0 {
-                    if rechunk {
-                        push_chunk_header(&mut conn.out, first);
-                    }
-                    conn.out.extend_from_slice(&conn.rbuf[start..]);
-                    if rechunk {
-                        conn.out.extend_from_slice(b"\r\n");
-                    }
-                    total += first as u64;
-                }
-                attempt.answered = true;
-                write_client(stream, &conn.out).await.map_err(client_gone)?;
-                loop {
-                    conn.rbuf.clear();
-                    let got = match conn
-                        .up_timer
-                        .run(read_timeout, up.read_buf(&mut conn.rbuf))
-                        .await
-                    {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(timed_out) => return Err(upstream_read_failed(timed_out)),
-                    };
-                    total += got as u64;
-                    if rechunk {
-                        conn.out.clear();
-                        push_chunk_header(&mut conn.out, got);
-                        conn.out.extend_from_slice(&conn.rbuf[..got]);
-                        conn.out.extend_from_slice(b"\r\n");
-                        write_client(stream, &conn.out).await.map_err(client_gone)?;
-                    } else {
-                        write_client(stream, &conn.rbuf[..got])
-                            .await
-                            .map_err(client_gone)?;
-                    }
-                }
-                if rechunk {
-                    write_client(stream, b"0\r\n\r\n")
-                        .await
-                        .map_err(client_gone)?;
-                }
-                bytes_out = total;
-            }
         }
-        if reusable {
-            self.pool.put(endpoint, up);
-        }
-        Ok(Exchanged {
-            status: head.status,
-            bytes_out,
-            close: close_client,
-        })
     }
 
     /// Streams the part of a `Content-Length` body not read yet from the client to `up`.
     async fn send_body(
         &self,
-        stream: &mut Stream,
-        conn: &mut Conn,
+        body: &mut ClientBody<'_>,
+        side: &mut UpSide,
         up: &mut TcpStream,
         send_timeout: Duration,
-        mut left: u64,
     ) -> Result<(), Failure> {
-        while left > 0 {
-            conn.rbuf.clear();
-            conn.rbuf.reserve(BODY_BUFFER);
-            let want = (conn.rbuf.capacity() as u64).min(left) as usize;
-            let mut read = (&mut *stream).take(want as u64);
-            let got = match conn
-                .client_timer
-                .run(self.client_body_timeout, read.read_buf(&mut conn.rbuf))
+        while body.left > 0 {
+            side.rbuf.clear();
+            side.rbuf.reserve(BODY_BUFFER);
+            let want = (side.rbuf.capacity() as u64).min(body.left) as usize;
+            let mut read = (&mut *body.stream).take(want as u64);
+            let got = match body
+                .timer
+                .run(self.client_body_timeout, read.read_buf(&mut side.rbuf))
                 .await
             {
                 Ok(0) | Err(false) => {
@@ -722,9 +812,9 @@ impl FastPath {
                 }
                 Ok(n) => n,
             };
-            left -= got as u64;
-            conn.up_timer
-                .run(send_timeout, up.write_all(&conn.rbuf[..got]))
+            body.left -= got as u64;
+            side.timer
+                .run(send_timeout, up.write_all(&side.rbuf[..got]))
                 .await
                 .map_err(|timed_out| Failure {
                     status: if timed_out { 504 } else { 502 },
@@ -734,24 +824,24 @@ impl FastPath {
         Ok(())
     }
 
-    /// Reads the upstream response head (skipping 1xx interim responses) into `conn.rbuf` and
-    /// writes the downstream head into `conn.out`. `Err((timed_out, bytes_received))`.
+    /// Reads the upstream response head (skipping 1xx interim responses) into `side.rbuf` and
+    /// writes the downstream head into `side.out`. `Err((timed_out, bytes_received))`.
     async fn read_head(
         &self,
         up: &mut TcpStream,
-        conn: &mut Conn,
+        side: &mut UpSide,
         is_head: bool,
         close: bool,
         read_timeout: Duration,
     ) -> Result<framing::ResponseHead, (bool, usize)> {
-        conn.rbuf.clear();
+        side.rbuf.clear();
         let mut received = 0;
         loop {
-            if !conn.rbuf.is_empty() {
-                match framing::parse_response(&conn.rbuf, is_head, close, &mut conn.out) {
+            if !side.rbuf.is_empty() {
+                match framing::parse_response(&side.rbuf, is_head, close, &mut side.out) {
                     Ok(Some(head)) if head.status == 101 => return Err((false, received.max(1))),
                     Ok(Some(head)) if head.status < 200 => {
-                        conn.rbuf.drain(..head.head_len);
+                        side.rbuf.drain(..head.head_len);
                         continue;
                     }
                     Ok(Some(head)) => return Ok(head),
@@ -762,10 +852,10 @@ impl FastPath {
                     }
                 }
             }
-            conn.rbuf.reserve(BODY_BUFFER);
-            match conn
-                .up_timer
-                .run(read_timeout, up.read_buf(&mut conn.rbuf))
+            side.rbuf.reserve(BODY_BUFFER);
+            match side
+                .timer
+                .run(read_timeout, up.read_buf(&mut side.rbuf))
                 .await
             {
                 Ok(0) => return Err((false, received)),
@@ -775,8 +865,7 @@ impl FastPath {
         }
     }
 
-    /// Metrics (the backend's [`RouteStats`](crate::metrics::RouteStats)) and the access log
-    /// event, with crate::proxy's fields.
+    /// Metrics and the access log event of an HTTP/1.1 request (see [`FastPath::record`]).
     fn log(
         &self,
         conn: &Conn,
@@ -785,6 +874,22 @@ impl FastPath {
         l: &Logged<'_>,
         attempt: &Attempt,
     ) {
+        let text =
+            |r: &std::ops::Range<usize>| std::str::from_utf8(&conn.buf[r.clone()]).unwrap_or("");
+        let line = LogLine {
+            client: conn.client_ip.as_deref(),
+            method: &conn.buf[req.method.clone()],
+            host: text(&req.host),
+            path: text(&req.path),
+            request_id: req.request_id.as_ref().map(text),
+            bytes_in: req.content_length,
+        };
+        self.record(&line, backend, l, attempt);
+    }
+
+    /// Metrics (the backend's [`RouteStats`](crate::metrics::RouteStats)) and the access log
+    /// event, with crate::proxy's fields.
+    fn record(&self, line: &LogLine<'_>, backend: &Backend, l: &Logged<'_>, attempt: &Attempt) {
         let Logged {
             started,
             status,
@@ -793,33 +898,29 @@ impl FastPath {
             request_id,
         } = *l;
         let elapsed = started.elapsed();
-        let method = method_label(&conn.buf[req.method.clone()]);
         // Logged like Pingora's path: 499 when the client went away before an answer.
         let status = if status == 0 { 499 } else { status };
         let bytes_in = if error.is_some() && status == 499 {
             0
         } else {
-            req.content_length
+            line.bytes_in
         };
         backend.stats.record(
             &self.metrics,
-            method,
+            method_label(line.method),
             StatusClass::of(status),
             elapsed.as_secs_f64(),
             bytes_in,
             bytes_out,
         );
         if self.access_log {
-            let text = |r: &std::ops::Range<usize>| {
-                std::str::from_utf8(&conn.buf[r.clone()]).unwrap_or("")
-            };
             let labels = backend.stats.labels();
             tracing::info!(
                 target: "access",
-                client = conn.client_ip.as_deref(),
-                method = text(&req.method),
-                host = text(&req.host),
-                path = text(&req.path),
+                client = line.client,
+                method = std::str::from_utf8(line.method).unwrap_or(""),
+                host = line.host,
+                path = line.path,
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes_in,
@@ -827,14 +928,25 @@ impl FastPath {
                 ingress = &*labels.ingress.0,
                 upstream = attempt.upstream.map(tracing::field::display),
                 tries = attempt.tries,
-                request_id = req
+                request_id = line
                     .request_id
-                    .as_ref()
-                    .map_or(std::str::from_utf8(request_id).unwrap_or(""), text),
+                    .unwrap_or(std::str::from_utf8(request_id).unwrap_or("")),
                 error,
             );
         }
     }
+}
+
+/// The access log's view of a request (both protocols).
+struct LogLine<'a> {
+    client: Option<&'a str>,
+    method: &'a [u8],
+    host: &'a str,
+    path: &'a str,
+    /// The client's `X-Request-ID`, if it sent one.
+    request_id: Option<&'a str>,
+    /// Request body bytes.
+    bytes_in: u64,
 }
 
 /// The metrics label of a request method as received (methods are case-sensitive, RFC 9110

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Like nginx's `upstream { keepalive N; }` and Pingora's connection pool: at most
-//! [`MAX_IDLE_PER_ENDPOINT`] idle connections per endpoint (Pingora's default
-//! `upstream_keepalive_pool_size` is 128 in total), idle ones closed after the idle timeout
+//! [`MAX_IDLE_PER_ENDPOINT`] idle connections per endpoint (the Pingora path's pool holds
+//! `crate::proxy::UPSTREAM_KEEPALIVE_POOL_SIZE` per thread), idle ones closed after the idle timeout
 //! (`crate::proxy::POOL_IDLE_TIMEOUT`, 60 s). A connection the endpoint closed while idle is
 //! noticed without a system call when the reactor already saw it readable (EOF), and dropped.
 
@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-/// Idle connections kept per endpoint; more are closed when returned.
-pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Idle connections kept per endpoint; more are closed when returned. An idle connection exists
+/// only because that many requests were in flight at once, so the bound is high: with HTTP/2
+/// clients one endpoint easily has hundreds of requests in flight (tests/pool.rs: 640 streams;
+/// at 128 the second burst opened 512 new connections).
+pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 /// How often `put`/`take` sweep the whole pool for expired or closed connections.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);

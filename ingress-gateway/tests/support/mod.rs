@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Full};
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -27,7 +28,7 @@ pub const STEP: Duration = Duration::from_secs(5);
 
 /// An HTTP/1.1 origin on `ip:0` answering every request with JSON: its name, and the Host,
 /// path, X-Forwarded-For and X-Forwarded-Proto it received (plus the other forwarding headers,
-/// the request header names, the body length and the method). It reads the whole body first.
+/// the request header names, every `Cookie` field, the body length and the method). It reads the whole body first.
 /// `/sleep/<ms>` answers after `ms` milliseconds; a request with `x-test-hop: 1` gets a response
 /// carrying hop-by-hop fields (`Connection: x-hop`, `X-Hop`, `Keep-Alive`).
 pub struct Origin {
@@ -84,6 +85,8 @@ impl Origin {
                                 "xrid": h("x-request-id"),
                                 "method": method,
                                 "headers": names,
+                                "cookie": req.headers().get_all("cookie").iter()
+                                    .filter_map(|v| v.to_str().ok()).collect::<Vec<_>>(),
                             });
                             let received =
                                 req.into_body().collect().await.map(|b| b.to_bytes().len());
@@ -554,4 +557,78 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// === Raw origins (exact response bytes) ===
+
+/// An Ingress `service` routing `host` / (Prefix) to Service `service` port 80.
+pub fn ingress_to(host: &str, service: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"namespace": "default", "name": service},
+           "spec": {"ingressClassName": "drawbridge",
+                    "rules": [{"host": host, "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix",
+                         "backend": {"service": {"name": service, "port": {"number": 80}}}}]}}]}})
+}
+
+/// An EndpointSlice for `service` with one endpoint at `addr`.
+pub fn slice_at(service: &str, addr: SocketAddr) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"namespace": "default", "name": format!("{service}-0"),
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+           "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]})
+}
+
+/// A gateway serving `raw.test` → `addr`.
+pub async fn gateway_with_raw(addr: SocketAddr) -> Gateway {
+    let objects = vec![
+        mk_class(),
+        mk_service("raw"),
+        ingress_to("raw.test", "raw"),
+        slice_at("raw", addr),
+    ];
+    Gateway::start_with(&objects, &[]).await
+}
+
+/// A raw origin answering every request with `response` (written in pieces `split` bytes apart,
+/// 2 ms between them), keep-alive unless the response closes. Counts connections.
+pub async fn scripted_origin(
+    response: &'static [u8],
+    split: usize,
+    close: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    }
+                    buf.clear();
+                    for piece in response.chunks(split) {
+                        if s.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
 }

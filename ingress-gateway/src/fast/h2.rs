@@ -1,0 +1,543 @@
+//! HTTP/2 streams on the fast path (`--http2-fast-path`, on by default): the common HTTP/2
+//! request — no request body, an HTTP/1.1 endpoint — is answered from the fast path's pooled
+//! HTTP/1.1 upstream exchange ([`FastPath::request_upstream`]); every other stream of the same
+//! connection goes to Pingora's proxy ([`crate::proxy::Gateway`]) unchanged.
+//!
+//! ```text
+//!  TLS listener, ALPN h2 ─► FastPath::serve_h2: Pingora's h2 handshake and stream acceptance
+//!     (HttpSession::from_h2_conn: forbidden bytes in :path, ambiguous Content-Length or
+//!     authority are refused there, at most 32 per connection), GOAWAY on shutdown
+//!     └─ per stream, one task:
+//!          route (RouteTable) ─ no rule, redirect, no endpoints, upstream not HTTP/1.1,
+//!          │  CONNECT, a request body ─► HttpProxy<Gateway>::process_new_http (Pingora)
+//!          └─ HTTP/1.1 head (Host = :authority, cookies joined, this hop's X-Forwarded-*,
+//!             X-Real-IP, X-Request-ID) ─► request_upstream (pool, connect retries, passive
+//!             health, timeouts) ─► response head as HTTP/2 HEADERS ─► body unframed into DATA
+//!             (Content-Length, chunked, or until close) ─► pooled again when reusable
+//!             ─► metrics + access log
+//! ```
+//!
+//! Why: bench/gateway's HTTP/2 cell (h2load, 64 connections × 10 streams) saturated the
+//! gateway's core on Pingora's HTTP/2 → HTTP/1.1 path (per stream: a `Session`, header map
+//! conversions, an mpsc duplex between two tasks); profile in bench/gateway/profile-h2.
+//! docs/benchmarks.md has the before/after numbers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use pingora::apps::HttpServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v2::server::{self as h2_server, H2Accept, HttpSession};
+use pingora::protocols::{Digest, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+use super::framing::{BodyFraming, ChunkedTracker};
+use super::{
+    Attempt, BODY_BUFFER, Failure, FastPath, LogLine, Logged, UpSide, bad_chunk, idempotent,
+    new_request_id, read_upstream, upstream_read_failed,
+};
+use crate::metrics::Protocol;
+use crate::policy::UpstreamProtocol;
+use crate::proxy::request_host;
+use crate::routes::Backend;
+
+/// Streams refused during acceptance (malformed requests) before the connection is torn down
+/// (Pingora's own accept loop uses the same bound, `MAX_MALFORMED_STREAMS_PER_CONN`).
+const MAX_MALFORMED_STREAMS: usize = 32;
+
+/// What every stream of one HTTP/2 connection shares.
+struct H2Conn {
+    /// The client address as text (X-Forwarded-For, X-Real-IP, access log).
+    client_ip: Option<String>,
+    /// The listener's port as text (X-Forwarded-Port).
+    server_port: Option<String>,
+    tls: bool,
+    /// Upstream-side buffers and timers of finished streams, reused by the next ones (at most
+    /// [`SPARE_SIDES`]).
+    spare: Mutex<Vec<UpSide>>,
+}
+
+/// Spare [`UpSide`]s kept per connection (its streams in flight at once, up to this).
+const SPARE_SIDES: usize = 16;
+
+impl H2Conn {
+    fn side(&self) -> UpSide {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_else(UpSide::new)
+    }
+
+    fn put_side(&self, mut side: UpSide) {
+        // A side that grew for a large head or body is not kept.
+        if side.out.capacity() > 8 * 1024 || side.rbuf.capacity() > 4 * BODY_BUFFER {
+            return;
+        }
+        side.out.clear();
+        side.rbuf.clear();
+        if let Ok(mut spare) = self.spare.lock()
+            && spare.len() < SPARE_SIDES
+        {
+            spare.push(side);
+        }
+    }
+}
+
+impl FastPath {
+    /// Serves one HTTP/2 connection: Pingora's handshake and stream acceptance, each stream on
+    /// its own task, on the fast path or on Pingora's proxy. On shutdown a GOAWAY is sent and
+    /// the streams already opened are finished (as Pingora's own accept loop does).
+    pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let socket = stream.get_socket_digest();
+        let conn = Arc::new(H2Conn {
+            client_ip: socket
+                .as_ref()
+                .and_then(|s| s.peer_addr()?.as_inet().map(|a| a.ip().to_string())),
+            server_port: socket
+                .as_ref()
+                .and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string())),
+            tls: stream.get_ssl_digest().is_some(),
+            spare: Mutex::new(Vec::new()),
+        });
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: socket,
+        });
+        let mut h2 = match h2_server::handshake(stream, None).await {
+            Ok(h2) => h2,
+            Err(error) => {
+                tracing::debug!(%error, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let mut watch = shutdown.clone();
+        let mut draining = false;
+        let mut malformed = 0;
+        loop {
+            let accepted = if draining {
+                HttpSession::from_h2_conn(&mut h2, digest.clone()).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = watch.changed() => {
+                        h2.graceful_shutdown();
+                        draining = true;
+                        continue;
+                    }
+                    accepted = HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
+                }
+            };
+            match accepted {
+                Err(error) => {
+                    // Clients often close TCP without a GOAWAY: not worth more than debug.
+                    tracing::debug!(%error, "HTTP/2 connection ended");
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(H2Accept::Rejected)) => {
+                    malformed += 1;
+                    if malformed >= MAX_MALFORMED_STREAMS {
+                        tracing::warn!(
+                            client = conn.client_ip.as_deref(),
+                            "closing an HTTP/2 connection after {malformed} malformed requests"
+                        );
+                        return;
+                    }
+                }
+                Ok(Some(H2Accept::Session(session))) => {
+                    let this = self.clone();
+                    let conn = conn.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move { this.h2_stream(session, &conn, &shutdown).await });
+                }
+            }
+        }
+    }
+
+    /// One HTTP/2 stream: on the fast path when [`Self::h2_route`] allows, else Pingora's.
+    async fn h2_stream(
+        self: Arc<Self>,
+        mut session: HttpSession,
+        conn: &H2Conn,
+        shutdown: &ShutdownWatch,
+    ) {
+        let backend = match self.h2_route(&session, conn) {
+            Ok(backend) => backend,
+            Err(reason) => {
+                tracing::trace!(reason, "HTTP/2 stream handed to the Pingora path");
+                self.metrics.handed_over(Protocol::Http2, reason);
+                self.proxy
+                    .process_new_http(ServerSession::new_http2(session), shutdown)
+                    .await;
+                return;
+            }
+        };
+        let started = Instant::now();
+        let mut attempt = Attempt {
+            close: false,
+            request_id: new_request_id(),
+            upstream: None,
+            tries: 0,
+            answered: false,
+        };
+        let mut side = conn.side();
+        let result = self
+            .h2_exchange(&mut session, conn, &backend, &mut attempt, &mut side)
+            .await;
+        conn.put_side(side);
+        let (status, bytes_out, error) = match &result {
+            Ok((status, bytes_out)) => (*status, *bytes_out, None),
+            Err(f) => (f.status, 0, Some(f.error)),
+        };
+        if let Err(f) = &result
+            && f.status != 0
+            && !attempt.answered
+        {
+            let _ = session.write_response_header(error_response(f.status), true);
+        }
+        // An error after the response head: dropping the session resets the stream, so the
+        // client cannot take a cut-short body for a whole one.
+        let req = session.req_header();
+        let line = LogLine {
+            client: conn.client_ip.as_deref(),
+            method: req.method.as_str().as_bytes(),
+            host: request_host(req),
+            path: req.uri.path(),
+            request_id: req
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            bytes_in: 0,
+        };
+        let logged = Logged {
+            started,
+            status,
+            bytes_out,
+            error,
+            request_id: &attempt.request_id,
+        };
+        self.record(&line, &backend, &logged, &attempt);
+    }
+
+    /// The backend for a stream, or why the stream goes to Pingora's path: no rule (404), a
+    /// redirect to HTTPS, no endpoints (503), an upstream that is not plain HTTP/1.1, CONNECT
+    /// (WebSocket over HTTP/2, RFC 8441), or a request body to stream.
+    fn h2_route(&self, session: &HttpSession, conn: &H2Conn) -> Result<Arc<Backend>, &'static str> {
+        let req = session.req_header();
+        if req.method == http::Method::CONNECT {
+            return Err("CONNECT");
+        }
+        if !session.is_body_done() {
+            return Err("request body");
+        }
+        let host = request_host(req);
+        let routes = self.routes.load();
+        let backend = routes.lookup(host, req.uri.path()).ok_or("no rule")?;
+        if !conn.tls && backend.policy.ssl_redirect && routes.has_tls(host) {
+            return Err("redirect to HTTPS");
+        }
+        if backend.protocol != UpstreamProtocol::Http1 {
+            return Err("upstream is not HTTP/1.1");
+        }
+        if backend.endpoints().is_empty() {
+            return Err("no endpoints");
+        }
+        Ok(backend.clone())
+    }
+
+    /// One stream's exchange. `Ok((status, response body bytes))`; the client has its answer
+    /// when this returns `Ok`, or when `attempt.answered`.
+    async fn h2_exchange(
+        &self,
+        session: &mut HttpSession,
+        conn: &H2Conn,
+        backend: &Backend,
+        attempt: &mut Attempt,
+        side: &mut UpSide,
+    ) -> Result<(u16, u64), Failure> {
+        let req = session.req_header();
+        let is_head = req.method == http::Method::HEAD;
+        let replayable = idempotent(req.method.as_str().as_bytes());
+        write_upstream_head(req, conn, &attempt.request_id, &mut side.out);
+        let (mut up, endpoint, head, _in_flight) = self
+            .request_upstream(side, backend, attempt, replayable, is_head, None)
+            .await?;
+        let read_timeout = backend.policy.read_timeout;
+        let start = head.head_len;
+        let mut reusable = head.reusable;
+        let response = response_header(&side.out, head.status);
+        let bytes_out;
+        match head.framing {
+            BodyFraming::Empty => {
+                reusable &= side.rbuf.len() == start;
+                attempt.answered = true;
+                session
+                    .write_response_header(response, true)
+                    .map_err(client_gone)?;
+                bytes_out = 0;
+            }
+            BodyFraming::Length(n) => {
+                let have = (side.rbuf.len() - start) as u64;
+                let take = have.min(n) as usize;
+                reusable &= have <= n;
+                attempt.answered = true;
+                session
+                    .write_response_header(response, n == 0)
+                    .map_err(client_gone)?;
+                let mut left = n - take as u64;
+                if take > 0 {
+                    let first = Bytes::copy_from_slice(&side.rbuf[start..start + take]);
+                    session
+                        .write_body(first, left == 0)
+                        .await
+                        .map_err(client_gone)?;
+                }
+                let mut buf = BytesMut::new();
+                while left > 0 {
+                    buf.reserve(BODY_BUFFER);
+                    let got = match side.timer.run(read_timeout, up.read_buf(&mut buf)).await {
+                        Ok(0) => {
+                            return Err(Failure {
+                                status: 502,
+                                error: "upstream closed inside the response body",
+                            });
+                        }
+                        Ok(got) => got,
+                        Err(timed_out) => return Err(upstream_read_failed(timed_out)),
+                    };
+                    reusable &= got as u64 <= left;
+                    let take = (got as u64).min(left);
+                    left -= take;
+                    let piece = buf.split_to(take as usize).freeze();
+                    buf.clear();
+                    session
+                        .write_body(piece, left == 0)
+                        .await
+                        .map_err(client_gone)?;
+                }
+                bytes_out = n;
+            }
+            BodyFraming::Chunked => {
+                let mut tracker = ChunkedTracker::default();
+                let mut payload = BytesMut::new();
+                let data = &side.rbuf[start..];
+                let used = tracker
+                    .feed_with(data, |r| payload.extend_from_slice(&data[r]))
+                    .map_err(bad_chunk)?;
+                reusable &= start + used == side.rbuf.len();
+                attempt.answered = true;
+                session
+                    .write_response_header(response, false)
+                    .map_err(client_gone)?;
+                loop {
+                    if !payload.is_empty() || tracker.is_done() {
+                        session
+                            .write_body(payload.split().freeze(), tracker.is_done())
+                            .await
+                            .map_err(client_gone)?;
+                    }
+                    if tracker.is_done() {
+                        break;
+                    }
+                    side.rbuf.clear();
+                    let got = read_upstream(&mut up, &mut side.rbuf, &mut side.timer, read_timeout)
+                        .await?;
+                    let data = &side.rbuf[..got];
+                    let used = tracker
+                        .feed_with(data, |r| payload.extend_from_slice(&data[r]))
+                        .map_err(bad_chunk)?;
+                    reusable &= used == got;
+                }
+                bytes_out = tracker.payload;
+            }
+            BodyFraming::UntilClose { .. } => {
+                reusable = false;
+                attempt.answered = true;
+                session
+                    .write_response_header(response, false)
+                    .map_err(client_gone)?;
+                let mut total = (side.rbuf.len() - start) as u64;
+                if total > 0 {
+                    let first = Bytes::copy_from_slice(&side.rbuf[start..]);
+                    session
+                        .write_body(first, false)
+                        .await
+                        .map_err(client_gone)?;
+                }
+                let mut buf = BytesMut::new();
+                loop {
+                    buf.reserve(BODY_BUFFER);
+                    let got = match side.timer.run(read_timeout, up.read_buf(&mut buf)).await {
+                        Ok(got) => got,
+                        Err(timed_out) => return Err(upstream_read_failed(timed_out)),
+                    };
+                    total += got as u64;
+                    session
+                        .write_body(buf.split().freeze(), got == 0)
+                        .await
+                        .map_err(client_gone)?;
+                    if got == 0 {
+                        break;
+                    }
+                }
+                bytes_out = total;
+            }
+        }
+        if reusable {
+            self.pool.put(endpoint, up);
+        }
+        Ok((head.status, bytes_out))
+    }
+}
+
+/// Writes the HTTP/1.1 upstream head of an HTTP/2 request into `out` (cleared first): the
+/// request line; `Host` from `:authority` (else the `Host` field, as Pingora's HTTP/2 → HTTP/1
+/// conversion); every field except the connection-specific ones (RFC 9113 §8.2.2; `TE`
+/// included) and the ones this hop sets; `Cookie` crumbs joined with `; ` (RFC 9113 §8.2.3);
+/// then `x-forwarded-for` (appended), `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host`,
+/// `x-forwarded-port`, and `x-request-id` when the client sent none (crate::proxy's
+/// `upstream_request_filter`). Field names are the lower case HTTP/2 requires.
+fn write_upstream_head(
+    req: &RequestHeader,
+    conn: &H2Conn,
+    request_id: &[u8; 32],
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        req.uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    match req.uri.authority() {
+        Some(authority) => out.extend_from_slice(authority.as_str().as_bytes()),
+        None => {
+            if let Some(host) = req.headers.get(http::header::HOST) {
+                out.extend_from_slice(host.as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut has_request_id = false;
+    let mut cookies = false;
+    for (name, value) in &req.headers {
+        match name.as_str() {
+            "host" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
+            | "upgrade" | "te" | "trailer" | "http2-settings" | "x-forwarded-proto"
+            | "x-forwarded-host" | "x-forwarded-port" | "x-real-ip" => continue,
+            "x-forwarded-for" => {
+                // More than one: Pingora's path appends to the first; so do we.
+                forwarded_for.get_or_insert(value.as_bytes());
+                continue;
+            }
+            "cookie" => {
+                cookies = true;
+                continue;
+            }
+            "x-request-id" => has_request_id = true,
+            _ => {}
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if cookies {
+        out.extend_from_slice(b"cookie: ");
+        for (i, crumb) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(crumb.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(ip) = conn.client_ip.as_deref() {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = forwarded_for.filter(|p| !p.is_empty()) {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-real-ip: ");
+        out.extend_from_slice(ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(if conn.tls {
+        b"x-forwarded-proto: https\r\n"
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
+    let host = request_host(req);
+    if !host.is_empty() {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(port) = conn.server_port.as_deref() {
+        out.extend_from_slice(b"x-forwarded-port: ");
+        out.extend_from_slice(port.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(request_id);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The HTTP/2 response head for the downstream HTTP/1.1 head `framing::parse_response` wrote
+/// (hop-by-hop fields already removed; Pingora's `write_response_header` drops the
+/// connection-specific rest and adds `date`).
+fn response_header(h1_head: &[u8], status: u16) -> Box<ResponseHeader> {
+    let mut fields = [httparse::EMPTY_HEADER; super::framing::MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let _ = parsed.parse(h1_head);
+    let mut header = ResponseHeader::build_no_case(status, Some(parsed.headers.len()))
+        .unwrap_or_else(|_| ResponseHeader::build_no_case(502, None).expect("502 is a status"));
+    for field in parsed.headers.iter() {
+        if field.name.is_empty() {
+            break;
+        }
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(field.name.as_bytes()),
+            http::HeaderValue::from_bytes(field.value),
+        ) else {
+            tracing::debug!(
+                field = field.name,
+                "response field not representable in HTTP/2"
+            );
+            continue;
+        };
+        let _ = header.append_header(name, value);
+    }
+    Box::new(header)
+}
+
+/// The answer when nothing was sent yet (Pingora's error response shape).
+fn error_response(status: u16) -> Box<ResponseHeader> {
+    let mut header =
+        ResponseHeader::build_no_case(status, Some(2)).expect("408/502/503/504 are statuses");
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, 0);
+    let _ = header.insert_header(http::header::CACHE_CONTROL, "private, no-store");
+    Box::new(header)
+}
+
+fn client_gone(_: Box<pingora::Error>) -> Failure {
+    Failure {
+        status: 0,
+        error: "client write failed",
+    }
+}

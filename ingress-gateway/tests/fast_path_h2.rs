@@ -1,0 +1,343 @@
+//! HTTP/2 streams on the fast path (`ingress_gateway::fast`, `--http2-fast-path`), through the
+//! real binary with a real HTTP/2 client (hyper over rustls, ALPN h2): the HTTP/1.1 head the
+//! endpoint gets (Host from `:authority`, joined cookie crumbs, this hop's forwarding fields, no
+//! `TE`), pooled upstream connections, chunked / close-delimited / HEAD answers turned into
+//! HTTP/2 DATA, upstream errors (502, 504), streams handed to Pingora's path on the same
+//! connection (a request body, no rule), and `--http2-fast-path=false`. Which path served a
+//! stream is read from `drawbridge_gateway_pingora_path_requests_total`. Every step is bounded by
+//! [`STEP`].
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use support::*;
+
+/// An HTTP/2 connection to the gateway's TLS port (any certificate accepted).
+async fn h2(gw: &Gateway) -> SendRequest<Full<Bytes>> {
+    let tls = handshake(gw, "fast.test", None, &[b"h2"])
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+#[derive(Debug)]
+struct H2Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl H2Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn send(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> H2Answer {
+    tokio::time::timeout(STEP, async {
+        let resp = sender.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        H2Answer {
+            status,
+            headers,
+            body,
+        }
+    })
+    .await
+    .expect("HTTP/2 request timed out")
+}
+
+fn get(uri: &str) -> hyper::http::request::Builder {
+    Request::get(uri)
+}
+
+async fn handovers(gw: &Gateway, reason: &str) -> Option<f64> {
+    let text = scrape(gw, "/metrics").await.body;
+    sample(
+        text.as_str().unwrap_or(""),
+        &format!(
+            r#"drawbridge_gateway_pingora_path_requests_total{{protocol="HTTP/2",reason="{reason}"}}"#
+        ),
+    )
+}
+
+async fn metrics_text(gw: &Gateway) -> String {
+    scrape(gw, "/metrics")
+        .await
+        .body
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn echo_gateway(args: &[&str]) -> (Gateway, Origin) {
+    let origin = Origin::start("echo", "127.0.0.1").await;
+    let objects = vec![
+        mk_class(),
+        mk_service("echo"),
+        ingress_to("fast.test", "echo"),
+        slice_at("echo", origin.addr),
+    ];
+    (Gateway::start_with(&objects, args).await, origin)
+}
+
+/// The endpoint's view of a GET with two cookie crumbs, a client X-Forwarded-For, a spoofed
+/// X-Forwarded-Proto and `te: trailers`.
+async fn forwarded_get(sender: &mut SendRequest<Full<Bytes>>) -> H2Answer {
+    let req = get("https://fast.test/some/path?q=1")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("x-forwarded-proto", "gopher")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(sender, req).await
+}
+
+fn check_forwarded(a: &H2Answer, gw: &Gateway) {
+    assert_eq!(a.status, 200, "{a:?}");
+    let j = a.json();
+    assert_eq!(j["host"], "fast.test");
+    assert_eq!(j["path"], "/some/path");
+    assert_eq!(j["xff"], "192.0.2.7, 127.0.0.1");
+    assert_eq!(j["xri"], "127.0.0.1");
+    assert_eq!(j["xfp"], "https", "overwritten, not trusted");
+    assert_eq!(j["xfh"], "fast.test");
+    assert_eq!(j["xfport"], gw.https.port().to_string());
+    let rid = j["xrid"].as_str().unwrap_or("");
+    assert!(
+        rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
+        "generated X-Request-ID: {rid:?}"
+    );
+    let names: Vec<&str> = j["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!names.contains(&"te"), "TE is hop-by-hop: {names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_to_http1_endpoints_are_served_on_the_fast_path_with_pooled_connections() {
+    let (gw, origin) = echo_gateway(&[]).await;
+    let mut sender = h2(&gw).await;
+    for _ in 0..10 {
+        let a = forwarded_get(&mut sender).await;
+        check_forwarded(&a, &gw);
+        // RFC 9113 §8.2.3: crumbs joined into one field for HTTP/1.1.
+        assert_eq!(a.json()["cookie"], json!(["a=1; b=2"]));
+        assert!(a.header("date").is_some());
+    }
+    // The client's own X-Request-ID is kept.
+    let req = get("https://fast.test/")
+        .header("x-request-id", "from-the-client")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(&mut sender, req).await.json()["xrid"],
+        "from-the-client"
+    );
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection for 11 sequential streams"
+    );
+    let text = metrics_text(&gw).await;
+    assert!(
+        !text.contains("drawbridge_gateway_pingora_path_requests_total{"),
+        "nothing went to Pingora's path:\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drawbridge_gateway_requests_total{ingress="default/echo",host="fast.test",method="GET",status="2xx"}"#
+        ),
+        Some(11.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connection() {
+    let (gw, _origin) = echo_gateway(&[]).await;
+    let mut sender = h2(&gw).await;
+    let post = Request::post("https://fast.test/upload")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let a = send(&mut sender, post).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["body_len"], 5);
+    assert_eq!(a.json()["method"], "POST");
+    let a = send(
+        &mut sender,
+        get("https://nowhere.test/")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    // The connection still serves fast-path streams.
+    check_forwarded(&forwarded_get(&mut sender).await, &gw);
+    assert_eq!(handovers(&gw, "request body").await, Some(1.0));
+    assert_eq!(handovers(&gw, "no rule").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_fast_path_off_serves_every_stream_through_pingora() {
+    let (gw, _origin) = echo_gateway(&["--http2-fast-path=false"]).await;
+    let mut sender = h2(&gw).await;
+    check_forwarded(&forwarded_get(&mut sender).await, &gw);
+    let text = metrics_text(&gw).await;
+    assert!(
+        !text.contains("drawbridge_gateway_pingora_path_requests_total{"),
+        "with the HTTP/2 fast path off nothing is handed over (it is never taken):\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_answers_become_data_frames_and_the_upstream_connection_is_reused() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\nX-Hop: 1\r\nX-Kept: 1\r\n\r\n\
+                          5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    let (addr, accepted) = scripted_origin(RESP, 9, false).await;
+    let gw = gateway_with_raw(addr).await;
+    let mut sender = h2(&gw).await;
+    for _ in 0..3 {
+        let a = send(
+            &mut sender,
+            get("https://raw.test/c")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(&a.body[..], b"hello, world");
+        assert_eq!(a.header("x-kept"), Some("1"));
+        assert_eq!(
+            a.header("x-hop"),
+            None,
+            "Connection-nominated field removed"
+        );
+        assert_eq!(a.header("transfer-encoding"), None);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+    let text = metrics_text(&gw).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"drawbridge_gateway_response_bytes_total{ingress="default/raw",host="raw.test"}"#
+        ),
+        Some(36.0),
+        "payload bytes counted: {text}"
+    );
+    assert!(!text.contains("drawbridge_gateway_pingora_path_requests_total{"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delimited_and_head_answers() {
+    const EOF: &[u8] = b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end";
+    let (addr, accepted) = scripted_origin(EOF, 20, true).await;
+    let gw = gateway_with_raw(addr).await;
+    let mut sender = h2(&gw).await;
+    for _ in 0..2 {
+        let a = send(
+            &mut sender,
+            get("https://raw.test/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(&a.body[..], b"until the end");
+        assert_eq!(a.header("x-kind"), Some("eof"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "never pooled");
+
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    let (addr, accepted) = scripted_origin(HEAD, 1000, false).await;
+    let gw = gateway_with_raw(addr).await;
+    let mut sender = h2(&gw).await;
+    for _ in 0..2 {
+        let a = send(
+            &mut sender,
+            Request::head("https://raw.test/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("content-length"), Some("1000"));
+        assert!(a.body.is_empty());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "HEAD answer pooled");
+    let text = metrics_text(&gw).await;
+    assert!(!text.contains("drawbridge_gateway_pingora_path_requests_total{"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_answer_504_and_502() {
+    // Reads the request, never answers: 504 after the 1 s read timeout.
+    let (silent, _) = scripted_origin(b"", 1, false).await;
+    // Nothing listens there: 502 after the connect tries.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut slow = ingress_to("slow.test", "slow");
+    slow["metadata"]["annotations"] = json!({"drawbridge.dev/proxy-read-timeout": "1"});
+    let objects = vec![
+        mk_class(),
+        mk_service("slow"),
+        mk_service("dead"),
+        slow,
+        ingress_to("dead.test", "dead"),
+        slice_at("slow", silent),
+        slice_at("dead", refused),
+    ];
+    let gw = Gateway::start_with(&objects, &[]).await;
+    let mut sender = h2(&gw).await;
+    let started = std::time::Instant::now();
+    let a = send(
+        &mut sender,
+        get("https://slow.test/")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let a = send(
+        &mut sender,
+        get("https://dead.test/")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 502);
+    let text = metrics_text(&gw).await;
+    assert!(!text.contains("drawbridge_gateway_pingora_path_requests_total{"));
+}
