@@ -236,11 +236,30 @@ pub fn write_upstream_head(
         out.extend_from_slice(&buf[value.clone()]);
         out.extend_from_slice(b"\r\n");
     }
+    let forwarded_for = req.forwarded_for.clone().map(|r| trim(&buf[r]));
+    write_forwarding(
+        fwd,
+        forwarded_for,
+        &buf[req.host.clone()],
+        req.request_id.is_some(),
+        out,
+    );
+}
+
+/// Appends this hop's fields and the end of the head to `out` (both protocols' upstream heads):
+/// `x-forwarded-for` (`forwarded_for`, the client's value, then the client address),
+/// `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host` (`host`, when not empty),
+/// `x-forwarded-port`, `x-request-id` unless the client sent one, then the empty line.
+pub fn write_forwarding(
+    fwd: &Forwarding<'_>,
+    forwarded_for: Option<&[u8]>,
+    host: &[u8],
+    has_request_id: bool,
+    out: &mut Vec<u8>,
+) {
     if let Some(ip) = fwd.client_ip {
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = req.forwarded_for.clone().map(|r| trim(&buf[r]))
-            && !prev.is_empty()
-        {
+        if let Some(prev) = forwarded_for.filter(|p| !p.is_empty()) {
             out.extend_from_slice(prev);
             out.extend_from_slice(b", ");
         }
@@ -254,15 +273,17 @@ pub fn write_upstream_head(
     } else {
         b"x-forwarded-proto: http\r\n"
     });
-    out.extend_from_slice(b"x-forwarded-host: ");
-    out.extend_from_slice(&buf[req.host.clone()]);
-    out.extend_from_slice(b"\r\n");
+    if !host.is_empty() {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(port) = fwd.server_port {
         out.extend_from_slice(b"x-forwarded-port: ");
         out.extend_from_slice(port.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if req.request_id.is_none() {
+    if !has_request_id {
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(fwd.request_id);
         out.extend_from_slice(b"\r\n");

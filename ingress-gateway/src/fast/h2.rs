@@ -34,13 +34,12 @@ use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
-use super::framing::{BodyFraming, ChunkedTracker};
+use super::framing::{BodyFraming, ChunkedTracker, Forwarding, write_forwarding};
 use super::{
     Attempt, BODY_BUFFER, Failure, FastPath, LogLine, Logged, UpSide, bad_chunk, idempotent,
     new_request_id, read_upstream, upstream_read_failed,
 };
 use crate::metrics::Protocol;
-use crate::policy::UpstreamProtocol;
 use crate::proxy::request_host;
 use crate::routes::Backend;
 
@@ -236,19 +235,7 @@ impl FastPath {
         if !session.is_body_done() {
             return Err("request body");
         }
-        let host = request_host(req);
-        let routes = self.routes.load();
-        let backend = routes.lookup(host, req.uri.path()).ok_or("no rule")?;
-        if !conn.tls && backend.policy.ssl_redirect && routes.has_tls(host) {
-            return Err("redirect to HTTPS");
-        }
-        if backend.protocol != UpstreamProtocol::Http1 {
-            return Err("upstream is not HTTP/1.1");
-        }
-        if backend.endpoints().is_empty() {
-            return Err("no endpoints");
-        }
-        Ok(backend.clone())
+        self.backend_for(request_host(req), req.uri.path(), conn.tls)
     }
 
     /// One stream's exchange. `Ok((status, response body bytes))`; the client has its answer
@@ -463,39 +450,19 @@ fn write_upstream_head(
         }
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(ip) = conn.client_ip.as_deref() {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = forwarded_for.filter(|p| !p.is_empty()) {
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(ip.as_bytes());
-        out.extend_from_slice(b"\r\nx-real-ip: ");
-        out.extend_from_slice(ip.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(if conn.tls {
-        b"x-forwarded-proto: https\r\n"
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
-    let host = request_host(req);
-    if !host.is_empty() {
-        out.extend_from_slice(b"x-forwarded-host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(port) = conn.server_port.as_deref() {
-        out.extend_from_slice(b"x-forwarded-port: ");
-        out.extend_from_slice(port.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !has_request_id {
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(request_id);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let fwd = Forwarding {
+        client_ip: conn.client_ip.as_deref(),
+        tls: conn.tls,
+        server_port: conn.server_port.as_deref(),
+        request_id,
+    };
+    write_forwarding(
+        &fwd,
+        forwarded_for,
+        request_host(req).as_bytes(),
+        has_request_id,
+        out,
+    );
 }
 
 /// The HTTP/2 response head for the downstream HTTP/1.1 head `framing::parse_response` wrote

@@ -474,9 +474,23 @@ impl FastPath {
     fn route(&self, conn: &Conn, req: &Request) -> Result<Arc<Backend>, &'static str> {
         let host = std::str::from_utf8(&conn.buf[req.host.clone()]).unwrap_or("");
         let path = std::str::from_utf8(&conn.buf[req.path.clone()]).unwrap_or("/");
+        let backend = self.backend_for(host, path, conn.tls)?;
+        if backend
+            .policy
+            .body_limit
+            .is_some_and(|l| req.content_length > l)
+        {
+            return Err("body over the limit");
+        }
+        Ok(backend.clone())
+    }
+
+    /// The backend of `host` + `path` when the fast path may serve it, else why not: no rule
+    /// (404), a redirect to HTTPS, an upstream that is not plain HTTP/1.1, no endpoints (503).
+    fn backend_for(&self, host: &str, path: &str, tls: bool) -> Result<Arc<Backend>, &'static str> {
         let routes = self.routes.load();
         let backend = routes.lookup(host, path).ok_or("no rule")?;
-        if !conn.tls && backend.policy.ssl_redirect && routes.has_tls(host) {
+        if !tls && backend.policy.ssl_redirect && routes.has_tls(host) {
             return Err("redirect to HTTPS");
         }
         if backend.protocol != UpstreamProtocol::Http1 {
@@ -484,13 +498,6 @@ impl FastPath {
         }
         if backend.endpoints().is_empty() {
             return Err("no endpoints");
-        }
-        if backend
-            .policy
-            .body_limit
-            .is_some_and(|l| req.content_length > l)
-        {
-            return Err("body over the limit");
         }
         Ok(backend.clone())
     }
