@@ -12,9 +12,9 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::Request;
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Frame};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
@@ -48,6 +48,24 @@ impl H2Answer {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
+
+/// Like [`h2`], for requests with a streamed body.
+async fn h2_streaming<B>(gw: &Gateway) -> SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = handshake(gw, "fast.test", None, &[b"h2"])
+        .await
+        .expect("TLS handshake");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
 }
 
 async fn send(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> H2Answer {
@@ -182,13 +200,32 @@ async fn streams_to_http1_endpoints_are_served_on_the_fast_path_with_pooled_conn
 async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connection() {
     let (gw, _origin) = echo_gateway(&[]).await;
     let mut sender = h2(&gw).await;
-    let post = Request::post("https://fast.test/upload")
-        .body(Full::new(Bytes::from_static(b"hello")))
+    // A body without Content-Length would go upstream chunked: Pingora's path.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"hel"))))
+        .await
         .unwrap();
-    let a = send(&mut sender, post).await;
-    assert_eq!(a.status, 200);
-    assert_eq!(a.json()["body_len"], 5);
-    assert_eq!(a.json()["method"], "POST");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"lo"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let body = StreamBody::new(Box::pin(futures::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    })));
+    let post = Request::post("https://fast.test/upload")
+        .body(body)
+        .unwrap();
+    let mut unsized_sender = h2_streaming(&gw).await;
+    let resp = tokio::time::timeout(STEP, unsized_sender.send_request(post))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let j: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(j["body_len"], 5);
+    assert_eq!(j["method"], "POST");
     let a = send(
         &mut sender,
         get("https://nowhere.test/")
@@ -199,8 +236,47 @@ async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connectio
     assert_eq!(a.status, 404);
     // The connection still serves fast-path streams.
     check_forwarded(&forwarded_get(&mut sender).await, &gw);
-    assert_eq!(handovers(&gw, "request body").await, Some(1.0));
+    assert_eq!(
+        handovers(&gw, "request body without Content-Length").await,
+        Some(1.0)
+    );
     assert_eq!(handovers(&gw, "no rule").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_with_content_length_stream_upstream_on_the_fast_path() {
+    let (gw, _origin) = echo_gateway(&[]).await;
+    let mut sender = h2(&gw).await;
+    for size in [5usize, 100_000, 1_000_000] {
+        let post = Request::post("https://fast.test/upload")
+            .header("content-length", size.to_string())
+            .body(Full::new(Bytes::from(vec![b'x'; size])))
+            .unwrap();
+        let a = send(&mut sender, post).await;
+        assert_eq!(a.status, 200, "{size} bytes");
+        assert_eq!(a.json()["body_len"], size, "{size} bytes");
+        assert_eq!(a.json()["method"], "POST");
+    }
+    let text = metrics_text(&gw).await;
+    assert!(
+        !text.contains("drawbridge_gateway_pingora_path_requests_total{"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"drawbridge_gateway_request_bytes_total{ingress="default/echo",host="fast.test"}"#
+        ),
+        Some((5 + 100_000 + 1_000_000) as f64),
+        "{text}"
+    );
+    // Over the default proxy-body-size (1 MiB): Pingora's path answers 413.
+    let post = Request::post("https://fast.test/upload")
+        .header("content-length", "3000000")
+        .body(Full::new(Bytes::from(vec![b'x'; 3_000_000])))
+        .unwrap();
+    assert_eq!(send(&mut sender, post).await.status, 413);
+    assert_eq!(handovers(&gw, "body over the limit").await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! HTTP/2 streams on the fast path (`--http2-fast-path`, on by default): the common HTTP/2
-//! request — no request body, an HTTP/1.1 endpoint — is answered from the fast path's pooled
-//! HTTP/1.1 upstream exchange ([`FastPath::request_upstream`]); every other stream of the same
-//! connection goes to Pingora's proxy ([`crate::proxy::Gateway`]) unchanged.
+//! request (no body or a `Content-Length` one, to an HTTP/1.1 endpoint) is answered from the
+//! fast path's pooled HTTP/1.1 upstream exchange ([`FastPath::request_upstream`]); every other
+//! stream of the same connection goes to Pingora's proxy ([`crate::proxy::Gateway`]) unchanged.
 //!
 //! ```text
 //!  TLS listener, ALPN h2 ─► FastPath::serve_h2: Pingora's h2 handshake and stream acceptance
@@ -9,12 +9,14 @@
 //!     authority are refused there, at most 32 per connection), GOAWAY on shutdown
 //!     └─ per stream, one task:
 //!          route (RouteTable) ─ no rule, redirect, no endpoints, upstream not HTTP/1.1,
-//!          │  CONNECT, a request body ─► HttpProxy<Gateway>::process_new_http (Pingora)
+//!          │  CONNECT, a body without Content-Length or over proxy-body-size
+//!          │  ─► HttpProxy<Gateway>::process_new_http (Pingora)
 //!          └─ HTTP/1.1 head (Host = :authority, cookies joined, this hop's X-Forwarded-*,
 //!             X-Real-IP, X-Request-ID) ─► request_upstream (pool, connect retries, passive
-//!             health, timeouts) ─► response head as HTTP/2 HEADERS ─► body unframed into DATA
-//!             (Content-Length, chunked, or until close) ─► pooled again when reusable
-//!             ─► metrics + access log
+//!             health, timeouts; DATA frames streamed upstream, each wait bounded by
+//!             --client-body-timeout → 408) ─► response head as HTTP/2 HEADERS ─► body
+//!             unframed into DATA (Content-Length, chunked, or until close) ─► pooled again
+//!             when reusable ─► metrics + access log
 //! ```
 //!
 //! Why: bench/gateway's HTTP/2 cell (h2load, 64 connections × 10 streams) saturated the
@@ -35,9 +37,10 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 use super::framing::{BodyFraming, ChunkedTracker, Forwarding, write_forwarding};
+use super::timer::Deadline;
 use super::{
-    Attempt, BODY_BUFFER, Failure, FastPath, LogLine, Logged, UpSide, bad_chunk, idempotent,
-    new_request_id, read_upstream, upstream_read_failed,
+    Attempt, BODY_BUFFER, BodySource, ClientBody, Failure, FastPath, LogLine, Logged, UpSide,
+    bad_chunk, idempotent, new_request_id, read_upstream, upstream_read_failed,
 };
 use crate::metrics::Protocol;
 use crate::proxy::request_host;
@@ -212,7 +215,7 @@ impl FastPath {
                 .headers
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok()),
-            bytes_in: 0,
+            bytes_in: session.body_bytes_read() as u64,
         };
         let logged = Logged {
             started,
@@ -226,16 +229,21 @@ impl FastPath {
 
     /// The backend for a stream, or why the stream goes to Pingora's path: no rule (404), a
     /// redirect to HTTPS, no endpoints (503), an upstream that is not plain HTTP/1.1, CONNECT
-    /// (WebSocket over HTTP/2, RFC 8441), or a request body to stream.
+    /// (WebSocket over HTTP/2, RFC 8441), a request body without `Content-Length` (it would be
+    /// sent chunked), or a declared body over `proxy-body-size` (413).
     fn h2_route(&self, session: &HttpSession, conn: &H2Conn) -> Result<Arc<Backend>, &'static str> {
         let req = session.req_header();
         if req.method == http::Method::CONNECT {
             return Err("CONNECT");
         }
+        let backend = self.backend_for(request_host(req), req.uri.path(), conn.tls)?;
         if !session.is_body_done() {
-            return Err("request body");
+            let declared = declared_length(req).ok_or("request body without Content-Length")?;
+            if backend.policy.body_limit.is_some_and(|l| declared > l) {
+                return Err("body over the limit");
+            }
         }
-        self.backend_for(request_host(req), req.uri.path(), conn.tls)
+        Ok(backend)
     }
 
     /// One stream's exchange. `Ok((status, response body bytes))`; the client has its answer
@@ -250,10 +258,22 @@ impl FastPath {
     ) -> Result<(u16, u64), Failure> {
         let req = session.req_header();
         let is_head = req.method == http::Method::HEAD;
-        let replayable = idempotent(req.method.as_str().as_bytes());
+        let body_left = if session.is_body_done() {
+            0
+        } else {
+            declared_length(req).unwrap_or(0)
+        };
+        // A stale pooled connection may be retried only without a body (it has been consumed).
+        let replayable = body_left == 0 && idempotent(req.method.as_str().as_bytes());
         write_upstream_head(req, conn, &attempt.request_id, &mut side.out);
+        let mut client_timer = None;
+        let body = (body_left > 0).then(|| ClientBody {
+            from: BodySource::Http2(&mut *session),
+            timer: client_timer.insert(Deadline::new()),
+            left: body_left,
+        });
         let (mut up, endpoint, head, _in_flight) = self
-            .request_upstream(side, backend, attempt, replayable, is_head, None)
+            .request_upstream(side, backend, attempt, replayable, is_head, body)
             .await?;
         let read_timeout = backend.policy.read_timeout;
         let start = head.head_len;
@@ -463,6 +483,18 @@ fn write_upstream_head(
         has_request_id,
         out,
     );
+}
+
+/// The request's `Content-Length` (Pingora's stream acceptance has refused differing or
+/// malformed ones).
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The HTTP/2 response head for the downstream HTTP/1.1 head `framing::parse_response` wrote

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //!  Pingora listener (TCP or TLS) ─► FastPath::process_new(stream)
-//!     ALPN h2 ─► h2::serve_h2 (streams without a body to HTTP/1.1 endpoints: the pooled
-//!                upstream exchange below; other streams: HttpProxy<Gateway>); with
-//!                `--http2-fast-path=false` ─► HttpProxy<Gateway> (unchanged)
+//!     ALPN h2 ─► h2::serve_h2 (streams with no body or a Content-Length one, to HTTP/1.1
+//!                endpoints: the pooled upstream exchange below; other streams:
+//!                HttpProxy<Gateway>); `--http2-fast-path=false` ─► HttpProxy<Gateway>
 //!     HTTP/1.x: read into a per-connection buffer ─► framing::parse_request
 //!        ├─ hand-over (TE, Upgrade, Expect, HTTP/1.0, no route, redirect, 503, 413, non-HTTP/1.1
 //!        │  upstream, anything httparse or the rules refuse) ─► ServerSession::new_http1(stream)
@@ -189,13 +189,21 @@ impl UpSide {
     }
 }
 
-/// The part of an HTTP/1.1 `Content-Length` request body still to be read from the client.
+/// The part of a `Content-Length` request body still to be read from the client.
 struct ClientBody<'a> {
-    stream: &'a mut Stream,
+    from: BodySource<'a>,
     /// The client side's timer (`--client-body-timeout` per read).
     timer: &'a mut Deadline,
     /// Bytes left.
     left: u64,
+}
+
+/// Where a request body comes from.
+enum BodySource<'a> {
+    /// The HTTP/1.1 connection, right after the bytes already read.
+    Http1(&'a mut Stream),
+    /// The DATA frames of an HTTP/2 stream (the h2 crate checks them against `Content-Length`).
+    Http2(&'a mut pingora::protocols::http::v2::server::HttpSession),
 }
 
 /// How a connection left the fast path.
@@ -532,7 +540,7 @@ impl FastPath {
         let replayable = body_left == 0 && idempotent(&conn.buf[req.method.clone()]);
 
         let body = (body_left > 0).then_some(ClientBody {
-            stream: &mut *stream,
+            from: BodySource::Http1(&mut *stream),
             timer: &mut conn.client_timer,
             left: body_left,
         });
@@ -797,13 +805,38 @@ impl FastPath {
         while body.left > 0 {
             side.rbuf.clear();
             side.rbuf.reserve(BODY_BUFFER);
-            let want = (side.rbuf.capacity() as u64).min(body.left) as usize;
-            let mut read = (&mut *body.stream).take(want as u64);
-            let got = match body
-                .timer
-                .run(self.client_body_timeout, read.read_buf(&mut side.rbuf))
-                .await
-            {
+            let read = match &mut body.from {
+                BodySource::Http1(stream) => {
+                    let want = (side.rbuf.capacity() as u64).min(body.left);
+                    let mut read = (&mut **stream).take(want);
+                    body.timer
+                        .run(self.client_body_timeout, read.read_buf(&mut side.rbuf))
+                        .await
+                }
+                BodySource::Http2(session) => {
+                    let data = async {
+                        loop {
+                            match session.read_body_bytes().await {
+                                // An empty DATA frame that does not end the stream.
+                                Ok(Some(data)) if data.is_empty() => {}
+                                Ok(Some(data)) => return Ok(data),
+                                Ok(None) => return Ok(bytes::Bytes::new()),
+                                Err(e) => return Err(std::io::Error::other(e)),
+                            }
+                        }
+                    };
+                    body.timer
+                        .run(self.client_body_timeout, data)
+                        .await
+                        .map(|data| {
+                            // At most `left` (h2 resets a stream whose DATA exceed it).
+                            let take = data.len().min(body.left as usize);
+                            side.rbuf.extend_from_slice(&data[..take]);
+                            take
+                        })
+                }
+            };
+            let got = match read {
                 Ok(0) | Err(false) => {
                     return Err(Failure {
                         status: 0,
