@@ -20,8 +20,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use support::*;
 
-/// An HTTP/2 connection to the gateway's TLS port (any certificate accepted).
-async fn h2(gw: &Gateway) -> SendRequest<Full<Bytes>> {
+/// An HTTP/2 connection to the gateway's TLS port (any certificate accepted), for requests with
+/// body type `B`.
+async fn h2<B>(gw: &Gateway) -> SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tls = handshake(gw, "fast.test", None, &[b"h2"])
         .await
         .expect("TLS handshake");
@@ -50,24 +56,6 @@ impl H2Answer {
     }
 }
 
-/// Like [`h2`], for requests with a streamed body.
-async fn h2_streaming<B>(gw: &Gateway) -> SendRequest<B>
-where
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let tls = handshake(gw, "fast.test", None, &[b"h2"])
-        .await
-        .expect("TLS handshake");
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
-            .await
-            .expect("HTTP/2 handshake");
-    tokio::spawn(conn);
-    sender
-}
-
 async fn send(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> H2Answer {
     tokio::time::timeout(STEP, async {
         let resp = sender.send_request(req).await.expect("response");
@@ -86,6 +74,20 @@ async fn send(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) 
 
 fn get(uri: &str) -> hyper::http::request::Builder {
     Request::get(uri)
+}
+
+/// `method uri` without a body.
+async fn bodiless(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: hyper::Method,
+    uri: &str,
+) -> H2Answer {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(sender, req).await
 }
 
 async fn handovers(gw: &Gateway, reason: &str) -> Option<f64> {
@@ -159,7 +161,7 @@ fn check_forwarded(a: &H2Answer, gw: &Gateway) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_to_http1_endpoints_are_served_on_the_fast_path_with_pooled_connections() {
     let (gw, origin) = echo_gateway(&[]).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     for _ in 0..10 {
         let a = forwarded_get(&mut sender).await;
         check_forwarded(&a, &gw);
@@ -199,7 +201,7 @@ async fn streams_to_http1_endpoints_are_served_on_the_fast_path_with_pooled_conn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connection() {
     let (gw, _origin) = echo_gateway(&[]).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     // A body without Content-Length would go upstream chunked: Pingora's path.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
     tx.send(Ok(Frame::data(Bytes::from_static(b"hel"))))
@@ -216,7 +218,7 @@ async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connectio
     let post = Request::post("https://fast.test/upload")
         .body(body)
         .unwrap();
-    let mut unsized_sender = h2_streaming(&gw).await;
+    let mut unsized_sender = h2(&gw).await;
     let resp = tokio::time::timeout(STEP, unsized_sender.send_request(post))
         .await
         .unwrap()
@@ -226,13 +228,7 @@ async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connectio
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(j["body_len"], 5);
     assert_eq!(j["method"], "POST");
-    let a = send(
-        &mut sender,
-        get("https://nowhere.test/")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let a = bodiless(&mut sender, hyper::Method::GET, "https://nowhere.test/").await;
     assert_eq!(a.status, 404);
     // The connection still serves fast-path streams.
     check_forwarded(&forwarded_get(&mut sender).await, &gw);
@@ -246,7 +242,7 @@ async fn streams_the_fast_path_does_not_take_go_to_pingora_on_the_same_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_with_content_length_stream_upstream_on_the_fast_path() {
     let (gw, _origin) = echo_gateway(&[]).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     for size in [5usize, 100_000, 1_000_000] {
         let post = Request::post("https://fast.test/upload")
             .header("content-length", size.to_string())
@@ -282,7 +278,7 @@ async fn request_bodies_with_content_length_stream_upstream_on_the_fast_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_fast_path_off_serves_every_stream_through_pingora() {
     let (gw, _origin) = echo_gateway(&["--http2-fast-path=false"]).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     check_forwarded(&forwarded_get(&mut sender).await, &gw);
     let text = metrics_text(&gw).await;
     assert!(
@@ -297,15 +293,9 @@ async fn chunked_answers_become_data_frames_and_the_upstream_connection_is_reuse
                           5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n";
     let (addr, accepted) = scripted_origin(RESP, 9, false).await;
     let gw = gateway_with_raw(addr).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     for _ in 0..3 {
-        let a = send(
-            &mut sender,
-            get("https://raw.test/c")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let a = bodiless(&mut sender, hyper::Method::GET, "https://raw.test/c").await;
         assert_eq!(a.status, 200);
         assert_eq!(&a.body[..], b"hello, world");
         assert_eq!(a.header("x-kept"), Some("1"));
@@ -338,15 +328,9 @@ async fn close_delimited_and_head_answers() {
     const EOF: &[u8] = b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end";
     let (addr, accepted) = scripted_origin(EOF, 20, true).await;
     let gw = gateway_with_raw(addr).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     for _ in 0..2 {
-        let a = send(
-            &mut sender,
-            get("https://raw.test/")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let a = bodiless(&mut sender, hyper::Method::GET, "https://raw.test/").await;
         assert_eq!(a.status, 200);
         assert_eq!(&a.body[..], b"until the end");
         assert_eq!(a.header("x-kind"), Some("eof"));
@@ -356,15 +340,9 @@ async fn close_delimited_and_head_answers() {
     const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
     let (addr, accepted) = scripted_origin(HEAD, 1000, false).await;
     let gw = gateway_with_raw(addr).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     for _ in 0..2 {
-        let a = send(
-            &mut sender,
-            Request::head("https://raw.test/")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let a = bodiless(&mut sender, hyper::Method::HEAD, "https://raw.test/").await;
         assert_eq!(a.status, 200);
         assert_eq!(a.header("content-length"), Some("1000"));
         assert!(a.body.is_empty());
@@ -395,24 +373,12 @@ async fn upstream_failures_answer_504_and_502() {
         slice_at("dead", refused),
     ];
     let gw = Gateway::start_with(&objects, &[]).await;
-    let mut sender = h2(&gw).await;
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     let started = std::time::Instant::now();
-    let a = send(
-        &mut sender,
-        get("https://slow.test/")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let a = bodiless(&mut sender, hyper::Method::GET, "https://slow.test/").await;
     assert_eq!(a.status, 504);
     assert!(started.elapsed() >= Duration::from_millis(900));
-    let a = send(
-        &mut sender,
-        get("https://dead.test/")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let a = bodiless(&mut sender, hyper::Method::GET, "https://dead.test/").await;
     assert_eq!(a.status, 502);
     let text = metrics_text(&gw).await;
     assert!(!text.contains("drawbridge_gateway_pingora_path_requests_total{"));

@@ -40,7 +40,8 @@ use super::framing::{BodyFraming, ChunkedTracker, Forwarding, write_forwarding};
 use super::timer::Deadline;
 use super::{
     Attempt, BODY_BUFFER, BodySource, ClientBody, Failure, FastPath, LogLine, Logged, UpSide,
-    bad_chunk, idempotent, new_request_id, read_upstream, upstream_read_failed,
+    bad_chunk, client_ip, idempotent, new_request_id, read_upstream, server_port,
+    upstream_read_failed,
 };
 use crate::metrics::Protocol;
 use crate::proxy::request_host;
@@ -96,12 +97,8 @@ impl FastPath {
     pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let socket = stream.get_socket_digest();
         let conn = Arc::new(H2Conn {
-            client_ip: socket
-                .as_ref()
-                .and_then(|s| s.peer_addr()?.as_inet().map(|a| a.ip().to_string())),
-            server_port: socket
-                .as_ref()
-                .and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string())),
+            client_ip: client_ip(socket.as_deref()),
+            server_port: server_port(socket.as_deref()),
             tls: stream.get_ssl_digest().is_some(),
             spare: Mutex::new(Vec::new()),
         });

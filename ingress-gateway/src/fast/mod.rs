@@ -49,7 +49,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{ALPN, Stream};
+use pingora::protocols::{ALPN, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -255,6 +255,17 @@ struct Attempt {
     answered: bool,
 }
 
+/// The client's address as text (X-Forwarded-For, X-Real-IP, access log), formatted once per
+/// connection.
+fn client_ip(socket: Option<&SocketDigest>) -> Option<String> {
+    socket.and_then(|s| s.peer_addr()?.as_inet().map(|a| a.ip().to_string()))
+}
+
+/// The listener's port as text (X-Forwarded-Port), formatted once per connection.
+fn server_port(socket: Option<&SocketDigest>) -> Option<String> {
+    socket.and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string()))
+}
+
 fn new_request_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
@@ -309,12 +320,8 @@ impl ServerApp for FastPath {
             buf: Vec::with_capacity(REQUEST_BUFFER),
             up: UpSide::new(),
             copied: Vec::with_capacity(16),
-            client_ip: socket
-                .as_ref()
-                .and_then(|s| s.peer_addr()?.as_inet().map(|a| a.ip().to_string())),
-            server_port: socket
-                .as_ref()
-                .and_then(|s| s.local_addr()?.as_inet().map(|a| a.port().to_string())),
+            client_ip: client_ip(socket.as_deref()),
+            server_port: server_port(socket.as_deref()),
             tls: stream.get_ssl_digest().is_some(),
             client_timer: Deadline::new(),
             answered: 0,
