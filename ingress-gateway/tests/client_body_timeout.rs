@@ -14,7 +14,7 @@ use http_body_util::StreamBody;
 use hyper::body::{Bytes, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
-use support::{Gateway, handshake, mk_class};
+use support::{Gateway, handshake, sink_objects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -43,25 +43,9 @@ async fn silent_endpoint() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<usi
 }
 
 fn objects(endpoint: std::net::SocketAddr) -> Vec<serde_json::Value> {
-    vec![
-        mk_class(),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "sink"},
-               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}}),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"namespace": "default", "name": "sink-0",
-                            "labels": {"kubernetes.io/service-name": "sink"}},
-               "addressType": "IPv4",
-               "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
-               "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}]}),
-        // The upstream read timeout is long: only the client body timeout can end the request
-        // within the test's bounds.
-        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-               "metadata": {"namespace": "default", "name": "sink", "annotations": {
-                   "drawbridge.dev/proxy-read-timeout": "30"}},
-               "spec": {"ingressClassName": "drawbridge", "rules": [{"host": "sink.test", "http": {"paths": [
-                   {"path": "/", "pathType": "Prefix",
-                    "backend": {"service": {"name": "sink", "port": {"name": "http"}}}}]}}]}}),
-    ]
+    // The upstream read timeout is long: only the client body timeout can end the request
+    // within the test's bounds.
+    sink_objects(endpoint, json!({"drawbridge.dev/proxy-read-timeout": "30"}))
 }
 
 /// Sends the head and the first part of a body, then nothing (the socket stays open); returns

@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Gateway, mk_class};
+use support::{Gateway, sink_objects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,25 +44,12 @@ async fn stalling_endpoint() -> (std::net::SocketAddr, tokio::task::JoinHandle<(
 }
 
 fn objects(endpoint: std::net::SocketAddr) -> Vec<serde_json::Value> {
-    vec![
-        mk_class(),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "sink"},
-               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}}),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"namespace": "default", "name": "sink-0",
-                            "labels": {"kubernetes.io/service-name": "sink"}},
-               "addressType": "IPv4",
-               "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
-               "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}]}),
-        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-               "metadata": {"namespace": "default", "name": "sink", "annotations": {
-                   "drawbridge.dev/proxy-send-timeout": SEND_TIMEOUT_SECS.to_string(),
-                   "drawbridge.dev/proxy-read-timeout": READ_TIMEOUT_SECS.to_string(),
-                   "drawbridge.dev/proxy-body-size": "0"}},
-               "spec": {"ingressClassName": "drawbridge", "rules": [{"host": "sink.test", "http": {"paths": [
-                   {"path": "/", "pathType": "Prefix",
-                    "backend": {"service": {"name": "sink", "port": {"name": "http"}}}}]}}]}}),
-    ]
+    sink_objects(
+        endpoint,
+        json!({"drawbridge.dev/proxy-send-timeout": SEND_TIMEOUT_SECS.to_string(),
+               "drawbridge.dev/proxy-read-timeout": READ_TIMEOUT_SECS.to_string(),
+               "drawbridge.dev/proxy-body-size": "0"}),
+    )
 }
 
 /// Uploads 64 MiB (chunked, or with Content-Length) while reading the answer; returns the status

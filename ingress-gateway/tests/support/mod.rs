@@ -632,3 +632,25 @@ pub async fn scripted_origin(
     });
     (addr, accepted)
 }
+
+/// Service `sink` (port 80 → named port `http`), its EndpointSlice with the one endpoint
+/// `endpoint`, and Ingress `sink` routing `sink.test` to it with `annotations` (tests of
+/// timeouts against endpoints that stall).
+pub fn sink_objects(endpoint: SocketAddr, annotations: Value) -> Vec<Value> {
+    vec![
+        mk_class(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "sink"},
+               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "default", "name": "sink-0",
+                            "labels": {"kubernetes.io/service-name": "sink"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
+               "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}]}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"namespace": "default", "name": "sink", "annotations": annotations},
+               "spec": {"ingressClassName": "drawbridge", "rules": [{"host": "sink.test", "http": {"paths": [
+                   {"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "sink", "port": {"name": "http"}}}}]}}]}}),
+    ]
+}
