@@ -71,10 +71,9 @@ struct Args {
     /// same connection. `--http1-fast-path=false`: Pingora's path only.
     #[arg(long, env = "DRAWBRIDGE_HTTP1_FAST_PATH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     http1_fast_path: bool,
-    /// Serve HTTP/2 streams (no body or a `Content-Length` one) to HTTP/1.1 endpoints on the fast
-    /// path's pooled upstream exchange (needs `--http1-fast-path`); every other stream goes
-    /// through Pingora's proxy path on the same connection. `--http2-fast-path=false`: Pingora's
-    /// path for all HTTP/2.
+    /// Serve HTTP/2 streams to HTTP/1.1 endpoints on the fast path's pooled upstream exchange
+    /// (needs `--http1-fast-path`); every other stream goes through Pingora's proxy path on the
+    /// same connection. `--http2-fast-path=false`: Pingora's path for all HTTP/2.
     #[arg(long, env = "DRAWBRIDGE_HTTP2_FAST_PATH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     http2_fast_path: bool,
     /// Seconds between two DNS lookups of each ExternalName Service's `spec.externalName`
@@ -95,7 +94,7 @@ struct Args {
     /// Seconds one read of a request body may wait for the client (between two reads, not for
     /// the whole body; nginx's `client_body_timeout`, ingress-nginx's `client-body-timeout`). A
     /// stalled body is answered 408 and its upstream connection closed. HTTP/1.x clients, and
-    /// HTTP/2 streams with `Content-Length` on the HTTP/2 fast path.
+    /// HTTP/2 streams on the HTTP/2 fast path.
     #[arg(
         long,
         env = "DRAWBRIDGE_CLIENT_BODY_TIMEOUT",

@@ -69,8 +69,8 @@ pub struct Settings {
     /// Serve plain HTTP/1.1 keep-alive requests on [`crate::fast::FastPath`] (everything else
     /// still goes through Pingora's `ProxyHttp` path); `false`: Pingora's path only.
     pub http1_fast_path: bool,
-    /// Serve HTTP/2 streams (no body or a `Content-Length` one) to HTTP/1.1 endpoints on the
-    /// fast path too (only with `http1_fast_path`).
+    /// Serve HTTP/2 streams to HTTP/1.1 endpoints on the fast path too (only with
+    /// `http1_fast_path`).
     pub http2_fast_path: bool,
     /// `--external-name-refresh`: how often ExternalName Services' names are looked up again.
     pub external_name_refresh: Duration,

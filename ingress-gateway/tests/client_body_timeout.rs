@@ -2,9 +2,9 @@
 //! and part of its body, then stops, is answered 408 after about the timeout — not after the
 //! upstream read timeout, never not at all — and the upstream connection carrying the half-sent
 //! request is closed, on the fast path (Content-Length) and on Pingora's path (Content-Length
-//! with `--http1-fast-path=false`, and chunked); and for an HTTP/2 stream with `Content-Length`
-//! on the HTTP/2 fast path (Pingora's HTTP/2 server has no body read timeout: with
-//! `--http2-fast-path=false` the same request got no answer within 20 s).
+//! with `--http1-fast-path=false`, and chunked); and for HTTP/2 streams with and without
+//! `Content-Length` on the HTTP/2 fast path (Pingora's HTTP/2 server has no body read timeout:
+//! with `--http2-fast-path=false` the same request got no answer within 20 s).
 
 mod support;
 
@@ -114,42 +114,48 @@ async fn a_stalled_request_body_is_answered_408_and_its_upstream_connection_clos
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http2_request_body_is_answered_408_and_its_upstream_connection_closed() {
-    let (endpoint, mut closed) = silent_endpoint().await;
-    let secs = BODY_TIMEOUT_SECS.to_string();
-    let gw = Gateway::start_with(&objects(endpoint), &["--client-body-timeout", &secs]).await;
-    let tls = handshake(&gw, "sink.test", None, &[b"h2"]).await.unwrap();
-    assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
+    // With Content-Length (forwarded as is) and without (forwarded chunked).
+    for sized in [true, false] {
+        let (endpoint, mut closed) = silent_endpoint().await;
+        let secs = BODY_TIMEOUT_SECS.to_string();
+        let gw = Gateway::start_with(&objects(endpoint), &["--client-body-timeout", &secs]).await;
+        let tls = handshake(&gw, "sink.test", None, &[b"h2"]).await.unwrap();
+        assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        // 10 bytes, then the body stream stays open and silent.
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
             .await
             .unwrap();
-    tokio::spawn(conn);
-    // 10 of the 1,000 declared bytes, then the body stream stays open and silent.
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
-    tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
-        .await
-        .unwrap();
-    let body = StreamBody::new(stream_of(rx));
-    let req = hyper::Request::post("https://sink.test/upload")
-        .header("content-length", "1000")
-        .body(body)
-        .unwrap();
-    let start = Instant::now();
-    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
-        .await
-        .expect("no answer within 20 s")
-        .expect("response");
-    let elapsed = start.elapsed();
-    eprintln!("HTTP/2: {} after {elapsed:?}", resp.status());
-    assert_eq!(resp.status().as_u16(), 408);
-    assert!(elapsed >= Duration::from_millis(BODY_TIMEOUT_SECS * 1000 - 100));
-    assert!(elapsed < Duration::from_secs(BODY_TIMEOUT_SECS + 4));
-    let got = tokio::time::timeout(Duration::from_secs(5), closed.recv())
-        .await
-        .expect("upstream connection left open")
-        .expect("endpoint task");
-    assert!(got > 10, "the endpoint got {got} bytes");
-    drop(tx);
+        let mut req = hyper::Request::post("https://sink.test/upload");
+        if sized {
+            req = req.header("content-length", "1000");
+        }
+        let req = req.body(StreamBody::new(stream_of(rx))).unwrap();
+        let start = Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+            .await
+            .expect("no answer within 20 s")
+            .expect("response");
+        let elapsed = start.elapsed();
+        eprintln!(
+            "HTTP/2, Content-Length {sized}: {} after {elapsed:?}",
+            resp.status()
+        );
+        assert_eq!(resp.status().as_u16(), 408, "Content-Length {sized}");
+        assert!(elapsed >= Duration::from_millis(BODY_TIMEOUT_SECS * 1000 - 100));
+        assert!(elapsed < Duration::from_secs(BODY_TIMEOUT_SECS + 4));
+        let got = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("upstream connection left open")
+            .expect("endpoint task");
+        assert!(got > 10, "the endpoint got {got} bytes");
+        drop(tx);
+    }
 }
 
 /// An mpsc receiver as a `Stream` (for `StreamBody`).

@@ -1,7 +1,7 @@
-//! HTTP/2 streams on the fast path (`--http2-fast-path`, on by default): the common HTTP/2
-//! request (no body or a `Content-Length` one, to an HTTP/1.1 endpoint) is answered from the
-//! fast path's pooled HTTP/1.1 upstream exchange ([`FastPath::request_upstream`]); every other
-//! stream of the same connection goes to Pingora's proxy ([`crate::proxy::Gateway`]) unchanged.
+//! HTTP/2 streams on the fast path (`--http2-fast-path`, on by default): requests to HTTP/1.1
+//! endpoints are answered from the fast path's pooled HTTP/1.1 upstream exchange
+//! ([`FastPath::request_upstream`]); the other streams of the same connection go to Pingora's
+//! proxy ([`crate::proxy::Gateway`]) unchanged.
 //!
 //! ```text
 //!  TLS listener, ALPN h2 ─► FastPath::serve_h2: Pingora's h2 handshake and stream acceptance
@@ -9,11 +9,12 @@
 //!     authority are refused there, at most 32 per connection), GOAWAY on shutdown
 //!     └─ per stream, one task:
 //!          route (RouteTable) ─ no rule, redirect, no endpoints, upstream not HTTP/1.1,
-//!          │  CONNECT, a body without Content-Length or over proxy-body-size
+//!          │  CONNECT, a declared body over proxy-body-size
 //!          │  ─► HttpProxy<Gateway>::process_new_http (Pingora)
 //!          └─ HTTP/1.1 head (Host = :authority, cookies joined, this hop's X-Forwarded-*,
 //!             X-Real-IP, X-Request-ID) ─► request_upstream (pool, connect retries, passive
-//!             health, timeouts; DATA frames streamed upstream, each wait bounded by
+//!             health, timeouts; DATA frames streamed upstream (chunked without
+//!             Content-Length, 413 past proxy-body-size), each wait bounded by
 //!             --client-body-timeout → 408) ─► response head as HTTP/2 HEADERS ─► body
 //!             unframed into DATA (Content-Length, chunked, or until close) ─► pooled again
 //!             when reusable ─► metrics + access log
@@ -226,19 +227,18 @@ impl FastPath {
 
     /// The backend for a stream, or why the stream goes to Pingora's path: no rule (404), a
     /// redirect to HTTPS, no endpoints (503), an upstream that is not plain HTTP/1.1, CONNECT
-    /// (WebSocket over HTTP/2, RFC 8441), a request body without `Content-Length` (it would be
-    /// sent chunked), or a declared body over `proxy-body-size` (413).
+    /// (WebSocket over HTTP/2, RFC 8441), or a declared body over `proxy-body-size` (413).
     fn h2_route(&self, session: &HttpSession, conn: &H2Conn) -> Result<Arc<Backend>, &'static str> {
         let req = session.req_header();
         if req.method == http::Method::CONNECT {
             return Err("CONNECT");
         }
         let backend = self.backend_for(request_host(req), req.uri.path(), conn.tls)?;
-        if !session.is_body_done() {
-            let declared = declared_length(req).ok_or("request body without Content-Length")?;
-            if backend.policy.body_limit.is_some_and(|l| declared > l) {
-                return Err("body over the limit");
-            }
+        if !session.is_body_done()
+            && let Some(declared) = declared_length(req)
+            && backend.policy.body_limit.is_some_and(|l| declared > l)
+        {
+            return Err("body over the limit");
         }
         Ok(backend)
     }
@@ -255,19 +255,24 @@ impl FastPath {
     ) -> Result<(u16, u64), Failure> {
         let req = session.req_header();
         let is_head = req.method == http::Method::HEAD;
-        let body_left = if session.is_body_done() {
-            0
+        // `Some(None)`: a body of unknown length, sent chunked.
+        let body = if session.is_body_done() {
+            None
         } else {
-            declared_length(req).unwrap_or(0)
+            Some(declared_length(req))
         };
         // A stale pooled connection may be retried only without a body (it has been consumed).
-        let replayable = body_left == 0 && idempotent(req.method.as_str().as_bytes());
-        write_upstream_head(req, conn, &attempt.request_id, &mut side.out);
+        let replayable = body.is_none() && idempotent(req.method.as_str().as_bytes());
+        let chunked = body == Some(None);
+        write_upstream_head(req, conn, &attempt.request_id, chunked, &mut side.out);
         let mut client_timer = None;
-        let body = (body_left > 0).then(|| ClientBody {
-            from: BodySource::Http2(&mut *session),
+        let body = body.map(|length| ClientBody {
+            from: match length {
+                Some(_) => BodySource::Http2(&mut *session),
+                None => BodySource::Http2Chunked(&mut *session, backend.policy.body_limit),
+            },
             timer: client_timer.insert(Deadline::new()),
-            left: body_left,
+            left: length.unwrap_or(u64::MAX),
         });
         let (mut up, endpoint, head, _in_flight) = self
             .request_upstream(side, backend, attempt, replayable, is_head, body)
@@ -406,11 +411,13 @@ impl FastPath {
 /// included) and the ones this hop sets; `Cookie` crumbs joined with `; ` (RFC 9113 §8.2.3);
 /// then `x-forwarded-for` (appended), `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host`,
 /// `x-forwarded-port`, and `x-request-id` when the client sent none (crate::proxy's
-/// `upstream_request_filter`). Field names are the lower case HTTP/2 requires.
+/// `upstream_request_filter`); `transfer-encoding: chunked` when `chunked` (a body without
+/// `Content-Length`). Field names are the lower case HTTP/2 requires.
 fn write_upstream_head(
     req: &RequestHeader,
     conn: &H2Conn,
     request_id: &[u8; 32],
+    chunked: bool,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -456,6 +463,9 @@ fn write_upstream_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if cookies {
         out.extend_from_slice(b"cookie: ");

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //!  Pingora listener (TCP or TLS) ─► FastPath::process_new(stream)
-//!     ALPN h2 ─► h2::serve_h2 (streams with no body or a Content-Length one, to HTTP/1.1
-//!                endpoints: the pooled upstream exchange below; other streams:
-//!                HttpProxy<Gateway>); `--http2-fast-path=false` ─► HttpProxy<Gateway>
+//!     ALPN h2 ─► h2::serve_h2 (streams to HTTP/1.1 endpoints: the pooled upstream exchange
+//!                below; other streams: HttpProxy<Gateway>); `--http2-fast-path=false`
+//!                ─► HttpProxy<Gateway>
 //!     HTTP/1.x: read into a per-connection buffer ─► framing::parse_request
 //!        ├─ hand-over (TE, Upgrade, Expect, HTTP/1.0, no route, redirect, 503, 413, non-HTTP/1.1
 //!        │  upstream, anything httparse or the rules refuse) ─► ServerSession::new_http1(stream)
@@ -204,6 +204,26 @@ enum BodySource<'a> {
     Http1(&'a mut Stream),
     /// The DATA frames of an HTTP/2 stream (the h2 crate checks them against `Content-Length`).
     Http2(&'a mut pingora::protocols::http::v2::server::HttpSession),
+    /// The DATA frames of an HTTP/2 stream without `Content-Length`, sent upstream chunked until
+    /// the stream ends (`left` unused); more than `limit` bytes (`proxy-body-size`) → 413.
+    Http2Chunked(
+        &'a mut pingora::protocols::http::v2::server::HttpSession,
+        Option<u64>,
+    ),
+}
+
+/// The next non-empty DATA frame of an HTTP/2 request body; `None` at its end.
+async fn next_data(
+    session: &mut pingora::protocols::http::v2::server::HttpSession,
+) -> std::io::Result<Option<bytes::Bytes>> {
+    loop {
+        match session.read_body_bytes().await {
+            // An empty DATA frame that does not end the stream.
+            Ok(Some(data)) if data.is_empty() => {}
+            Ok(data) => return Ok(data),
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    }
 }
 
 /// How a connection left the fast path.
@@ -820,27 +840,21 @@ impl FastPath {
                         .run(self.client_body_timeout, read.read_buf(&mut side.rbuf))
                         .await
                 }
-                BodySource::Http2(session) => {
-                    let data = async {
-                        loop {
-                            match session.read_body_bytes().await {
-                                // An empty DATA frame that does not end the stream.
-                                Ok(Some(data)) if data.is_empty() => {}
-                                Ok(Some(data)) => return Ok(data),
-                                Ok(None) => return Ok(bytes::Bytes::new()),
-                                Err(e) => return Err(std::io::Error::other(e)),
-                            }
-                        }
-                    };
-                    body.timer
-                        .run(self.client_body_timeout, data)
-                        .await
-                        .map(|data| {
-                            // At most `left` (h2 resets a stream whose DATA exceed it).
-                            let take = data.len().min(body.left as usize);
-                            side.rbuf.extend_from_slice(&data[..take]);
-                            take
-                        })
+                BodySource::Http2(session) => body
+                    .timer
+                    .run(self.client_body_timeout, next_data(session))
+                    .await
+                    .map(|data| {
+                        // At most `left` (h2 resets a stream whose DATA exceed it); 0 at the end.
+                        let data = data.unwrap_or_default();
+                        let take = data.len().min(body.left as usize);
+                        side.rbuf.extend_from_slice(&data[..take]);
+                        take
+                    }),
+                BodySource::Http2Chunked(session, limit) => {
+                    return self
+                        .send_chunked(session, body.timer, *limit, side, up, send_timeout)
+                        .await;
                 }
             };
             let got = match read {
@@ -869,6 +883,68 @@ impl FastPath {
                 })?;
         }
         Ok(())
+    }
+
+    /// Streams an HTTP/2 request body of unknown length to `up` as chunked (RFC 9112 §7.1), one
+    /// chunk per DATA frame, then the last chunk. Each wait for the client is bounded by
+    /// `--client-body-timeout` (408); more than `limit` bytes → 413 (nginx's
+    /// `client_max_body_size` on a chunked body); the upstream connection is dropped on either.
+    async fn send_chunked(
+        &self,
+        session: &mut pingora::protocols::http::v2::server::HttpSession,
+        timer: &mut Deadline,
+        limit: Option<u64>,
+        side: &mut UpSide,
+        up: &mut TcpStream,
+        send_timeout: Duration,
+    ) -> Result<(), Failure> {
+        let mut total = 0u64;
+        loop {
+            let data = match timer
+                .run(self.client_body_timeout, next_data(session))
+                .await
+            {
+                Ok(data) => data,
+                Err(false) => {
+                    return Err(Failure {
+                        status: 0,
+                        error: "client closed during the request body",
+                    });
+                }
+                Err(true) => {
+                    return Err(Failure {
+                        status: 408,
+                        error: "client request body timed out",
+                    });
+                }
+            };
+            side.rbuf.clear();
+            match &data {
+                Some(data) => {
+                    total += data.len() as u64;
+                    if limit.is_some_and(|l| total > l) {
+                        return Err(Failure {
+                            status: 413,
+                            error: "request body over the limit",
+                        });
+                    }
+                    push_chunk_header(&mut side.rbuf, data.len());
+                    side.rbuf.extend_from_slice(data);
+                    side.rbuf.extend_from_slice(b"\r\n");
+                }
+                None => side.rbuf.extend_from_slice(b"0\r\n\r\n"),
+            }
+            side.timer
+                .run(send_timeout, up.write_all(&side.rbuf))
+                .await
+                .map_err(|timed_out| Failure {
+                    status: if timed_out { 504 } else { 502 },
+                    error: "upstream write failed",
+                })?;
+            if data.is_none() {
+                return Ok(());
+            }
+        }
     }
 
     /// Reads the upstream response head (skipping 1xx interim responses) into `side.rbuf` and
