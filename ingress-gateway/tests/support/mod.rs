@@ -29,7 +29,9 @@ pub const STEP: Duration = Duration::from_secs(5);
 /// An HTTP/1.1 origin on `ip:0` answering every request with JSON: its name, and the Host,
 /// path, X-Forwarded-For and X-Forwarded-Proto it received (plus the other forwarding headers,
 /// the request header names, every `Cookie` field, the body length and the method). It reads the whole body first.
-/// `/sleep/<ms>` answers after `ms` milliseconds; a request with `x-test-hop: 1` gets a response
+/// `/sleep/<ms>` answers after `ms` milliseconds; `/gate/<n>` answers once `n` gate requests are
+/// in flight at the same time (or after 10 s), so a burst of `n` needs `n` upstream connections
+/// at once however slowly it arrives; a request with `x-test-hop: 1` gets a response
 /// carrying hop-by-hop fields (`Connection: x-hop`, `X-Hop`, `Keep-Alive`).
 pub struct Origin {
     pub name: String,
@@ -47,6 +49,8 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let name_owned: Arc<str> = name.into();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Gate requests in flight, and a wake-up for each arrival.
+        let gate = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
         let counter = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -55,9 +59,11 @@ impl Origin {
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let name = name_owned.clone();
+                let gate = gate.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let name = name.clone();
+                        let gate = gate.clone();
                         async move {
                             let h = |k: &str| {
                                 req.headers()
@@ -95,6 +101,26 @@ impl Origin {
                                 path.strip_prefix("/sleep/").and_then(|m| m.parse().ok())
                             {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if let Some(n) =
+                                path.strip_prefix("/gate/").and_then(|n| n.parse::<usize>().ok())
+                            {
+                                let (in_flight, arrived) = &*gate;
+                                in_flight.fetch_add(1, Ordering::SeqCst);
+                                arrived.notify_waiters();
+                                let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                                    loop {
+                                        let next = arrived.notified();
+                                        if in_flight.load(Ordering::SeqCst) >= n {
+                                            break;
+                                        }
+                                        next.await;
+                                    }
+                                })
+                                .await;
+                                // Everyone through before the count drops for the next burst.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
                             }
                             let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
                             if hop {
