@@ -41,8 +41,8 @@ async fn burst(senders: &[hyper::client::conn::http2::SendRequest<Empty<Bytes>>]
                     "https://pool.test/gate/{}",
                     CONNECTIONS * STREAMS_PER_CONNECTION
                 ))
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
+                .body(Empty::<Bytes>::new())
+                .unwrap();
                 let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
                     .await
                     .ok()?

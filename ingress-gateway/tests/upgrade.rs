@@ -2,8 +2,9 @@
 //! "Process upgrades use Pingora's graceful upgrade (listener hand-over) with 0 failed requests").
 //!
 //! ```text
-//!  load: 3× HTTP/1.1 keep-alive (new connection every 50 requests), 2× new connection per request
-//!        ──► Host site.test ──► old gateway (A)
+//!  load: 3× HTTP/1.1 keep-alive (new connection every 50 requests), 2× new connection per request,
+//!        2× HTTP/2 over TLS (2 streams at a time on one connection until a GOAWAY; the HTTP/2
+//!        fast path) ──► Host site.test ──► old gateway (A)
 //!  B = same binary, same --http-addr/--https-addr/--upgrade-sock, --upgrade, own --metrics-addr
 //!  B binds the upgrade socket ─► test sends SIGQUIT to A ─► A hands the listeners over, accepts
 //!  5 s more beside B, then drains and exits 0 ─► load runs on against B alone
@@ -128,6 +129,9 @@ struct Tally {
     closed_idle: AtomicU64,
     /// Keep-alive connections opened.
     keepalive_conns: AtomicU64,
+    /// HTTP/2 answers, and HTTP/2 connections that stopped taking streams (GOAWAY).
+    h2_ok: AtomicU64,
+    h2_closed: AtomicU64,
     failures: std::sync::Mutex<Vec<String>>,
 }
 
@@ -239,6 +243,105 @@ async fn keepalive_load(name: String, http: SocketAddr, stop: Arc<AtomicBool>, t
     }
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+async fn open_h2(https: SocketAddr) -> Result<H2Sender, String> {
+    let tls = support::handshake_at(https, HOST, None, &[b"h2"])
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls.stream),
+    )
+    .await
+    .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// HTTP/2 load: 2 streams at a time on one connection for as long as it takes new streams; a new
+/// connection once the gateway's GOAWAY ends it (`ready()` fails: nothing was sent). Started
+/// before the new process exists, each task's first connection is to the old one and must end by
+/// its GOAWAY. A stream that fails before its response head is retried once on a new connection and
+/// counted as raced (RFC 9113 §8.7: a stream above the GOAWAY's last stream ID was not processed).
+async fn h2_load(name: String, https: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let get = || {
+        Request::get(format!("https://{HOST}/load"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    async fn exchange(
+        sender: &mut H2Sender,
+        req: Request<Empty<Bytes>>,
+    ) -> Result<(u16, Bytes), (bool, String)> {
+        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .map_err(|_| (false, "timeout".to_string()))?
+            .map_err(|e| (true, format!("{e} ({e:?})")))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| (false, format!("body: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let mut sender = match open_h2(https).await {
+            Ok(s) => s,
+            Err(e) => {
+                tally.fail(format!("{name}: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if sender.ready().await.is_err() {
+                tally.h2_closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            let (mut a, mut b) = (sender.clone(), sender.clone());
+            let (ra, rb) = tokio::join!(exchange(&mut a, get()), exchange(&mut b, get()));
+            let mut broken = false;
+            for r in [ra, rb] {
+                match r {
+                    Ok((status, body)) => {
+                        tally.h2_ok.fetch_add(1, Ordering::Relaxed);
+                        tally.check(&name, status, &body)
+                    }
+                    Err((true, e)) => {
+                        tally.raced.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("{name}: stream failed before its response head, retried: {e}");
+                        if !broken {
+                            tally.h2_closed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        broken = true;
+                        let retried = match open_h2(https).await {
+                            Ok(mut fresh) => exchange(&mut fresh, get()).await,
+                            Err(e2) => Err((false, e2)),
+                        };
+                        match retried {
+                            Ok((status, body)) => tally.check(&name, status, &body),
+                            Err((_, e2)) => tally.fail(format!("{name}: retry after {e}: {e2}")),
+                        }
+                    }
+                    Err((false, e)) => {
+                        tally.fail(format!("{name}: {e}"));
+                        broken = true;
+                    }
+                }
+            }
+            if broken {
+                break;
+            }
+        }
+    }
+}
+
 async fn new_connection_load(
     name: String,
     http: SocketAddr,
@@ -315,6 +418,14 @@ async fn graceful_upgrade_hands_listeners_over_without_failed_requests() {
             tally.clone(),
         )));
     }
+    for i in 0..2 {
+        tasks.push(tokio::spawn(h2_load(
+            format!("h2-{i}"),
+            https,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let old_before = served(old.metrics).await.expect("old /metrics");
     assert!(old_before > 0.0, "load reached the old process");
@@ -375,8 +486,13 @@ async fn graceful_upgrade_hands_listeners_over_without_failed_requests() {
         tally.closed_idle.load(Ordering::Relaxed),
         tally.keepalive_conns.load(Ordering::Relaxed),
     );
+    let (h2_ok, h2_closed) = (
+        tally.h2_ok.load(Ordering::Relaxed),
+        tally.h2_closed.load(Ordering::Relaxed),
+    );
     eprintln!(
-        "upgrade: {ok} answered, {failed} failed, {raced} raced (retried), {closed_idle} idle keep-alive closes, \
+        "upgrade: {ok} answered ({h2_ok} over HTTP/2), {failed} failed, {raced} raced (retried), \
+         {closed_idle} idle keep-alive closes, {h2_closed} HTTP/2 connections closed by GOAWAY, \
          {conns} keep-alive connections; old served {old_last} (last scrape), new {new_final} \
          ({new_at_old_exit} when old exited); old exited {exit_after:?} after SIGQUIT"
     );
@@ -402,9 +518,20 @@ async fn graceful_upgrade_hands_listeners_over_without_failed_requests() {
         old_last + new_final <= ok as f64,
         "gateway counts ({old_last} + {new_final}) exceed answers seen ({ok})"
     );
-    // Only the keep-alive connections A held at its shutdown can race: at most one per load task.
-    assert!(raced <= 3, "{raced} raced (3 keep-alive tasks)");
+    // Only the keep-alive connections A held at its shutdown can race: at most one per HTTP/1.1
+    // keep-alive task, two per HTTP/2 task (its two streams in flight).
+    assert!(
+        raced <= 3 + 2 * 2,
+        "{raced} raced (3 keep-alive tasks, 2 HTTP/2 tasks)"
+    );
     assert_eq!(new_ready.map(|(s, _)| s), Some(200), "new /readyz");
+    assert!(h2_ok > 1000, "HTTP/2 load ran ({h2_ok} answers)");
+    // Each HTTP/2 task's connection to the old process ended by its GOAWAY, and the clients
+    // moved on without a failed stream.
+    assert!(
+        h2_closed >= 2,
+        "{h2_closed} HTTP/2 connections ended by GOAWAY"
+    );
     // Pingora's own log lines: the sockets went over the upgrade socket, not a fresh bind.
     assert!(
         old_log.contains("listener sockets sent"),

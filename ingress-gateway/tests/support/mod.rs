@@ -102,8 +102,9 @@ impl Origin {
                             {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
-                            if let Some(n) =
-                                path.strip_prefix("/gate/").and_then(|n| n.parse::<usize>().ok())
+                            if let Some(n) = path
+                                .strip_prefix("/gate/")
+                                .and_then(|n| n.parse::<usize>().ok())
                             {
                                 let (in_flight, arrived) = &*gate;
                                 in_flight.fetch_add(1, Ordering::SeqCst);
@@ -441,6 +442,16 @@ pub async fn handshake(
     roots: Option<rustls::RootCertStore>,
     alpn: &[&[u8]],
 ) -> Result<Tls, std::io::Error> {
+    handshake_at(gw.https, sni, roots, alpn).await
+}
+
+/// [`handshake`] with the TLS listener at `addr`.
+pub async fn handshake_at(
+    addr: SocketAddr,
+    sni: &str,
+    roots: Option<rustls::RootCertStore>,
+    alpn: &[&[u8]],
+) -> Result<Tls, std::io::Error> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -455,7 +466,7 @@ pub async fn handshake(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(sni.to_string()).unwrap();
     tokio::time::timeout(STEP, async {
-        let tcp = TcpStream::connect(gw.https).await?;
+        let tcp = TcpStream::connect(addr).await?;
         // As real clients do (curl, browsers): without it, Nagle on the client and delayed ACKs
         // on the gateway stall every HTTP/2 flow-control window for ~40 ms.
         tcp.set_nodelay(true)?;
