@@ -408,7 +408,7 @@ impl FastPath {
 /// Writes the HTTP/1.1 upstream head of an HTTP/2 request into `out` (cleared first): the
 /// request line; `Host` from `:authority` (else the `Host` field, as Pingora's HTTP/2 → HTTP/1
 /// conversion); every field except the connection-specific ones (RFC 9113 §8.2.2; `TE`
-/// included) and the ones this hop sets; `Cookie` crumbs joined with `; ` (RFC 9113 §8.2.3);
+/// included), `Expect`, and the ones this hop sets; `Cookie` crumbs joined with `; ` (RFC 9113 §8.2.3);
 /// then `x-forwarded-for` (appended), `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host`,
 /// `x-forwarded-port`, and `x-request-id` when the client sent none (crate::proxy's
 /// `upstream_request_filter`); `transfer-encoding: chunked` when `chunked` (a body without
@@ -447,6 +447,10 @@ fn write_upstream_head(
             "host" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
             | "upgrade" | "te" | "trailer" | "http2-settings" | "x-forwarded-proto"
             | "x-forwarded-host" | "x-forwarded-port" | "x-real-ip" => continue,
+            // The body is read from the client and sent right after the head: an endpoint's
+            // `100 Continue` would be skipped anyway (RFC 9110 §10.1.1 lets a proxy that does
+            // not wait drop the expectation).
+            "expect" => continue,
             "x-forwarded-for" => {
                 // More than one: Pingora's path appends to the first; so do we.
                 forwarded_for.get_or_insert(value.as_bytes());
