@@ -185,7 +185,14 @@ fn request(close: bool) -> Request<Empty<Bytes>> {
 /// `no_response` means the exchange failed before any response head arrived (connection closed
 /// or reset under the request).
 async fn send(sender: &mut Sender, close: bool) -> Result<(u16, Bytes), (bool, String)> {
-    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request(close)))
+    answer(sender.send_request(request(close))).await
+}
+
+/// The status and body of a sent request (either protocol), or `(no_response, error)`.
+async fn answer(
+    sent: impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+) -> Result<(u16, Bytes), (bool, String)> {
+    let resp = tokio::time::timeout(Duration::from_secs(5), sent)
         .await
         .map_err(|_| (false, "timeout".to_string()))?
         .map_err(|e| (true, format!("{e} ({e:?})")))?;
@@ -274,18 +281,7 @@ async fn h2_load(name: String, https: SocketAddr, stop: Arc<AtomicBool>, tally: 
         sender: &mut H2Sender,
         req: Request<Empty<Bytes>>,
     ) -> Result<(u16, Bytes), (bool, String)> {
-        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
-            .await
-            .map_err(|_| (false, "timeout".to_string()))?
-            .map_err(|e| (true, format!("{e} ({e:?})")))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| (false, format!("body: {e}")))?
-            .to_bytes();
-        Ok((status, body))
+        answer(sender.send_request(req)).await
     }
     while !stop.load(Ordering::Relaxed) {
         let mut sender = match open_h2(https).await {

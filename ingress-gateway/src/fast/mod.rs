@@ -858,29 +858,15 @@ impl FastPath {
                 }
             };
             let got = match read {
-                Ok(0) | Err(false) => {
-                    return Err(Failure {
-                        status: 0,
-                        error: "client closed during the request body",
-                    });
-                }
-                // nginx's `client_body_timeout`: 408, the upstream connection is dropped.
-                Err(true) => {
-                    return Err(Failure {
-                        status: 408,
-                        error: "client request body timed out",
-                    });
-                }
+                Ok(0) => return Err(client_body_failed(false)),
                 Ok(n) => n,
+                Err(timed_out) => return Err(client_body_failed(timed_out)),
             };
             body.left -= got as u64;
             side.timer
                 .run(send_timeout, up.write_all(&side.rbuf[..got]))
                 .await
-                .map_err(|timed_out| Failure {
-                    status: if timed_out { 504 } else { 502 },
-                    error: "upstream write failed",
-                })?;
+                .map_err(upstream_write_failed)?;
         }
         Ok(())
     }
@@ -900,24 +886,10 @@ impl FastPath {
     ) -> Result<(), Failure> {
         let mut total = 0u64;
         loop {
-            let data = match timer
+            let data = timer
                 .run(self.client_body_timeout, next_data(session))
                 .await
-            {
-                Ok(data) => data,
-                Err(false) => {
-                    return Err(Failure {
-                        status: 0,
-                        error: "client closed during the request body",
-                    });
-                }
-                Err(true) => {
-                    return Err(Failure {
-                        status: 408,
-                        error: "client request body timed out",
-                    });
-                }
-            };
+                .map_err(client_body_failed)?;
             side.rbuf.clear();
             match &data {
                 Some(data) => {
@@ -937,10 +909,7 @@ impl FastPath {
             side.timer
                 .run(send_timeout, up.write_all(&side.rbuf))
                 .await
-                .map_err(|timed_out| Failure {
-                    status: if timed_out { 504 } else { 502 },
-                    error: "upstream write failed",
-                })?;
+                .map_err(upstream_write_failed)?;
             if data.is_none() {
                 return Ok(());
             }
@@ -1108,6 +1077,30 @@ async fn read_upstream(
         }),
         Ok(n) => Ok(n),
         Err(timed_out) => Err(upstream_read_failed(timed_out)),
+    }
+}
+
+/// A request body read from the client failed: closed (nothing to answer), or stalled past
+/// `--client-body-timeout` (nginx's `client_body_timeout`: 408; the upstream connection is
+/// dropped).
+fn client_body_failed(timed_out: bool) -> Failure {
+    if timed_out {
+        Failure {
+            status: 408,
+            error: "client request body timed out",
+        }
+    } else {
+        Failure {
+            status: 0,
+            error: "client closed during the request body",
+        }
+    }
+}
+
+fn upstream_write_failed(timed_out: bool) -> Failure {
+    Failure {
+        status: if timed_out { 504 } else { 502 },
+        error: "upstream write failed",
     }
 }
 
