@@ -93,8 +93,8 @@ struct Args {
     work_stealing: bool,
     /// Seconds one read of a request body may wait for the client (between two reads, not for
     /// the whole body; nginx's `client_body_timeout`, ingress-nginx's `client-body-timeout`). A
-    /// stalled body is answered 408 and its upstream connection closed. HTTP/1.x clients, and
-    /// HTTP/2 streams on the HTTP/2 fast path.
+    /// stalled body is answered 408 and its upstream connection closed (an HTTP/2 upstream's
+    /// stream reset). HTTP/1.x clients and HTTP/2 streams, on both paths.
     #[arg(
         long,
         env = "DRAWBRIDGE_CLIENT_BODY_TIMEOUT",

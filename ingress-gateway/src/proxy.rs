@@ -90,7 +90,8 @@ pub struct Gateway {
     no_route: RouteStats,
     /// Emit one access log event per request (`--access-log`).
     access_log: bool,
-    /// `--client-body-timeout`: the longest wait of one request body read (HTTP/1.x clients).
+    /// `--client-body-timeout`: the longest wait of one request body read (HTTP/1.x clients;
+    /// HTTP/2 ones through the `drawbridge patch` in vendor/pingora-proxy).
     client_body_timeout: Duration,
 }
 
@@ -258,7 +259,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // Body reads (HTTP/1.x; Pingora's HTTP/2 server session has no read timeout). A timeout
+        // Body reads. HTTP/1.x sessions apply it themselves; for HTTP/2 ones (no read timeout in
+        // pingora-core) this is the `drawbridge patch` `Session::set_read_timeout`. A timeout
         // is a downstream `ReadTimedout`, answered 408 by `fail_to_proxy`.
         session.set_read_timeout(Some(self.client_body_timeout));
         if has_te_and_content_length(session) {

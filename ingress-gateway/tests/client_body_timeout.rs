@@ -3,8 +3,9 @@
 //! upstream read timeout, never not at all — and the upstream connection carrying the half-sent
 //! request is closed, on the fast path (Content-Length) and on Pingora's path (Content-Length
 //! with `--http1-fast-path=false`, and chunked); and for HTTP/2 streams with and without
-//! `Content-Length` on the HTTP/2 fast path (Pingora's HTTP/2 server has no body read timeout:
-//! with `--http2-fast-path=false` the same request got no answer within 20 s).
+//! `Content-Length`, on the HTTP/2 fast path and on Pingora's path to HTTP/1.1 and h2c endpoints
+//! (Pingora's HTTP/2 server has no body read timeout of its own; without the `drawbridge patch`
+//! in vendor/pingora-proxy, `read_downstream_body`, those requests got no answer within 20 s).
 
 mod support;
 
@@ -14,7 +15,7 @@ use http_body_util::StreamBody;
 use hyper::body::{Bytes, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
-use support::{Gateway, handshake, sink_objects};
+use support::{Gateway, h2c_silent_endpoint, handshake, sink_objects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -112,49 +113,91 @@ async fn a_stalled_request_body_is_answered_408_and_its_upstream_connection_clos
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_http2_request_body_is_answered_408_and_its_upstream_connection_closed() {
-    // With Content-Length (forwarded as is) and without (forwarded chunked).
-    for sized in [true, false] {
-        let (endpoint, mut closed) = silent_endpoint().await;
-        let secs = BODY_TIMEOUT_SECS.to_string();
-        let gw = Gateway::start_with(&objects(endpoint), &["--client-body-timeout", &secs]).await;
-        let tls = handshake(&gw, "sink.test", None, &[b"h2"]).await.unwrap();
-        assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        // 10 bytes, then the body stream stays open and silent.
-        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+/// Sends an HTTP/2 request with 10 body bytes (declaring 1,000 when `sized`), then keeps the
+/// body open and silent; returns the status and when it came.
+async fn stalled_http2_body(gw: &Gateway, sized: bool) -> (u16, Duration) {
+    let tls = handshake(gw, "sink.test", None, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
             .await
             .unwrap();
-        let mut req = hyper::Request::post("https://sink.test/upload");
-        if sized {
-            req = req.header("content-length", "1000");
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+        .await
+        .unwrap();
+    let mut req = hyper::Request::post("https://sink.test/upload");
+    if sized {
+        req = req.header("content-length", "1000");
+    }
+    let req = req.body(StreamBody::new(stream_of(rx))).unwrap();
+    let start = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .expect("no answer within 20 s")
+        .expect("response");
+    let elapsed = start.elapsed();
+    drop(tx);
+    (resp.status().as_u16(), elapsed)
+}
+
+fn assert_408_after_the_timeout(status: u16, elapsed: Duration, case: &str) {
+    eprintln!("{case}: {status} after {elapsed:?}");
+    assert_eq!(status, 408, "{case}");
+    assert!(
+        elapsed >= Duration::from_millis(BODY_TIMEOUT_SECS * 1000 - 100),
+        "{case}: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(BODY_TIMEOUT_SECS + 4),
+        "{case}: {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_request_body_is_answered_408_and_its_upstream_connection_closed() {
+    let secs = BODY_TIMEOUT_SECS.to_string();
+    // The HTTP/2 fast path, and Pingora's path (HTTP/2 → HTTP/1.1, `proxy_h1`); with
+    // Content-Length (forwarded as is) and without (forwarded chunked).
+    for fast_path in ["true", "false"] {
+        for sized in [true, false] {
+            let (endpoint, mut closed) = silent_endpoint().await;
+            let fast = format!("--http2-fast-path={fast_path}");
+            let gw =
+                Gateway::start_with(&objects(endpoint), &["--client-body-timeout", &secs, &fast])
+                    .await;
+            let (status, elapsed) = stalled_http2_body(&gw, sized).await;
+            let case = format!("HTTP/2, {fast}, Content-Length {sized}");
+            assert_408_after_the_timeout(status, elapsed, &case);
+            let got = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{case}: upstream connection left open"))
+                .expect("endpoint task");
+            assert!(got > 10, "{case}: the endpoint got {got} bytes");
         }
-        let req = req.body(StreamBody::new(stream_of(rx))).unwrap();
-        let start = Instant::now();
-        let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+    }
+}
+
+/// An HTTP/2 client's stalled body to an h2c endpoint (Pingora's path, `proxy_h2`): 408, and the
+/// upstream stream is reset (the endpoint sees its body end in an error after the 10 bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_request_body_to_an_h2c_endpoint_is_answered_408_and_its_stream_reset() {
+    let secs = BODY_TIMEOUT_SECS.to_string();
+    for sized in [true, false] {
+        let (endpoint, mut seen, _task) = h2c_silent_endpoint(true).await;
+        let mut objects = objects(endpoint);
+        objects[3]["metadata"]["annotations"]["drawbridge.dev/backend-protocol"] = json!("h2c");
+        let gw = Gateway::start_with(&objects, &["--client-body-timeout", &secs]).await;
+        let (status, elapsed) = stalled_http2_body(&gw, sized).await;
+        let case = format!("HTTP/2 to h2c, Content-Length {sized}");
+        assert_408_after_the_timeout(status, elapsed, &case);
+        let body = tokio::time::timeout(Duration::from_secs(5), seen.recv())
             .await
-            .expect("no answer within 20 s")
-            .expect("response");
-        let elapsed = start.elapsed();
-        eprintln!(
-            "HTTP/2, Content-Length {sized}: {} after {elapsed:?}",
-            resp.status()
-        );
-        assert_eq!(resp.status().as_u16(), 408, "Content-Length {sized}");
-        assert!(elapsed >= Duration::from_millis(BODY_TIMEOUT_SECS * 1000 - 100));
-        assert!(elapsed < Duration::from_secs(BODY_TIMEOUT_SECS + 4));
-        let got = tokio::time::timeout(Duration::from_secs(5), closed.recv())
-            .await
-            .expect("upstream connection left open")
+            .unwrap_or_else(|_| panic!("{case}: the upstream stream was left open"))
             .expect("endpoint task");
-        assert!(got > 10, "the endpoint got {got} bytes");
-        drop(tx);
+        assert_eq!(body.bytes, 10, "{case}: {body:?}");
+        assert!(body.reset, "{case}: {body:?}");
     }
 }
 

@@ -8,6 +8,8 @@
 //! namespace, and with it the mount, ends with the process. No DNS server, no internet, nothing on
 //! the machine is changed. Needs root (as the netns tests do).
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +23,7 @@ use hyper::body::Bytes;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use support::free_port;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
@@ -144,13 +147,7 @@ async fn externalname_is_re_resolved_and_traffic_moves_within_the_refresh_period
     )
     .unwrap();
 
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (http, https, metrics) = (free(), free(), free());
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
     let log = dir.path().join("gateway.log");
     let refresh = REFRESH_SECS.to_string();
     let mut child = Command::new("unshare")

@@ -300,6 +300,61 @@ async fn request_bodies_with_content_length_stream_upstream_on_the_fast_path() {
     assert_eq!(handovers(&gw, "body over the limit").await, Some(1.0));
 }
 
+/// `Content-Length: 5` sent as "hel" and "lo", then END_STREAM only after `end` (`None`: never).
+fn late_end_body(
+    end: Option<Duration>,
+) -> StreamBody<
+    std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>> + Send>,
+    >,
+> {
+    use futures::StreamExt;
+    let pieces = futures::stream::iter([b"hel".as_slice(), b"lo".as_slice()])
+        .map(|p| Ok(Frame::data(Bytes::from_static(p))));
+    let tail = futures::stream::once(async move {
+        match end {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    })
+    .filter_map(|()| async { None });
+    StreamBody::new(Box::pin(pieces.chain(tail)))
+}
+
+/// All `Content-Length` bytes arrive, END_STREAM later (an empty DATA frame) or never: the
+/// answer is not held back for it, the client gets the whole answer (RFC 9113 §8.1: a server may
+/// answer before the request is complete and then reset the stream with NO_ERROR), and the
+/// connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_whose_end_stream_comes_late_or_never_is_answered_in_full() {
+    let (gw, _origin) = echo_gateway(&[]).await;
+    let mut sender = h2(&gw).await;
+    for end in [Some(Duration::from_millis(500)), None] {
+        let post = Request::post("https://fast.test/upload")
+            .header("content-length", "5")
+            .body(late_end_body(end))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let a = send(&mut sender, post).await;
+        assert_eq!(a.status, 200, "END_STREAM after {end:?}: {a:?}");
+        assert_eq!(a.json()["body_len"], 5, "END_STREAM after {end:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "the answer waited for END_STREAM ({end:?}): {:?}",
+            started.elapsed()
+        );
+    }
+    // Give the late END_STREAM (and the resets) time to cross, then reuse the connection.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let post = Request::post("https://fast.test/upload")
+        .header("content-length", "5")
+        .body(late_end_body(Some(Duration::ZERO)))
+        .unwrap();
+    let a = send(&mut sender, post).await;
+    assert_eq!(a.status, 200, "the connection still serves: {a:?}");
+    assert_nothing_handed_over(&gw).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_fast_path_off_serves_every_stream_through_pingora() {
     let (gw, _origin) = echo_gateway(&["--http2-fast-path=false"]).await;

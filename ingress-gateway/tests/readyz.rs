@@ -5,6 +5,8 @@
 //! first sync is incomplete for as long as the relay holds, and readiness must wait for it; once
 //! ready, the listeners accept at once.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -18,6 +20,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use support::free_port;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -153,13 +156,7 @@ async fn readyz_is_503_until_the_first_complete_sync_and_healthz_200_throughout(
         ApiDouble::kubeconfig_yaml_for(&format!("http://{relay}")),
     )
     .unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (http, https, metrics) = (free(), free(), free());
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
     let log = dir.path().join("gateway.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ingress-gateway"))
         .args([

@@ -7,14 +7,15 @@
 //! until the socket buffers between the gateway and the endpoint are full and the gateway's write
 //! blocks. Pingora 0.9 on its own stops the write at the send timeout but then waits for a
 //! response until the read timeout (vendor/README.md, `drawbridge patch` in
-//! `vendor/pingora-proxy/src/proxy_h1.rs`).
+//! `vendor/pingora-proxy/src/proxy_h1.rs`). The same against an h2c endpoint whose flow-control
+//! window stays closed (`proxy_h2.rs`).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Gateway, sink_objects};
+use support::{Gateway, h2c_silent_endpoint, sink_objects};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,13 +44,18 @@ async fn stalling_endpoint() -> (std::net::SocketAddr, tokio::task::JoinHandle<(
     (addr, task)
 }
 
-fn objects(endpoint: std::net::SocketAddr) -> Vec<serde_json::Value> {
-    sink_objects(
-        endpoint,
-        json!({"drawbridge.dev/proxy-send-timeout": SEND_TIMEOUT_SECS.to_string(),
-               "drawbridge.dev/proxy-read-timeout": READ_TIMEOUT_SECS.to_string(),
-               "drawbridge.dev/proxy-body-size": "0"}),
-    )
+/// The sink Ingress with the test's timeouts, no body limit, and `backend_protocol` if given.
+fn objects(
+    endpoint: std::net::SocketAddr,
+    backend_protocol: Option<&str>,
+) -> Vec<serde_json::Value> {
+    let mut annotations = json!({"drawbridge.dev/proxy-send-timeout": SEND_TIMEOUT_SECS.to_string(),
+                                 "drawbridge.dev/proxy-read-timeout": READ_TIMEOUT_SECS.to_string(),
+                                 "drawbridge.dev/proxy-body-size": "0"});
+    if let Some(protocol) = backend_protocol {
+        annotations["drawbridge.dev/backend-protocol"] = json!(protocol);
+    }
+    sink_objects(endpoint, annotations)
 }
 
 /// Uploads 64 MiB (chunked, or with Content-Length) while reading the answer; returns the status
@@ -115,7 +121,7 @@ async fn proxy_send_timeout_ends_a_stalled_upload() {
         (&[][..], false),
     ] {
         // The first table is published before the listeners start: the route is in place.
-        let gw = Gateway::start_with(&objects(endpoint), args).await;
+        let gw = Gateway::start_with(&objects(endpoint, None), args).await;
         let (status, elapsed) = stalled_upload(&gw, chunked).await;
         eprintln!(
             "args {args:?}, chunked {chunked}: {status} after {elapsed:?} \
@@ -127,6 +133,29 @@ async fn proxy_send_timeout_ends_a_stalled_upload() {
             "args {args:?}, chunked {chunked}: 504 after {elapsed:?}: the read timeout \
              ({READ_TIMEOUT_SECS} s) ended the stalled upload, not the send timeout \
              ({SEND_TIMEOUT_SECS} s)"
+        );
+    }
+}
+
+/// The same against an h2c endpoint that never reads the body: the gateway's HTTP/2 body
+/// writes wait for flow-control window that never comes. Pingora 0.9 stopped the write at the
+/// send timeout and then waited for the read timeout (the `drawbridge patch` in
+/// `vendor/pingora-proxy/src/proxy_h2.rs` gives up at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_send_timeout_ends_a_stalled_upload_to_an_h2c_endpoint() {
+    let (endpoint, _seen, _task) = h2c_silent_endpoint(false).await;
+    for chunked in [true, false] {
+        let gw = Gateway::start_with(&objects(endpoint, Some("h2c")), &[]).await;
+        let (status, elapsed) = stalled_upload(&gw, chunked).await;
+        eprintln!(
+            "h2c, chunked {chunked}: {status} after {elapsed:?} \
+             (send timeout {SEND_TIMEOUT_SECS} s, read timeout {READ_TIMEOUT_SECS} s)"
+        );
+        assert_eq!(status, 504, "h2c, chunked {chunked}");
+        assert!(
+            elapsed < Duration::from_secs(READ_TIMEOUT_SECS - 3),
+            "h2c, chunked {chunked}: 504 after {elapsed:?}: the read timeout ended the stalled \
+             upload, not the send timeout"
         );
     }
 }

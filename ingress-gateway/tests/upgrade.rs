@@ -32,17 +32,12 @@ use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::{Origin, eventually, mk_class, mk_service, mk_slices, sample};
+use support::{Origin, eventually, free_port, mk_class, mk_service, mk_slices, sample};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 const HOST: &str = "site.test";
 const SERIES: &str = r#"drawbridge_gateway_requests_total{ingress="default/site",host="site.test",method="GET",status="2xx"}"#;
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// One gateway process (killed on drop if still running).
 struct Proc {

@@ -155,6 +155,65 @@ impl Drop for Origin {
     }
 }
 
+/// What an [`h2c_silent_endpoint`] saw of one request body.
+#[derive(Debug)]
+pub struct H2cBodySeen {
+    /// Body bytes read.
+    pub bytes: usize,
+    /// The body ended by an error (the gateway reset the stream), not by END_STREAM.
+    pub reset: bool,
+}
+
+/// An h2c (HTTP/2 without TLS) endpoint on `127.0.0.1:0` that never answers. With `read_body`
+/// it reads each request body and reports what it saw when the body ends; without, it never
+/// reads it (so its flow-control window stays closed once full). Stops when the handle drops.
+pub async fn h2c_silent_endpoint(
+    read_body: bool,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<H2cBodySeen>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let seen_tx = seen_tx.clone();
+                    async move {
+                        let mut body = req.into_body();
+                        if read_body {
+                            let mut bytes = 0;
+                            let reset = loop {
+                                match body.frame().await {
+                                    Some(Ok(frame)) => {
+                                        bytes += frame.data_ref().map_or(0, |d| d.len())
+                                    }
+                                    Some(Err(_)) => break true,
+                                    None => break false,
+                                }
+                            };
+                            let _ = seen_tx.send(H2cBodySeen { bytes, reset });
+                        }
+                        std::future::pending::<()>().await;
+                        drop(body);
+                        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    (addr, seen_rx, task)
+}
+
 // === Gateway process ===
 
 /// The `ingress-gateway` binary, killed on drop.
@@ -171,7 +230,8 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> SocketAddr {
+/// A loopback address with a port free at the time of the call (the listener is closed again).
+pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }

@@ -565,6 +565,29 @@ where
 use pingora_cache::HttpCache;
 use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 
+/// drawbridge patch: `downstream.read_body_or_idle(no_body_expected)`, bounded by
+/// `h2_timeout` while an HTTP/2 downstream's request body is still expected (a `ReadTimedout`
+/// error when the client sent nothing for that long). HTTP/1 sessions apply their own read
+/// timeout.
+pub(crate) async fn read_downstream_body(
+    downstream: &mut HttpSession,
+    no_body_expected: bool,
+    h2_timeout: Option<Duration>,
+) -> Result<Option<bytes::Bytes>> {
+    match h2_timeout {
+        Some(t) if !no_body_expected && downstream.is_http2() => {
+            match tokio::time::timeout(t, downstream.read_body_or_idle(false)).await {
+                Ok(read) => read,
+                Err(_) => Error::e_explain(
+                    ReadTimedout,
+                    format!("while reading an HTTP/2 request body, timeout: {t:?}"),
+                ),
+            }
+        }
+        _ => downstream.read_body_or_idle(no_body_expected).await,
+    }
+}
+
 /// The established HTTP session
 ///
 /// This object is what users interact with in order to access the request itself or change the proxy
@@ -607,6 +630,10 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// drawbridge patch: the read timeout for an HTTP/2 downstream's request body, which
+    /// pingora-core's HTTP/2 server session lacks (`read_body_bytes`: "TODO: timeout"). Set by
+    /// [`Session::set_read_timeout`]; applied by [`read_downstream_body`].
+    h2_body_read_timeout: Option<Duration>,
 }
 
 impl Session {
@@ -634,7 +661,17 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            h2_body_read_timeout: None,
         }
+    }
+
+    /// drawbridge patch: sets the downstream read timeout, as [`HttpSession::set_read_timeout`]
+    /// (which this method shadows), and for an HTTP/2 downstream also bounds each wait for its
+    /// request body (`ReadTimedout`, a downstream error; HTTP/2's own session ignores the
+    /// timeout).
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.downstream_session.set_read_timeout(timeout);
+        self.h2_body_read_timeout = timeout;
     }
 
     /// Create a new [Session] from the given [Stream]

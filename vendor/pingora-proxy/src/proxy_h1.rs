@@ -574,7 +574,8 @@ where
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()),
+                // drawbridge patch: HTTP/2 request bodies get the read timeout too.
+                body = read_downstream_body(&mut session.downstream_session, downstream_state.is_done(), session.h2_body_read_timeout),
                     if downstream_state.can_poll() && send_permit.is_ok() => {
 
                     debug!("downstream event");

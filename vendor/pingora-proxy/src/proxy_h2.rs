@@ -342,13 +342,17 @@ where
             Err(e) => {
                 let upstream_read_timeout =
                     e.esource == ErrorSource::Upstream && matches!(e.etype, ReadTimedout);
+                // drawbridge patch (proxy-send-timeout, see bidirection_down_to_up): a timed-out
+                // body write is reset too, so the upstream releases the stream.
+                let upstream_write_timeout =
+                    e.esource == ErrorSource::Upstream && matches!(e.etype, WriteTimedout);
                 let downstream_error = e.esource == ErrorSource::Downstream;
                 // On application level upstream read timeouts, send RST_STREAM CANCEL,
                 // we know we have not received END_STREAM at this point since we read timed out.
                 // Also cancel the upstream stream when downstream goes away/resets so the
                 // upstream peer can release the stream promptly.
                 // TODO: implement for write timeouts?
-                if upstream_read_timeout || downstream_error {
+                if upstream_read_timeout || upstream_write_timeout || downstream_error {
                     client_body.send_reset(h2::Reason::CANCEL);
                     if upstream_read_timeout {
                         // Mark the underlying H2 connection for shutdown so it's not used
@@ -575,7 +579,8 @@ where
             // But we don't need to do the same because the h2 client_body pipe is unbounded (never block)
             tokio::select! {
                 // NOTE: cannot avoid this copy since h2 owns the buf
-                body = session.downstream_session.read_body_or_idle(downstream_state.is_done()), if downstream_state.can_poll() => {
+                // drawbridge patch: HTTP/2 request bodies get the read timeout too.
+                body = read_downstream_body(&mut session.downstream_session, downstream_state.is_done(), session.h2_body_read_timeout), if downstream_state.can_poll() => {
                     debug!("downstream event");
                     let body = match body {
                         Ok(b) => b,
@@ -641,6 +646,15 @@ where
                             session.downstream_session.on_proxy_failure(e);
                         },
                         Err(e) => {
+                            // drawbridge patch (proxy-send-timeout on a stalled upload, HTTP/2
+                            // upstream): the upstream gave no flow-control window for the
+                            // whole write timeout and has not finished its response. Waiting
+                            // on would only end at the read timeout; give up now (504 to the
+                            // client, the upstream stream reset with CANCEL by the caller).
+                            if !response_state.is_done() && e.etype() == &WriteTimedout {
+                                warn!("upstream h2 body write timed out, giving up: {e}");
+                                return Err(e);
+                            }
                             // mark request done, attempt to drain receive
                             warn!("Upstream h2 body send error: {e}");
                             // upstream is what actually errored but we don't want to continue
