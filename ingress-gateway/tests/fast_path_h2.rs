@@ -355,6 +355,56 @@ async fn a_body_whose_end_stream_comes_late_or_never_is_answered_in_full() {
     assert_nothing_handed_over(&gw).await;
 }
 
+/// One HTTP/2 frame: 9-byte header (length, type, flags, stream) and payload (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A connection that fails (the client breaks the protocol: DATA on stream 0, a connection
+/// error, RFC 9113 §6.1) while one of its streams waits on the endpoint: the connection ends,
+/// the stream (which runs in the connection's task) is still finished, logged and counted, and
+/// the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _origin) = echo_gateway(&[]).await;
+    let tls = handshake(&gw, "fast.test", None, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
+    let mut stream = tls.stream;
+    // GET https://fast.test/sleep/700 in HPACK without Huffman or the dynamic table (RFC 7541):
+    // :method GET (static 2), :scheme https (static 7), :path and :authority as literals with
+    // an indexed name (static 4 and 1).
+    let mut block = vec![0x82, 0x87, 0x04, 10];
+    block.extend_from_slice(b"/sleep/700");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"fast.test");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    hello.extend(frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+    stream.write_all(&hello).await.unwrap();
+    // Reaches the endpoint (which answers after 700 ms), then the protocol error.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&frame(0x0, 0, 0, b"x")).await.unwrap();
+    // The gateway answers with GOAWAY and closes; the stream's answer never comes.
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(STEP, stream.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the connection was left open");
+    let finished = r#"drawbridge_gateway_request_duration_seconds_count{ingress="default/echo",host="fast.test"}"#;
+    let counted = eventually(STEP, || async {
+        sample(&metrics_text(&gw).await, finished) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{}", metrics_text(&gw).await);
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
+    let a = bodiless(&mut sender, hyper::Method::GET, "https://fast.test/").await;
+    assert_eq!(a.status, 200);
+    assert_nothing_handed_over(&gw).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_fast_path_off_serves_every_stream_through_pingora() {
     let (gw, _origin) = echo_gateway(&["--http2-fast-path=false"]).await;

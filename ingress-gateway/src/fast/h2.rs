@@ -7,11 +7,10 @@
 //!  TLS listener, ALPN h2 ─► FastPath::serve_h2: Pingora's h2 handshake and stream acceptance
 //!     (HttpSession::from_h2_conn: forbidden bytes in :path, ambiguous Content-Length or
 //!     authority are refused there, at most 32 per connection), GOAWAY on shutdown
-//!     └─ per stream, one task:
-//!          route (RouteTable) ─ no rule, redirect, no endpoints, upstream not HTTP/1.1,
-//!          │  CONNECT, a declared body over proxy-body-size
-//!          │  ─► HttpProxy<Gateway>::process_new_http (Pingora)
-//!          └─ HTTP/1.1 head (Host = :authority, cookies joined, this hop's X-Forwarded-*,
+//!     └─ per stream: route (RouteTable)
+//!          ├─ no rule, redirect, no endpoints, upstream not HTTP/1.1, CONNECT, a declared
+//!          │  body over proxy-body-size ─► a task: HttpProxy<Gateway>::process_new_http (Pingora)
+//!          └─ in the connection's task (FuturesUnordered): HTTP/1.1 head (Host = :authority, cookies joined, this hop's X-Forwarded-*,
 //!             X-Real-IP, X-Request-ID) ─► request_upstream (pool, connect retries, passive
 //!             health, timeouts; DATA frames streamed upstream (chunked without
 //!             Content-Length, 413 past proxy-body-size), each wait bounded by
@@ -29,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use pingora::apps::HttpServerApp;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
@@ -92,9 +92,10 @@ impl H2Conn {
 }
 
 impl FastPath {
-    /// Serves one HTTP/2 connection: Pingora's handshake and stream acceptance, each stream on
-    /// its own task, on the fast path or on Pingora's proxy. On shutdown a GOAWAY is sent and
-    /// the streams already opened are finished (as Pingora's own accept loop does).
+    /// Serves one HTTP/2 connection: Pingora's handshake and stream acceptance; fast-path
+    /// streams run in this task (a `FuturesUnordered` polled with the connection), streams for
+    /// Pingora's proxy each on a task of their own (as Pingora does). On shutdown a GOAWAY is
+    /// sent and the streams already opened are finished (as Pingora's own accept loop does).
     pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let socket = stream.get_socket_digest();
         let conn = Arc::new(H2Conn {
@@ -119,27 +120,29 @@ impl FastPath {
         let mut watch = shutdown.clone();
         let mut draining = false;
         let mut malformed = 0;
+        // Fast-path streams run inside this task, next to the connection they write to: a
+        // stream's frames and the connection's flush happen in one wake-up, and no task is
+        // spawned per stream (one connection stays on one thread, like an nginx worker).
+        let mut streams = FuturesUnordered::new();
         loop {
-            let accepted = if draining {
-                HttpSession::from_h2_conn(&mut h2, digest.clone()).await
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = watch.changed() => {
-                        h2.graceful_shutdown();
-                        draining = true;
-                        continue;
-                    }
-                    accepted = HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
+            let accepted = tokio::select! {
+                biased;
+                _ = watch.changed(), if !draining => {
+                    h2.graceful_shutdown();
+                    draining = true;
+                    continue;
                 }
+                Some(()) = streams.next(), if !streams.is_empty() => continue,
+                // Cancel-safe: its only await is h2's `accept` (a `poll_accept`).
+                accepted = HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
             };
             match accepted {
                 Err(error) => {
                     // Clients often close TCP without a GOAWAY: not worth more than debug.
                     tracing::debug!(%error, "HTTP/2 connection ended");
-                    return;
+                    break;
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Ok(Some(H2Accept::Rejected)) => {
                     malformed += 1;
                     if malformed >= MAX_MALFORMED_STREAMS {
@@ -147,37 +150,35 @@ impl FastPath {
                             client = conn.client_ip.as_deref(),
                             "closing an HTTP/2 connection after {malformed} malformed requests"
                         );
-                        return;
+                        break;
                     }
                 }
-                Ok(Some(H2Accept::Session(session))) => {
-                    let this = self.clone();
-                    let conn = conn.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move { this.h2_stream(session, &conn, &shutdown).await });
-                }
+                Ok(Some(H2Accept::Session(session))) => match self.h2_route(&session, &conn) {
+                    Ok(backend) => streams.push(self.h2_stream(session, backend, &conn)),
+                    Err(reason) => {
+                        tracing::trace!(reason, "HTTP/2 stream handed to the Pingora path");
+                        self.metrics.handed_over(Protocol::Http2, reason);
+                        let this = self.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            this.proxy
+                                .process_new_http(ServerSession::new_http2(session), &shutdown)
+                                .await;
+                        });
+                    }
+                },
             }
         }
+        // The connection is done, failed, or closed for malformed streams. Dropping it fails
+        // the streams' pending and later HTTP/2 operations at once (h2 ends every stream when its
+        // connection drops; kept but no longer polled, a stream waiting for flow-control window
+        // would wait forever); those still waiting on an endpoint finish for their log line.
+        drop(h2);
+        while streams.next().await.is_some() {}
     }
 
-    /// One HTTP/2 stream: on the fast path when [`Self::h2_route`] allows, else Pingora's.
-    async fn h2_stream(
-        self: Arc<Self>,
-        mut session: HttpSession,
-        conn: &H2Conn,
-        shutdown: &ShutdownWatch,
-    ) {
-        let backend = match self.h2_route(&session, conn) {
-            Ok(backend) => backend,
-            Err(reason) => {
-                tracing::trace!(reason, "HTTP/2 stream handed to the Pingora path");
-                self.metrics.handed_over(Protocol::Http2, reason);
-                self.proxy
-                    .process_new_http(ServerSession::new_http2(session), shutdown)
-                    .await;
-                return;
-            }
-        };
+    /// One HTTP/2 stream on the fast path ([`Self::h2_route`] chose `backend`).
+    async fn h2_stream(&self, mut session: HttpSession, backend: Arc<Backend>, conn: &H2Conn) {
         let started = Instant::now();
         let mut attempt = Attempt {
             close: false,
