@@ -14,8 +14,10 @@
 #   handshake wrk -t1 -c64 over https with "Connection: close": every request is a new TCP
 #             connection with a full TLS handshake (wrk never resumes sessions) → req/s = handshakes/s
 #   h2        h2load -t1 -c64 -m10 over TLS (ALPN h2), percentiles from h2load --log-file
-# --profile: afterwards, `perf record -e cpu-clock -g` on the pinned gateway during an h1 run;
-#            writes the top symbols and a Pingora/rustls/malloc/kernel/our-code split.
+# --profile: afterwards, `perf record -e cpu-clock -g` on the pinned gateway, then on nginx's
+#            worker, under one cell's load (PROFILE_LOAD=h1 (default), https or h2; PROFILE_OUT
+#            overrides the directory); writes the top symbols and a Pingora/rustls/malloc/kernel/
+#            our-code split. --profile-only skips the table.
 # --syscalls: afterwards, `strace -c -f` on each proxy (all threads) during an HTTP/1.1 wrk run;
 #            prints system calls per request by name (strace slows the proxy; only the counts
 #            per request are meant, not the rate).
@@ -357,18 +359,27 @@ split_of() { # symbols.txt → "| category | % |" rows
          END { for (c in sum) printf "| %s | %.1f%% |\n", c, sum[c] }' "$1" | sort -t'|' -k3 -rn
 }
 
+# profile_load PROXY OUTFILE: the load of the profiled cell (PROFILE_LOAD) on PROXY, in the
+# background, for DURATION + 2 s; its report goes to OUTFILE.
+profile_load() {
+    case "${PROFILE_LOAD:-h1}" in
+        h2) taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$((DURATION + 2))" "https://localhost:${HTTPS[$1]}/" >"$2" 2>&1 & ;;
+        https) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "https://localhost:${HTTPS[$1]}/" >"$2" 2>&1 & ;;
+        *) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" >"$2" 2>&1 & ;;
+    esac
+}
+
 if [ "$PROFILE" = 1 ]; then
-    # PROFILE_LOAD=h2: the gateway is profiled under the HTTP/2 cell's load (h2load over TLS)
-    # instead, into bench/gateway/profile-h2 (nginx's profile below stays HTTP/1.1).
-    if [ "${PROFILE_LOAD:-h1}" = h2 ]; then
-        echo "== perf: ingress-gateway (pid $GW_PID), HTTP/2 over TLS (h2load -m10)" >&2
-        OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-h2}"
-        taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$((DURATION + 2))" "https://localhost:${HTTPS[gateway]}/" >/dev/null 2>&1 &
-    else
-        echo "== perf: ingress-gateway (pid $GW_PID), HTTP/1.1 keep-alive" >&2
-        OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile}"
-        taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[gateway]}/" >/dev/null 2>&1 &
-    fi
+    # PROFILE_LOAD=h1 (default, into bench/gateway/profile), https (wrk over TLS 1.3, into
+    # bench/gateway/profile-https) or h2 (h2load -m10 over TLS, into bench/gateway/profile-h2):
+    # the gateway, then nginx's worker, each under that cell's load.
+    case "${PROFILE_LOAD:-h1}" in
+        h2) LOAD_NAME="HTTP/2 over TLS (h2load -m10)"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-h2}" ;;
+        https) LOAD_NAME="HTTPS keep-alive (wrk)"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-https}" ;;
+        *) LOAD_NAME="HTTP/1.1 keep-alive"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile}" ;;
+    esac
+    echo "== perf: ingress-gateway (pid $GW_PID), $LOAD_NAME" >&2
+    profile_load gateway /dev/null
     WRK=$!
     mkdir -p "$OUT"
     sleep 1
@@ -401,8 +412,8 @@ if [ "$PROFILE" = 1 ]; then
 
     # The same for nginx's worker, to compare where the time goes (kernel share per request).
     NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1)
-    echo "== perf: nginx worker (pid $NGINX_WORKER), HTTP/1.1 keep-alive" >&2
-    taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[nginx]}/" >"$TMP/wrk-nginx-prof.txt" 2>&1 &
+    echo "== perf: nginx worker (pid $NGINX_WORKER), $LOAD_NAME" >&2
+    profile_load nginx "$TMP/load-nginx-prof.txt"
     WRK=$!
     sleep 1
     perf record -e cpu-clock -g -p "$NGINX_WORKER" -o "$TMP/perf-nginx.data" -- sleep "$DURATION" >/dev/null 2>&1
@@ -418,7 +429,7 @@ if [ "$PROFILE" = 1 ]; then
     echo '```'
     echo "nginx split (same patterns; nginx's own code lands in \"other\"):"
     split_of "$OUT/nginx-symbols.txt"
-    echo "(req/s during the nginx profile: $(awk '/^Requests\/sec:/{print $2}' "$TMP/wrk-nginx-prof.txt"))"
+    echo "(req/s during the nginx profile: $(awk '/^Requests\/sec:/{print $2} /^finished in/{print $4}' "$TMP/load-nginx-prof.txt"))"
 fi
 
 if [ "$SYSCALLS" = 1 ]; then
