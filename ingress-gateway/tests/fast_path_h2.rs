@@ -300,14 +300,13 @@ async fn request_bodies_with_content_length_stream_upstream_on_the_fast_path() {
     assert_eq!(handovers(&gw, "body over the limit").await, Some(1.0));
 }
 
+/// A boxed stream of request body frames.
+type BoxedFrames = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>> + Send>,
+>;
+
 /// `Content-Length: 5` sent as "hel" and "lo", then END_STREAM only after `end` (`None`: never).
-fn late_end_body(
-    end: Option<Duration>,
-) -> StreamBody<
-    std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>> + Send>,
-    >,
-> {
+fn late_end_body(end: Option<Duration>) -> StreamBody<BoxedFrames> {
     use futures::StreamExt;
     let pieces = futures::stream::iter([b"hel".as_slice(), b"lo".as_slice()])
         .map(|p| Ok(Frame::data(Bytes::from_static(p))));

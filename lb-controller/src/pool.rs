@@ -429,7 +429,7 @@ mod tests {
             priority,
             ..Pool::test(name, &["192.0.2.0/24"])
         };
-        let mut pools = vec![
+        let mut pools = [
             mk("a", None),
             mk("b", Some(20)),
             mk("c", Some(10)),

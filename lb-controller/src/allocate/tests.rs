@@ -876,7 +876,9 @@ fn ip_in(out: &BTreeMap<ServiceKey, Outcome>, ns: &str, name: &str) -> Option<(I
 #[test]
 fn priority_picks_lower_number_first_and_unprioritised_last() {
     // Table: (pools as (name, priority, range), expected pool of the first Service).
-    let table: &[(&[(&str, Option<i32>, &str)], &str)] = &[
+    // (pool name, priority, range)
+    type PoolSpec<'a> = (&'a str, Option<i32>, &'a str);
+    let table: &[(&[PoolSpec], &str)] = &[
         (
             &[
                 ("a", None, "192.0.2.0/24"),
