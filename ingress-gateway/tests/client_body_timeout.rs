@@ -91,19 +91,8 @@ async fn a_stalled_request_body_is_answered_408_and_its_upstream_connection_clos
         }
         let gw = Gateway::start_with(&objects(endpoint), &args).await;
         let (status, elapsed) = stalled_body(&gw, chunked).await;
-        eprintln!(
-            "fast path {fast}, chunked {chunked}: {status} after {elapsed:?} \
-             (client body timeout {BODY_TIMEOUT_SECS} s)"
-        );
-        assert_eq!(status, 408, "fast path {fast}, chunked {chunked}");
-        assert!(
-            elapsed >= Duration::from_millis(BODY_TIMEOUT_SECS * 1000 - 100),
-            "408 after only {elapsed:?}"
-        );
-        assert!(
-            elapsed < Duration::from_secs(BODY_TIMEOUT_SECS + 4),
-            "408 after {elapsed:?}, timeout {BODY_TIMEOUT_SECS} s"
-        );
+        let case = format!("fast path {fast}, chunked {chunked}");
+        assert_408_after_the_timeout(status, elapsed, &case);
         // The endpoint got the head and the 10 body bytes, then its connection was closed.
         let got = tokio::time::timeout(Duration::from_secs(5), closed.recv())
             .await
@@ -142,6 +131,7 @@ async fn stalled_http2_body(gw: &Gateway, sized: bool) -> (u16, Duration) {
     (resp.status().as_u16(), elapsed)
 }
 
+/// 408, no sooner than the client body timeout and well before the upstream read timeout.
 fn assert_408_after_the_timeout(status: u16, elapsed: Duration, case: &str) {
     eprintln!("{case}: {status} after {elapsed:?}");
     assert_eq!(status, 408, "{case}");

@@ -9,9 +9,11 @@
 //!     authority are refused there, at most 32 per connection), GOAWAY on shutdown
 //!     └─ per stream: route (RouteTable)
 //!          ├─ no rule, redirect, no endpoints, upstream not HTTP/1.1, CONNECT, a declared
-//!          │  body over proxy-body-size ─► a task: HttpProxy<Gateway>::process_new_http (Pingora)
-//!          └─ in the connection's task (FuturesUnordered): HTTP/1.1 head (Host = :authority, cookies joined, this hop's X-Forwarded-*,
-//!             X-Real-IP, X-Request-ID) ─► request_upstream (pool, connect retries, passive
+//!          │  body over proxy-body-size
+//!          │  ─► a task of its own: HttpProxy<Gateway>::process_new_http (Pingora)
+//!          └─ in the connection's task (FuturesUnordered): HTTP/1.1 head (Host = :authority,
+//!             cookies joined, this hop's X-Forwarded-*, X-Real-IP, X-Request-ID)
+//!             ─► request_upstream (pool, connect retries, passive
 //!             health, timeouts; DATA frames streamed upstream (chunked without
 //!             Content-Length, 413 past proxy-body-size), each wait bounded by
 //!             --client-body-timeout → 408) ─► response head as HTTP/2 HEADERS ─► body
@@ -409,8 +411,8 @@ impl FastPath {
 /// Writes the HTTP/1.1 upstream head of an HTTP/2 request into `out` (cleared first): the
 /// request line; `Host` from `:authority` (else the `Host` field, as Pingora's HTTP/2 → HTTP/1
 /// conversion); every field except the connection-specific ones (RFC 9113 §8.2.2; `TE`
-/// included), `Expect`, and the ones this hop sets; `Cookie` crumbs joined with `; ` (RFC 9113 §8.2.3);
-/// then `x-forwarded-for` (appended), `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host`,
+/// included), `Expect`, and the ones this hop sets; `Cookie` crumbs joined with `; `
+/// (RFC 9113 §8.2.3); then `x-forwarded-for` (appended), `x-real-ip`, `x-forwarded-proto`, `x-forwarded-host`,
 /// `x-forwarded-port`, and `x-request-id` when the client sent none (crate::proxy's
 /// `upstream_request_filter`); `transfer-encoding: chunked` when `chunked` (a body without
 /// `Content-Length`). Field names are the lower case HTTP/2 requires.
