@@ -166,7 +166,8 @@ pub struct H2cBodySeen {
 
 /// An h2c (HTTP/2 without TLS) endpoint on `127.0.0.1:0` that never answers. With `read_body`
 /// it reads each request body and reports what it saw when the body ends; without, it never
-/// reads it (so its flow-control window stays closed once full). Stops when the handle drops.
+/// reads it (so its flow-control window stays closed once full). Runs until the handle is
+/// aborted or the test's runtime ends (dropping the handle does not stop it).
 pub async fn h2c_silent_endpoint(
     read_body: bool,
 ) -> (
