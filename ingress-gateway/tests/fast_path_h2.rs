@@ -148,6 +148,16 @@ async fn forwarded_get(sender: &mut SendRequest<Full<Bytes>>) -> H2Answer {
     send(sender, req).await
 }
 
+/// The request field names the echo endpoint reports (`headers` in its JSON).
+fn header_names(echo: &Value) -> Vec<&str> {
+    echo["headers"]
+        .as_array()
+        .expect("the endpoint's header names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn check_forwarded(a: &H2Answer, gw: &Gateway) {
     assert_eq!(a.status, 200, "{a:?}");
     let j = a.json();
@@ -163,12 +173,7 @@ fn check_forwarded(a: &H2Answer, gw: &Gateway) {
         rid.len() == 32 && rid.bytes().all(|b| b.is_ascii_hexdigit()),
         "generated X-Request-ID: {rid:?}"
     );
-    let names: Vec<&str> = j["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let names = header_names(&j);
     assert!(!names.contains(&"te"), "TE is hop-by-hop: {names:?}");
 }
 
@@ -247,12 +252,7 @@ async fn request_bodies_without_content_length_go_upstream_chunked() {
     assert_eq!(a.status, 200, "{a:?}");
     let j = a.json();
     assert_eq!(j["body_len"], 5);
-    let names: Vec<&str> = j["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let names = header_names(&j);
     assert!(names.contains(&"transfer-encoding"), "{names:?}");
     assert!(
         !names.contains(&"expect"),
