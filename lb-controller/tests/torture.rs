@@ -68,6 +68,16 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// The file's text, or `None` when it no longer exists (released by a running controller after
+/// its directory was listed); any other error fails the test.
+fn read_unless_gone(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("{}: {e}", path.display()),
+    }
+}
+
 /// `name → addresses` from the state directory's Service status files.
 fn statuses(state: &Path) -> BTreeMap<String, Vec<String>> {
     let dir = state.join("services/default");
@@ -80,7 +90,11 @@ fn statuses(state: &Path) -> BTreeMap<String, Vec<String>> {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).expect("status file");
+        // The controller may remove the file between the listing and this read (the final
+        // phase runs it while we look): gone is not an error.
+        let Some(text) = read_unless_gone(&path) else {
+            continue;
+        };
         let doc: serde_json::Value = serde_yaml::from_str(&text).expect("status yaml");
         let name = doc["metadata"]["name"].as_str().expect("name").to_string();
         let ips = doc["status"]["loadBalancer"]["ingress"]
@@ -105,7 +119,9 @@ fn claims(state: &Path) -> BTreeMap<String, String> {
     {
         let file = entry.file_name().to_string_lossy().into_owned();
         if let Some(name) = file.strip_suffix(".claim") {
-            let text = std::fs::read_to_string(entry.path()).expect("claim");
+            let Some(text) = read_unless_gone(&entry.path()) else {
+                continue;
+            };
             let doc: serde_json::Value = serde_yaml::from_str(&text).expect("claim yaml");
             let owner = doc["spec"]["serviceRef"]["name"]
                 .as_str()
