@@ -363,28 +363,38 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A connection that fails (the client breaks the protocol: DATA on stream 0, a connection
-/// error, RFC 9113 §6.1) while one of its streams waits on the endpoint: the connection ends,
-/// the stream (which runs in the connection's task) is still finished, logged and counted, and
-/// the gateway keeps serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (gw, _origin) = echo_gateway(&[]).await;
-    let tls = handshake(&gw, "fast.test", None, &[b"h2"]).await.unwrap();
+/// A raw HTTP/2 connection (TLS, ALPN h2) that has sent its preface, an empty SETTINGS and
+/// stream 1: `GET https://fast.test{path}` with END_STREAM. The header block is HPACK without
+/// Huffman or the dynamic table (RFC 7541): :method GET (static 2), :scheme https (static 7),
+/// :path and :authority as literals with an indexed name (static 4 and 1).
+async fn raw_h2_get(
+    gw: &Gateway,
+    path: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let tls = handshake(gw, "fast.test", None, &[b"h2"]).await.unwrap();
     assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
     let mut stream = tls.stream;
-    // GET https://fast.test/sleep/700 in HPACK without Huffman or the dynamic table (RFC 7541):
-    // :method GET (static 2), :scheme https (static 7), :path and :authority as literals with
-    // an indexed name (static 4 and 1).
-    let mut block = vec![0x82, 0x87, 0x04, 10];
-    block.extend_from_slice(b"/sleep/700");
+    let mut block = vec![0x82, 0x87, 0x04, u8::try_from(path.len()).unwrap()];
+    block.extend_from_slice(path.as_bytes());
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"fast.test");
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(frame(0x4, 0, 0, &[])); // SETTINGS
     hello.extend(frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
     stream.write_all(&hello).await.unwrap();
+    stream
+}
+
+/// A connection that fails (the client breaks the protocol: DATA on stream 0, a connection
+/// error, RFC 9113 §6.1) while one of its streams waits on the endpoint: the connection ends,
+/// the stream (which runs in the connection's task) is still finished, logged as 499 (the
+/// client never got its answer) and counted, and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _origin) = echo_gateway(&[]).await;
+    let mut stream = raw_h2_get(&gw, "/sleep/700").await;
     // Reaches the endpoint (which answers after 700 ms), then the protocol error.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.write_all(&frame(0x0, 0, 0, b"x")).await.unwrap();
@@ -398,6 +408,39 @@ async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
     })
     .await;
     assert!(counted, "{}", metrics_text(&gw).await);
+    let gone = r#"drawbridge_gateway_requests_total{ingress="default/echo",host="fast.test",method="GET",status="4xx"}"#;
+    assert_eq!(sample(&metrics_text(&gw).await, gone), Some(1.0));
+    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
+    let a = bodiless(&mut sender, hyper::Method::GET, "https://fast.test/").await;
+    assert_eq!(a.status, 200);
+    assert_nothing_handed_over(&gw).await;
+}
+
+/// A client that resets its stream (RST_STREAM CANCEL) while the endpoint has not answered yet:
+/// the gateway stops waiting at once and logs 499 (nginx's "client closed request"), long before
+/// the endpoint's answer (4 s); the connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_while_the_endpoint_thinks_is_logged_499_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _origin) = echo_gateway(&[]).await;
+    let mut stream = raw_h2_get(&gw, "/sleep/4000").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reset = std::time::Instant::now();
+    stream
+        .write_all(&frame(0x3, 0, 1, &8u32.to_be_bytes())) // RST_STREAM, CANCEL
+        .await
+        .unwrap();
+    let gone = r#"drawbridge_gateway_requests_total{ingress="default/echo",host="fast.test",method="GET",status="4xx"}"#;
+    let counted = eventually(STEP, || async {
+        sample(&metrics_text(&gw).await, gone) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{}", metrics_text(&gw).await);
+    assert!(
+        reset.elapsed() < Duration::from_millis(2500),
+        "logged {:?} after the reset: the gateway waited for the endpoint",
+        reset.elapsed()
+    );
     let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
     let a = bodiless(&mut sender, hyper::Method::GET, "https://fast.test/").await;
     assert_eq!(a.status, 200);

@@ -62,7 +62,8 @@ struct H2Conn {
     server_port: Option<String>,
     tls: bool,
     /// Upstream-side buffers and timers of finished streams, reused by the next ones (at most
-    /// [`SPARE_SIDES`]).
+    /// [`SPARE_SIDES`]). Never contended (one task), but the connection's future must be `Send`,
+    /// so the cell must be `Sync`.
     spare: Mutex<Vec<UpSide>>,
 }
 
@@ -100,12 +101,13 @@ impl FastPath {
     /// sent and the streams already opened are finished (as Pingora's own accept loop does).
     pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let socket = stream.get_socket_digest();
-        let conn = Arc::new(H2Conn {
+        // Borrowed by this connection's fast-path streams, which all run in this task.
+        let conn = H2Conn {
             client_ip: client_ip(socket.as_deref()),
             server_port: server_port(socket.as_deref()),
             tls: stream.get_ssl_digest().is_some(),
             spare: Mutex::new(Vec::new()),
-        });
+        };
         let digest = Arc::new(Digest {
             ssl_digest: stream.get_ssl_digest(),
             timing_digest: stream.get_timing_digest(),
@@ -174,7 +176,8 @@ impl FastPath {
         // The connection is done, failed, or closed for malformed streams. Dropping it fails
         // the streams' pending and later HTTP/2 operations at once (h2 ends every stream when its
         // connection drops; kept but no longer polled, a stream waiting for flow-control window
-        // would wait forever); those still waiting on an endpoint finish for their log line.
+        // would wait forever); those still waiting on an endpoint stop at once (their stream
+        // watch in `h2_exchange` fires) and are logged 499.
         drop(h2);
         while streams.next().await.is_some() {}
     }
@@ -268,18 +271,39 @@ impl FastPath {
         let replayable = body.is_none() && idempotent(req.method.as_str().as_bytes());
         let chunked = body == Some(None);
         write_upstream_head(req, conn, &attempt.request_id, chunked, &mut side.out);
-        let mut client_timer = None;
-        let body = body.map(|length| ClientBody {
-            from: match length {
-                Some(_) => BodySource::Http2(&mut *session),
-                None => BodySource::Http2Chunked(&mut *session, backend.policy.body_limit),
-            },
-            timer: client_timer.insert(Deadline::new()),
-            left: length.unwrap_or(u64::MAX),
-        });
-        let (mut up, endpoint, head, _in_flight) = self
-            .request_upstream(side, backend, attempt, replayable, is_head, body)
-            .await?;
+        let (mut up, endpoint, head, _in_flight) = match body {
+            Some(length) => {
+                let mut timer = Deadline::new();
+                let body = ClientBody {
+                    from: match length {
+                        Some(_) => BodySource::Http2(&mut *session),
+                        None => BodySource::Http2Chunked(&mut *session, backend.policy.body_limit),
+                    },
+                    timer: &mut timer,
+                    left: length.unwrap_or(u64::MAX),
+                };
+                self.request_upstream(side, backend, attempt, replayable, is_head, Some(body))
+                    .await?
+            }
+            // Without a body to send, the stream is watched while the endpoint is asked: a
+            // client that resets it (or closes the connection) ends the wait at once, the
+            // upstream connection is closed mid-exchange (not pooled), and the request is
+            // logged 499, as nginx finalizes an HTTP/2 request whose stream the client reset.
+            None => {
+                let requested =
+                    self.request_upstream(side, backend, attempt, replayable, is_head, None);
+                tokio::select! {
+                    biased;
+                    got = requested => got?,
+                    _ = session.idle() => {
+                        return Err(Failure {
+                            status: 0,
+                            error: "client reset the stream before the answer",
+                        });
+                    }
+                }
+            }
+        };
         let read_timeout = backend.policy.read_timeout;
         let start = head.head_len;
         let mut reusable = head.reusable;
