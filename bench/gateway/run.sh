@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
 #
-#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2] [--profile] [--syscalls] [--no-build]
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2] [--proxy-cpu PERCENT]
+#                             [--connections N] [--profile] [--syscalls] [--no-build]
 #
 # Layout (loopback only):
 #   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
@@ -14,6 +15,15 @@
 #   handshake wrk -t1 -c64 over https with "Connection: close": every request is a new TCP
 #             connection with a full TLS handshake (wrk never resumes sessions) → req/s = handshakes/s
 #   h2        h2load -t1 -c64 -m10 over TLS (ALPN h2), percentiles from h2load --log-file
+# Besides req/s and latency, each cell reports the proxy's CPU time per request (/proc/PID/stat),
+# TCP segments sent per request on the host (nstat TcpOutSegs: 4 carry data, the rest are pure
+# ACKs and window updates) and the proxy's context switches per request (all threads: how often
+# it parked waiting for events or was preempted).
+# --connections N: concurrent connections of every load generator (default 64).
+# --proxy-cpu PERCENT: caps every proxy process at PERCENT of one core (its own cgroup, CFS quota
+#            PERCENT × 100 µs per 10 ms period), so the proxy, not the load side on CPU 1, is the
+#            limit: req/s then measures requests per (PERCENT % of a) core. Without it CPU 1 (load
+#            generator + backend) saturates first in the HTTP/1.1 and HTTPS cells.
 # --profile: afterwards, `perf record -e cpu-clock -g` on the pinned gateway, then on nginx's
 #            worker, under one cell's load (PROFILE_LOAD=h1 (default), https or h2; PROFILE_OUT
 #            overrides the directory); writes the top symbols and a Pingora/rustls/malloc/kernel/
@@ -29,6 +39,8 @@ SYSCALLS=0
 TABLE=1
 BUILD=1
 SCENARIOS=h1,https,handshake,h2
+PROXY_CPU=
+CONNS=64
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -38,14 +50,15 @@ while [ $# -gt 0 ]; do
         --syscalls-only) SYSCALLS=1; TABLE=0; shift ;;
         --no-build) BUILD=0; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,23p "$0"; exit 0 ;;
+        --proxy-cpu) PROXY_CPU="$2"; shift 2 ;;
+        --connections) CONNS="$2"; shift 2 ;;
+        -h|--help) sed -n 2,33p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CONNS=64
 WARMUP=2
 
 need=()
@@ -78,8 +91,11 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     # nginx forks its worker from the master we started; stop it through its pid file too.
     [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    sleep 0.2
+    for d in "${CGROUPS[@]}"; do rmdir "$d" 2>/dev/null || echo "cannot remove cgroup $d" >&2; done
     rm -rf "$TMP"
 }
+CGROUPS=()
 trap cleanup EXIT INT TERM
 
 BACKEND=127.0.0.1:18080
@@ -222,6 +238,28 @@ done
 
 PROC[nginx]=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1) # the one worker
 
+# --- --proxy-cpu: one cgroup per proxy, CFS bandwidth PERCENT % of a core (cgroup v2 or v1) ---
+if [ -n "$PROXY_CPU" ]; then
+    quota=$((PROXY_CPU * 100)) # µs per 10,000 µs period
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+        cg_root=/sys/fs/cgroup
+    else
+        cg_root=/sys/fs/cgroup/cpu
+    fi
+    for p in "${PROXIES[@]}"; do
+        d="$cg_root/drawbridge-bench-$$-$p"
+        mkdir "$d"
+        CGROUPS+=("$d")
+        if [ -f "$d/cpu.max" ]; then echo "$quota 10000" >"$d/cpu.max"
+        else echo 10000 >"$d/cpu.cfs_period_us"; echo "$quota" >"$d/cpu.cfs_quota_us"; fi
+        pid="${PROC[$p]}"
+        [ "$p" = nginx ] && echo "$(cat "$TMP/nginx.pid")" >"$d/cgroup.procs" # the idle master too
+        echo "$pid" >"$d/cgroup.procs"
+    done
+    echo "proxies capped at ${PROXY_CPU}% of a core each (${quota} µs per 10 ms)" >&2
+fi
+
 # --- helpers: numbers out of wrk / h2load output, latency in ms ---
 # CPU seconds (user + system, all threads) a proxy process has used so far, from /proc/PID/stat.
 proc_cpu() { # proxy → seconds, or "" (direct)
@@ -229,7 +267,21 @@ proc_cpu() { # proxy → seconds, or "" (direct)
     [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo ""; return; }
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$pid/stat"
 }
-declare -A CPUUS
+declare -A CPUUS SEGS SWITCHES
+# TCP segments sent on the whole host so far (loopback: client ↔ proxy ↔ backend); per request
+# 4 carry data, the rest are pure ACKs, window updates and the like.
+tcp_segs() { nstat -az TcpOutSegs 2>/dev/null | awk '$1=="TcpOutSegs"{print $2}'; }
+# Context switches of all the proxy's threads so far (voluntary: it parked waiting for events;
+# involuntary: preempted), from /proc/PID/task/*/status.
+proc_switches() { # proxy → count, or "" (direct)
+    local pid="${PROC[$1]:-}"
+    [ -n "$pid" ] && [ -d "/proc/$pid/task" ] || { echo ""; return; }
+    cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/{n+=$2} END{print n+0}'
+}
+per_req() { # before after requests → "%.2f" or ""
+    [ -n "$1" ] && [ -n "$2" ] && [ -n "$3" ] && [ "$3" -gt 0 ] &&
+        awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN{printf "%.2f", (b-a)/n}' || echo ""
+}
 to_ms() { # 1.23ms | 456.00us | 1.20s
     awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 }
                           else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v }
@@ -256,10 +308,14 @@ run_wrk() { # key url [extra wrk args...]
     before=$(upstream_connects "$proxy")
     local c0; c0=$(cpu_snap)
     local p0; p0=$(proc_cpu "$proxy")
+    local s0 x0; s0=$(tcp_segs); x0=$(proc_switches "$proxy")
     local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" 2>&1)
     CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)")
     local p1; p1=$(proc_cpu "$proxy")
+    local s1 x1; s1=$(tcp_segs); x1=$(proc_switches "$proxy")
     local n; n=$(awk '/requests in/{print $1}' <<<"$out")
+    SEGS[$key]=$(per_req "$s0" "$s1" "$n")
+    SWITCHES[$key]=$(per_req "$x0" "$x1" "$n")
     # The proxy's own CPU time per request (µs): robust against other load on the machine.
     CPUUS[$key]=$([ -n "$p0" ] && [ -n "$n" ] && [ "$n" -gt 0 ] && awk -v a="$p0" -v b="$p1" -v n="$n" 'BEGIN{printf "%.1f", (b-a)*1e6/n}' || echo "")
     after=$(upstream_connects "$proxy")
@@ -269,7 +325,7 @@ run_wrk() { # key url [extra wrk args...]
     P50[$key]=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")
     P99[$key]=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
     ERR[$key]=$(awk '/Non-2xx/{e+=$NF} /Socket errors/{gsub(/,/,""); e+=$4+$6+$8+$10} END{print e+0}' <<<"$out")
-    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CPUUS[$key]:+ proxy CPU ${CPUUS[$key]} µs/req}${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms errors ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CPUUS[$key]:+ proxy CPU ${CPUUS[$key]} µs/req}${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}${SEGS[$key]:+ TCP segs/req ${SEGS[$key]}}${SWITCHES[$key]:+ switches/req ${SWITCHES[$key]}}" >&2
 }
 run_h2() { # key port
     local key="$1" port="$2"
@@ -282,11 +338,15 @@ run_h2() { # key port
     sleep "$WARMUP"
     local c0; c0=$(cpu_snap)
     local p0; p0=$(proc_cpu "$proxy")
+    local s0 x0; s0=$(tcp_segs); x0=$(proc_switches "$proxy")
     wait "$h2pid" || true
     CPU[$key]=$(cpu_busy "$c0" "$(cpu_snap)")
     local p1; p1=$(proc_cpu "$proxy")
+    local s1 x1; s1=$(tcp_segs); x1=$(proc_switches "$proxy")
     local out; out=$(cat "$TMP/h2load-$key.txt")
     local n; n=$(awk '/^requests:/{gsub(/,/,""); print $8+0}' <<<"$out") # "N succeeded"
+    SEGS[$key]=$(per_req "$s0" "$s1" "$n")
+    SWITCHES[$key]=$(per_req "$x0" "$x1" "$n")
     CPUUS[$key]=$([ -n "$p0" ] && [ -n "$n" ] && [ "$n" -gt 0 ] && awk -v a="$p0" -v b="$p1" -v n="$n" 'BEGIN{printf "%.1f", (b-a)*1e6/n}' || echo "")
     after=$(upstream_connects "$proxy")
     CONNECTS[$key]=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo "")
@@ -297,7 +357,7 @@ run_h2() { # key port
                              printf "%.3f %.3f\n", a[i]/1000, a[j]/1000 }')
     P50[$key]=$p50; P99[$key]=$p99
     ERR[$key]=$(awk '/^requests:/{gsub(/,/,""); print $10+0}' <<<"$out") # "N failed"
-    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CPUUS[$key]:+ proxy CPU ${CPUUS[$key]} µs/req}${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}" >&2
+    echo "  $key: ${RPS[$key]} req/s p50 ${P50[$key]} ms p99 ${P99[$key]} ms failed ${ERR[$key]} cpu0/cpu1 ${CPU[$key]}%${CPUUS[$key]:+ proxy CPU ${CPUUS[$key]} µs/req}${CONNECTS[$key]:+ upstream connects ${CONNECTS[$key]}}${SEGS[$key]:+ TCP segs/req ${SEGS[$key]}}${SWITCHES[$key]:+ switches/req ${SWITCHES[$key]}}" >&2
 }
 
 START=$(date +%s)
@@ -327,9 +387,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0==0 || a=="?" || b=="?") print 
 echo
 # req per CPU-second vs nginx = nginx's CPU µs/request ÷ this proxy's (higher is better).
 cpu_ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a+0==0 || b+0==0) print "—"; else printf "%.2f×", b/a }'; }
-echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx | proxy CPU µs/req | req per CPU-s vs nginx | upstream connects |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — | — | — | — |"
+echo "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU0/CPU1 busy % | req/s vs nginx | p99 vs nginx | proxy CPU µs/req | req per CPU-s vs nginx | upstream connects | TCP segments/req | proxy switches/req |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| HTTP/1.1 keep-alive | direct (no proxy) | ${RPS[direct-h1]} | ${P50[direct-h1]} | ${P99[direct-h1]} | ${ERR[direct-h1]} | ${CPU[direct-h1]} | — | — | — | — | — | ${SEGS[direct-h1]:-—} | — |"
 for s in ${SCENARIOS//,/ }; do
     case $s in
         h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
@@ -337,11 +397,22 @@ for s in ${SCENARIOS//,/ }; do
     esac
     for p in "${PROXIES[@]}"; do
         k="$p-$s"
-        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") | ${CPUUS[$k]:-—} | $(cpu_ratio "${CPUUS[$k]:-}" "${CPUUS[nginx-$s]:-}") | ${CONNECTS[$k]:-—} |"
+        echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") | ${CPUUS[$k]:-—} | $(cpu_ratio "${CPUUS[$k]:-}" "${CPUUS[nginx-$s]:-}") | ${CONNECTS[$k]:-—} | ${SEGS[$k]:-—} | ${SWITCHES[$k]:-—} |"
     done
 done
 echo
-echo "measured in $((END-START)) s; $CONNS connections; ${DURATION} s per cell after ${WARMUP} s warm-up"
+echo "measured in $((END-START)) s; $CONNS connections; ${DURATION} s per cell after ${WARMUP} s warm-up${PROXY_CPU:+; every proxy capped at ${PROXY_CPU}% of a core}"
+# wrk's latency starts when a request is written, i.e. after connect + TLS handshake. A proxy that
+# leaves new connections in its accept queue (nginx and haproxy accept a few per event-loop turn)
+# has its handshake waits outside that window; one that accepts at once (the gateway) has them
+# inside. The mean lifetime of a connection (connections ÷ handshakes/s, Little's law) counts both.
+if has handshake; then
+    printf "new TLS handshakes, mean connection lifetime (connect to close, %s ÷ req/s):" "$CONNS"
+    for p in "${PROXIES[@]}"; do
+        awk -v p="$p" -v c="$CONNS" -v r="${RPS[$p-handshake]}" 'BEGIN{ if (r+0>0) printf " %s %.1f ms;", p, 1000*c/r }'
+    done
+    echo
+fi
 fi
 
 split_of() { # symbols.txt → "| category | % |" rows
