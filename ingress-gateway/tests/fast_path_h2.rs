@@ -363,6 +363,26 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// `GET https://fast.test/...` answered 4xx: the 499 logged for a client that went away.
+const CLIENT_GONE: &str = r#"drawbridge_gateway_requests_total{ingress="default/echo",host="fast.test",method="GET",status="4xx"}"#;
+
+/// Waits (at most [`STEP`]) until the metric sample `key` reads 1.
+async fn assert_counted_once(gw: &Gateway, key: &str) {
+    let counted = eventually(STEP, || async {
+        sample(&metrics_text(gw).await, key) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{key} never read 1:\n{}", metrics_text(gw).await);
+}
+
+/// A new HTTP/2 connection still gets 200 on the fast path.
+async fn assert_still_serving(gw: &Gateway) {
+    let mut sender: SendRequest<Full<Bytes>> = h2(gw).await;
+    let a = bodiless(&mut sender, hyper::Method::GET, "https://fast.test/").await;
+    assert_eq!(a.status, 200);
+    assert_nothing_handed_over(gw).await;
+}
+
 /// A raw HTTP/2 connection (TLS, ALPN h2) that has sent its preface, an empty SETTINGS and
 /// stream 1: `GET https://fast.test{path}` with END_STREAM. The header block is HPACK without
 /// Huffman or the dynamic table (RFC 7541): :method GET (static 2), :scheme https (static 7),
@@ -403,17 +423,9 @@ async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
     let closed = tokio::time::timeout(STEP, stream.read_to_end(&mut got)).await;
     assert!(closed.is_ok(), "the connection was left open");
     let finished = r#"drawbridge_gateway_request_duration_seconds_count{ingress="default/echo",host="fast.test"}"#;
-    let counted = eventually(STEP, || async {
-        sample(&metrics_text(&gw).await, finished) == Some(1.0)
-    })
-    .await;
-    assert!(counted, "{}", metrics_text(&gw).await);
-    let gone = r#"drawbridge_gateway_requests_total{ingress="default/echo",host="fast.test",method="GET",status="4xx"}"#;
-    assert_eq!(sample(&metrics_text(&gw).await, gone), Some(1.0));
-    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
-    let a = bodiless(&mut sender, hyper::Method::GET, "https://fast.test/").await;
-    assert_eq!(a.status, 200);
-    assert_nothing_handed_over(&gw).await;
+    assert_counted_once(&gw, finished).await;
+    assert_eq!(sample(&metrics_text(&gw).await, CLIENT_GONE), Some(1.0));
+    assert_still_serving(&gw).await;
 }
 
 /// A client that resets its stream (RST_STREAM CANCEL) while the endpoint has not answered yet:
@@ -430,21 +442,13 @@ async fn a_stream_reset_while_the_endpoint_thinks_is_logged_499_at_once() {
         .write_all(&frame(0x3, 0, 1, &8u32.to_be_bytes())) // RST_STREAM, CANCEL
         .await
         .unwrap();
-    let gone = r#"drawbridge_gateway_requests_total{ingress="default/echo",host="fast.test",method="GET",status="4xx"}"#;
-    let counted = eventually(STEP, || async {
-        sample(&metrics_text(&gw).await, gone) == Some(1.0)
-    })
-    .await;
-    assert!(counted, "{}", metrics_text(&gw).await);
+    assert_counted_once(&gw, CLIENT_GONE).await;
     assert!(
         reset.elapsed() < Duration::from_millis(2500),
         "logged {:?} after the reset: the gateway waited for the endpoint",
         reset.elapsed()
     );
-    let mut sender: SendRequest<Full<Bytes>> = h2(&gw).await;
-    let a = bodiless(&mut sender, hyper::Method::GET, "https://fast.test/").await;
-    assert_eq!(a.status, 200);
-    assert_nothing_handed_over(&gw).await;
+    assert_still_serving(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
