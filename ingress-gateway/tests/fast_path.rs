@@ -229,16 +229,9 @@ async fn counting_origin() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut tmp = [0u8; 65536];
                 loop {
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
-                        }
+                    let Some(end) = read_request_head(&mut s, &mut buf).await else {
+                        return;
                     };
                     let fields = buf[..end].windows(2).filter(|w| w == b"\r\n").count() - 2;
                     buf.drain(..end);
@@ -298,14 +291,10 @@ async fn closing_origin() -> (SocketAddr, Arc<AtomicUsize>) {
             let n = count.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
                 let mut served = 0;
                 loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
-                        }
+                    if read_request_head(&mut s, &mut buf).await.is_none() {
+                        return;
                     }
                     buf.clear();
                     served += 1;
@@ -499,14 +488,10 @@ async fn first_only_origin() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
                 let mut answered = false;
                 loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
-                        }
+                    if read_request_head(&mut s, &mut buf).await.is_none() {
+                        return;
                     }
                     buf.clear();
                     if !answered {

@@ -216,13 +216,9 @@ async fn eager_upgrade_origin(ip: &str) -> (std::net::SocketAddr, tokio::task::J
                 }
                 let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let Some(end) = read_request_head(&mut s, &mut seen).await else {
+                    return;
+                };
                 if s.write_all(&seen[end..]).await.is_err() {
                     return;
                 }

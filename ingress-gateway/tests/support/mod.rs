@@ -690,6 +690,22 @@ pub async fn gateway_with_raw(addr: SocketAddr) -> Gateway {
     Gateway::start_with(&objects, &[]).await
 }
 
+/// Reads from `s` into `buf` until `buf` holds a whole request head (up to the blank line) and
+/// returns the head's length in bytes, or `None` when the peer closes or the read fails first.
+/// For the raw test origins; bytes after the head stay in `buf`.
+pub async fn read_request_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut tmp = [0u8; 16384];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        match s.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+        }
+    }
+}
+
 /// A raw origin answering every request with `response` (written in pieces `split` bytes apart,
 /// 2 ms between them), keep-alive unless the response closes. Counts connections.
 pub async fn scripted_origin(
@@ -706,13 +722,9 @@ pub async fn scripted_origin(
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
                 loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
-                        }
+                    if read_request_head(&mut s, &mut buf).await.is_none() {
+                        return;
                     }
                     buf.clear();
                     for piece in response.chunks(split) {
