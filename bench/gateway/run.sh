@@ -403,7 +403,7 @@ done
 echo
 echo "measured in $((END-START)) s; $CONNS connections; ${DURATION} s per cell after ${WARMUP} s warm-up${PROXY_CPU:+; every proxy capped at ${PROXY_CPU}% of a core}"
 # wrk's latency starts when a request is written, i.e. after connect + TLS handshake. A proxy that
-# leaves new connections in its accept queue (nginx and haproxy accept a few per event-loop turn)
+# leaves new connections in its accept queue (nginx here: most of the 64 wait there under load)
 # has its handshake waits outside that window; one that accepts at once (the gateway) has them
 # inside. The mean lifetime of a connection (connections ÷ handshakes/s, Little's law) counts both.
 if has handshake; then

@@ -298,7 +298,7 @@ impl FastPath {
                     _ = session.idle() => {
                         return Err(Failure {
                             status: 0,
-                            error: "client reset the stream before the answer",
+                            error: "client went away before the answer",
                         });
                     }
                 }
