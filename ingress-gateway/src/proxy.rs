@@ -468,33 +468,14 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// Pingora's default error answer, except that upstream timeouts answer 504 (nginx's
-    /// `proxy_*_timeout` behaviour) instead of 502 and a request body the client stopped sending
-    /// answers 408 (nginx's `client_body_timeout`) instead of 400.
+    /// The error answer ([`error_status`]), when the client is still there to get it.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        use ErrorType::*;
-        let code = match e.etype() {
-            HTTPStatus(code) => *code,
-            ConnectTimedout | ReadTimedout | WriteTimedout
-                if *e.esource() == ErrorSource::Upstream =>
-            {
-                504
-            }
-            ReadTimedout if *e.esource() == ErrorSource::Downstream => 408,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = error_status(e);
         if code > 0
             && session.response_written().is_none()
             && let Err(error) = session.respond_error(code).await
@@ -636,8 +617,12 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = None;
         let status = match (session.response_written(), error) {
             (Some(resp), _) => resp.status.as_u16(),
-            // Nothing was sent: the client went away or the proxy failed before a response.
-            (None, Some(_)) => 502,
+            // Nothing was sent: the client went away (499, nginx's "client closed request",
+            // as on the fast path), or the error answer could not be delivered.
+            (None, Some(e)) => match error_status(e) {
+                0 => 499,
+                code => code,
+            },
             (None, None) => 499,
         };
         let stats = ctx.backend.as_ref().map_or(&self.no_route, |b| &b.stats);
@@ -679,6 +664,30 @@ impl ProxyHttp for Gateway {
                 error = error.map(tracing::field::display),
             );
         }
+    }
+}
+
+/// The status that answers a failed request: Pingora's default, except that upstream timeouts
+/// answer 504 (nginx's `proxy_*_timeout` behaviour) instead of 502 and a request body the
+/// client stopped sending answers 408 (nginx's `client_body_timeout`) instead of 400. 0: the
+/// client went away (a read or write on its connection failed, or it closed it, also while
+/// the endpoint was thinking); nothing to answer, logged 499.
+fn error_status(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => {
+            504
+        }
+        ReadTimedout if *e.esource() == ErrorSource::Downstream => 408,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
     }
 }
 

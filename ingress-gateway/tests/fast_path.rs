@@ -2,7 +2,8 @@
 //! raw TCP clients and raw origins: pipelined requests, a request split across reads, heads too
 //! large or too many fields for the fast path (handed to Pingora on the same connection), an
 //! endpoint closing a pooled connection, chunked and close-delimited responses, a HEAD answer,
-//! and `--http1-fast-path=false`. Every step is bounded by [`STEP`].
+//! a client gone while the endpoint thinks, a request pipelined during that wait, and
+//! `--http1-fast-path=false`. Every step is bounded by [`STEP`].
 
 mod support;
 
@@ -578,4 +579,135 @@ async fn upstream_connections_are_reused_with_and_without_work_stealing() {
             "{flag}: {n} upstream connections for 24 sequential requests on 2 threads"
         );
     }
+}
+
+/// What a [`silent_origin`] connection saw, and when.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// A whole request head (never answered).
+    Request,
+    /// The gateway closed the connection.
+    Closed,
+}
+
+/// A raw origin that reads each request head and never answers (an endpoint thinking for
+/// longer than any test), reporting each head and the end of each connection as they happen.
+async fn silent_origin() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(Seen, std::time::Instant)>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) = read_request_head(&mut s, &mut buf).await {
+                    buf.drain(..end);
+                    let _ = tx.send((Seen::Request, std::time::Instant::now()));
+                }
+                let _ = tx.send((Seen::Closed, std::time::Instant::now()));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client that closes its connection, or only its sending half (nginx takes either for a
+/// client that went away), while the endpoint has not answered: the gateway stops waiting at
+/// once (not after the 60 s read timeout), closes the upstream connection too, closes the
+/// client's, and counts the request as 499, as nginx does with `proxy_ignore_client_abort off`.
+/// On the fast path and on Pingora's (`--http1-fast-path=false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_the_endpoint_thinks_closes_the_upstream_at_once_and_is_logged_499() {
+    for args in [&[][..], &["--http1-fast-path=false"]] {
+        client_gone_while_the_endpoint_thinks(args).await;
+    }
+}
+
+async fn client_gone_while_the_endpoint_thinks(args: &[&str]) {
+    let (addr, mut seen) = silent_origin().await;
+    let objects = vec![
+        mk_class(),
+        mk_service("raw"),
+        ingress_to("raw.test", "raw"),
+        slice_at("raw", addr),
+    ];
+    let gw = Gateway::start_with(&objects, args).await;
+    for half in [false, true] {
+        let mut s = TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(b"GET /think HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (what, _) = tokio::time::timeout(STEP, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(what, Seen::Request, "{args:?} half-close {half}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let gone = std::time::Instant::now();
+        if half {
+            s.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(STEP, s.read_to_end(&mut rest)).await;
+            assert!(read.is_ok(), "the client connection was left open");
+            assert!(
+                rest.is_empty(),
+                "answered: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        } else {
+            drop(s);
+        }
+        let (what, at) = tokio::time::timeout(STEP, seen.recv())
+            .await
+            .expect("the upstream connection was left open")
+            .unwrap();
+        assert_eq!(what, Seen::Closed, "{args:?} half-close {half}");
+        assert!(
+            at.duration_since(gone) < Duration::from_secs(1),
+            "{args:?} half-close {half}: the upstream was closed {:?} after the client went",
+            at.duration_since(gone)
+        );
+    }
+    let gone = r#"drawbridge_gateway_requests_total{ingress="default/raw",host="raw.test",method="GET",status="4xx"}"#;
+    let counted = eventually(STEP, || async {
+        sample(&metrics_text(&gw).await, gone) == Some(2.0)
+    })
+    .await;
+    assert!(
+        counted,
+        "{args:?}: {gone} never read 2:\n{}",
+        metrics_text(&gw).await
+    );
+}
+
+/// A request the client pipelines while the one before it waits for the endpoint (the gateway
+/// reads the client during that wait, to notice it going away) is kept, and answered after the
+/// first, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_during_the_wait_is_kept_and_answered_in_order() {
+    let (gw, origin) = gateway_with_echo(&[]).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET /sleep/600 HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"POST /after HTTP/1.1\r\nHost: fast.test\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let first = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(
+        (first.status, &first.json()["path"]),
+        (200, &json!("/sleep/600"))
+    );
+    let second = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.json()["path"], "/after");
+    assert_eq!(second.json()["body_len"], 3);
+    assert!(buf.is_empty(), "nothing more than two answers");
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
 }

@@ -114,15 +114,6 @@ async fn assert_nothing_handed_over(gw: &Gateway) {
     );
 }
 
-async fn metrics_text(gw: &Gateway) -> String {
-    scrape(gw, "/metrics")
-        .await
-        .body
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 async fn echo_gateway(args: &[&str]) -> (Gateway, Origin) {
     let origin = Origin::start("echo", "127.0.0.1").await;
     let objects = vec![
@@ -384,24 +375,37 @@ async fn assert_still_serving(gw: &Gateway) {
 }
 
 /// A raw HTTP/2 connection (TLS, ALPN h2) that has sent its preface, an empty SETTINGS and
-/// stream 1: `GET https://fast.test{path}` with END_STREAM. The header block is HPACK without
-/// Huffman or the dynamic table (RFC 7541): :method GET (static 2), :scheme https (static 7),
-/// :path and :authority as literals with an indexed name (static 4 and 1).
-async fn raw_h2_get(
+/// stream 1: `GET https://fast.test{path}` with END_STREAM, or with `body` a `POST` with
+/// `content-length` and the body in one DATA frame with END_STREAM. The header block is HPACK
+/// without Huffman or the dynamic table (RFC 7541): :method GET or POST (static 2, 3), :scheme
+/// https (static 7), :path, :authority and content-length as literals with an indexed name
+/// (static 4, 1 and 28).
+async fn raw_h2_request(
     gw: &Gateway,
     path: &str,
+    body: Option<&[u8]>,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
     let tls = handshake(gw, "fast.test", None, &[b"h2"]).await.unwrap();
     assert_eq!(tls.alpn.as_deref(), Some(&b"h2"[..]));
     let mut stream = tls.stream;
-    let mut block = vec![0x82, 0x87, 0x04, u8::try_from(path.len()).unwrap()];
+    let method = if body.is_some() { 0x83 } else { 0x82 };
+    let mut block = vec![method, 0x87, 0x04, u8::try_from(path.len()).unwrap()];
     block.extend_from_slice(path.as_bytes());
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"fast.test");
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-    hello.extend(frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+    match body {
+        None => hello.extend(frame(0x1, 0x5, 1, &block)), // HEADERS, END_STREAM | END_HEADERS
+        Some(body) => {
+            let length = body.len().to_string();
+            block.extend_from_slice(&[0x0f, 28 - 15, u8::try_from(length.len()).unwrap()]);
+            block.extend_from_slice(length.as_bytes());
+            hello.extend(frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+            hello.extend(frame(0x0, 0x1, 1, body)); // DATA, END_STREAM
+        }
+    }
     stream.write_all(&hello).await.unwrap();
     stream
 }
@@ -414,7 +418,7 @@ async fn raw_h2_get(
 async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (gw, _origin) = echo_gateway(&[]).await;
-    let mut stream = raw_h2_get(&gw, "/sleep/700").await;
+    let mut stream = raw_h2_request(&gw, "/sleep/700", None).await;
     // Reaches the endpoint (which answers after 700 ms), then the protocol error.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.write_all(&frame(0x0, 0, 0, b"x")).await.unwrap();
@@ -428,27 +432,31 @@ async fn a_stream_outliving_its_failed_connection_is_finished_and_counted() {
     assert_still_serving(&gw).await;
 }
 
-/// A client that resets its stream (RST_STREAM CANCEL) while the endpoint has not answered yet:
-/// the gateway stops waiting at once and logs 499 (nginx's "client closed request"), long before
-/// the endpoint's answer (4 s); the connection keeps serving.
+/// A client that resets its stream (RST_STREAM CANCEL) while the endpoint has not answered yet,
+/// with and without a request body (sent whole before the reset): the gateway stops waiting at
+/// once and logs 499 (nginx's "client closed request"), long before the endpoint's answer
+/// (4 s); the connection keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_reset_while_the_endpoint_thinks_is_logged_499_at_once() {
     use tokio::io::AsyncWriteExt;
-    let (gw, _origin) = echo_gateway(&[]).await;
-    let mut stream = raw_h2_get(&gw, "/sleep/4000").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reset = std::time::Instant::now();
-    stream
-        .write_all(&frame(0x3, 0, 1, &8u32.to_be_bytes())) // RST_STREAM, CANCEL
-        .await
-        .unwrap();
-    assert_counted_once(&gw, CLIENT_GONE).await;
-    assert!(
-        reset.elapsed() < Duration::from_millis(2500),
-        "logged {:?} after the reset: the gateway waited for the endpoint",
-        reset.elapsed()
-    );
-    assert_still_serving(&gw).await;
+    for (body, method) in [(None, "GET"), (Some(&b"hello"[..]), "POST")] {
+        let (gw, _origin) = echo_gateway(&[]).await;
+        let mut stream = raw_h2_request(&gw, "/sleep/4000", body).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reset = std::time::Instant::now();
+        stream
+            .write_all(&frame(0x3, 0, 1, &8u32.to_be_bytes())) // RST_STREAM, CANCEL
+            .await
+            .unwrap();
+        let gone = CLIENT_GONE.replace("GET", method);
+        assert_counted_once(&gw, &gone).await;
+        assert!(
+            reset.elapsed() < Duration::from_millis(2500),
+            "{method}: logged {:?} after the reset: the gateway waited for the endpoint",
+            reset.elapsed()
+        );
+        assert_still_serving(&gw).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ use tokio::io::AsyncReadExt;
 use super::framing::{BodyFraming, ChunkedTracker, Forwarding, write_forwarding};
 use super::timer::Deadline;
 use super::{
-    Attempt, BODY_BUFFER, BodySource, ClientBody, Failure, FastPath, LogLine, Logged, UpSide,
+    Attempt, BODY_BUFFER, BodySource, ClientSide, Failure, FastPath, LogLine, Logged, UpSide,
     bad_chunk, client_ip, idempotent, new_request_id, read_upstream, server_port,
     upstream_read_failed,
 };
@@ -271,39 +271,25 @@ impl FastPath {
         let replayable = body.is_none() && idempotent(req.method.as_str().as_bytes());
         let chunked = body == Some(None);
         write_upstream_head(req, conn, &attempt.request_id, chunked, &mut side.out);
-        let (mut up, endpoint, head, _in_flight) = match body {
-            Some(length) => {
-                let mut timer = Deadline::new();
-                let body = ClientBody {
-                    from: match length {
-                        Some(_) => BodySource::Http2(&mut *session),
-                        None => BodySource::Http2Chunked(&mut *session, backend.policy.body_limit),
-                    },
-                    timer: &mut timer,
-                    left: length.unwrap_or(u64::MAX),
-                };
-                self.request_upstream(side, backend, attempt, replayable, is_head, Some(body))
-                    .await?
-            }
-            // Without a body to send, the stream is watched while the endpoint is asked: a
-            // client that resets it (or closes the connection) ends the wait at once, the
-            // upstream connection is closed mid-exchange (not pooled), and the request is
-            // logged 499, as nginx finalizes an HTTP/2 request whose stream the client reset.
-            None => {
-                let requested =
-                    self.request_upstream(side, backend, attempt, replayable, is_head, None);
-                tokio::select! {
-                    biased;
-                    got = requested => got?,
-                    _ = session.idle() => {
-                        return Err(Failure {
-                            status: 0,
-                            error: "client went away before the answer",
-                        });
-                    }
-                }
-            }
+        // Without a body to send (or once it is sent), the stream is watched while the endpoint
+        // is asked: a client that resets it (or closes the connection) ends the wait at once,
+        // the upstream connection is closed mid-exchange (not pooled), and the request is
+        // logged 499, as nginx finalizes an HTTP/2 request whose stream the client reset.
+        let mut timer = Deadline::new();
+        let client = ClientSide {
+            from: match body {
+                Some(None) => BodySource::Http2Chunked(&mut *session, backend.policy.body_limit),
+                _ => BodySource::Http2(&mut *session),
+            },
+            timer: &mut timer,
+            left: match body {
+                None => 0,
+                Some(length) => length.unwrap_or(u64::MAX),
+            },
         };
+        let (mut up, endpoint, head, _in_flight) = self
+            .request_upstream(side, backend, attempt, replayable, is_head, client)
+            .await?;
         let read_timeout = backend.policy.read_timeout;
         let start = head.head_len;
         let mut reusable = head.reusable;

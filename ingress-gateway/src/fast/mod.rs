@@ -30,7 +30,8 @@
 //! from the Ingress [`Policy`](crate::policy::Policy), connect failures retried on another
 //! endpoint (at most [`MAX_TRIES`] tries) with passive health ([`crate::upstream`]), a reused
 //! pooled connection the endpoint had closed retried on a new connection for idempotent
-//! requests, the same metrics and access log fields.
+//! requests, the same metrics and access log fields. A client that goes away while its request
+//! waits for the endpoint ends the wait at once, logged 499 ([`ClientSide::gone`]).
 
 pub mod framing;
 mod h2;
@@ -189,19 +190,61 @@ impl UpSide {
     }
 }
 
-/// The part of a `Content-Length` request body still to be read from the client.
-struct ClientBody<'a> {
+/// The client half of one exchange while the endpoint is asked: the part of the request body
+/// still to be read, and, once there is none, where to watch for the client going away
+/// ([`ClientSide::gone`]).
+struct ClientSide<'a> {
     from: BodySource<'a>,
     /// The client side's timer (`--client-body-timeout` per read).
     timer: &'a mut Deadline,
-    /// Bytes left.
+    /// Body bytes left to read: 0 without a body or once it is sent; `u64::MAX` for a chunked
+    /// HTTP/2 body until its end.
     left: u64,
+}
+
+/// The most client bytes an HTTP/1.1 connection's buffer takes while its request waits for the
+/// endpoint (the current request plus what the client pipelined after it); beyond, the client
+/// is no longer read, so no longer watched, until the answer.
+const WATCH_BUFFER_MAX: usize = framing::MAX_HEAD + REQUEST_BUFFER;
+
+impl ClientSide<'_> {
+    /// Resolves when the client has gone away while its request, all sent, waits for the
+    /// endpoint; the caller then stops waiting, drops (closes) the upstream connection and logs
+    /// 499. nginx does the same with `proxy_ignore_client_abort off`, its default.
+    /// - HTTP/1.1: end of stream or a read error. A half-close counts, as for nginx, which
+    ///   takes epoll's `EPOLLRDHUP` for a client that closed prematurely. Bytes the client
+    ///   pipelines meanwhile are appended to the connection's buffer for the next request (up
+    ///   to [`WATCH_BUFFER_MAX`]). A quiet client costs no system call: tokio marks the socket
+    ///   not readable after the request's short read, so the poll only registers the waker.
+    /// - HTTP/2: a reset of the stream or the end of its connection (h2's `poll_reset`).
+    ///
+    /// Never resolves while body bytes are still to come: they are the body, not a sign.
+    async fn gone(&mut self) {
+        if self.left > 0 {
+            return std::future::pending().await;
+        }
+        match &mut self.from {
+            BodySource::Http1(stream, buf) => loop {
+                if buf.len() >= WATCH_BUFFER_MAX {
+                    return std::future::pending().await;
+                }
+                buf.reserve(REQUEST_BUFFER);
+                if !matches!(stream.read_buf(*buf).await, Ok(n) if n > 0) {
+                    return;
+                }
+            },
+            BodySource::Http2(session) | BodySource::Http2Chunked(session, _) => {
+                let _ = session.idle().await;
+            }
+        }
+    }
 }
 
 /// Where a request body comes from.
 enum BodySource<'a> {
-    /// The HTTP/1.1 connection, right after the bytes already read.
-    Http1(&'a mut Stream),
+    /// The HTTP/1.1 connection, right after the bytes already read, and its buffer (`Conn::buf`,
+    /// for bytes pipelined while the request waits).
+    Http1(&'a mut Stream, &'a mut Vec<u8>),
     /// The DATA frames of an HTTP/2 stream (the h2 crate checks them against `Content-Length`).
     Http2(&'a mut pingora::protocols::http::v2::server::HttpSession),
     /// The DATA frames of an HTTP/2 stream without `Content-Length`, sent upstream chunked until
@@ -566,11 +609,11 @@ impl FastPath {
         // client and the method may be repeated.
         let replayable = body_left == 0 && idempotent(&conn.buf[req.method.clone()]);
 
-        let body = (body_left > 0).then_some(ClientBody {
-            from: BodySource::Http1(&mut *stream),
+        let client = ClientSide {
+            from: BodySource::Http1(&mut *stream, &mut conn.buf),
             timer: &mut conn.client_timer,
             left: body_left,
-        });
+        };
         let (mut up, endpoint, head, _in_flight) = self
             .request_upstream(
                 &mut conn.up,
@@ -578,7 +621,7 @@ impl FastPath {
                 attempt,
                 replayable,
                 req.is_head,
-                body,
+                client,
             )
             .await?;
         // `conn.up.out` holds the downstream head, `conn.up.rbuf[head.head_len..]` the body start.
@@ -713,9 +756,11 @@ impl FastPath {
     /// The upstream half of one request: chooses an endpoint, takes a pooled connection or
     /// connects (connect failures retried on another endpoint, at most [`MAX_TRIES`] tries,
     /// with passive health), writes `side.out` (request head + body start) and the rest of the
-    /// request body (`body`), and reads the response head. A pooled connection the endpoint had
-    /// closed is retried on a new one when `replayable`. On success `side.out` holds the
-    /// downstream HTTP/1.1 head and `side.rbuf[head.head_len..]` the body start.
+    /// request body (from `client`), and reads the response head. A pooled connection the
+    /// endpoint had closed is retried on a new one when `replayable`. On success `side.out`
+    /// holds the downstream HTTP/1.1 head and `side.rbuf[head.head_len..]` the body start.
+    /// While connecting and while waiting for the head, with no body left to read, the client is
+    /// watched ([`ClientSide::gone`]): gone → `Err` with status 0 (logged 499), at once.
     async fn request_upstream(
         &self,
         side: &mut UpSide,
@@ -723,7 +768,7 @@ impl FastPath {
         attempt: &mut Attempt,
         replayable: bool,
         is_head: bool,
-        mut body: Option<ClientBody<'_>>,
+        mut client: ClientSide<'_>,
     ) -> Result<(TcpStream, SocketAddr, framing::ResponseHead, InFlight), Failure> {
         let policy = &backend.policy;
         let mut tried = [UNSPECIFIED; MAX_TRIES];
@@ -749,7 +794,14 @@ impl FastPath {
                 Some(up) => up,
                 None => {
                     let connecting = Instant::now();
-                    match with_timeout(policy.connect_timeout, TcpStream::connect(endpoint)).await {
+                    let connect =
+                        with_timeout(policy.connect_timeout, TcpStream::connect(endpoint));
+                    let connected = tokio::select! {
+                        biased;
+                        connected = connect => connected,
+                        () = client.gone() => return Err(CLIENT_WENT_AWAY),
+                    };
+                    match connected {
                         Ok(up) => {
                             let _ = up.set_nodelay(true);
                             self.metrics
@@ -790,12 +842,17 @@ impl FastPath {
                 .await;
             let got_head = match sent {
                 Ok(()) => {
-                    if let Some(body) = body.as_mut() {
-                        self.send_body(body, side, &mut up, policy.send_timeout)
+                    if client.left > 0 {
+                        self.send_body(&mut client, side, &mut up, policy.send_timeout)
                             .await?;
                     }
-                    self.read_head(&mut up, side, is_head, attempt.close, policy.read_timeout)
-                        .await
+                    let head =
+                        self.read_head(&mut up, side, is_head, attempt.close, policy.read_timeout);
+                    tokio::select! {
+                        biased;
+                        head = head => head,
+                        () = client.gone() => return Err(CLIENT_WENT_AWAY),
+                    }
                 }
                 Err(timed_out) => Err((timed_out, 0)),
             };
@@ -821,10 +878,11 @@ impl FastPath {
         }
     }
 
-    /// Streams the part of a `Content-Length` body not read yet from the client to `up`.
+    /// Streams the part of the request body not read yet from the client to `up`; `body.left`
+    /// is 0 after.
     async fn send_body(
         &self,
-        body: &mut ClientBody<'_>,
+        body: &mut ClientSide<'_>,
         side: &mut UpSide,
         up: &mut TcpStream,
         send_timeout: Duration,
@@ -833,7 +891,7 @@ impl FastPath {
             side.rbuf.clear();
             side.rbuf.reserve(BODY_BUFFER);
             let read = match &mut body.from {
-                BodySource::Http1(stream) => {
+                BodySource::Http1(stream, _) => {
                     let want = (side.rbuf.capacity() as u64).min(body.left);
                     let mut read = (&mut **stream).take(want);
                     body.timer
@@ -852,9 +910,10 @@ impl FastPath {
                         take
                     }),
                 BodySource::Http2Chunked(session, limit) => {
-                    return self
-                        .send_chunked(session, body.timer, *limit, side, up, send_timeout)
-                        .await;
+                    self.send_chunked(session, body.timer, *limit, side, up, send_timeout)
+                        .await?;
+                    body.left = 0;
+                    return Ok(());
                 }
             };
             let got = match read {
@@ -1114,6 +1173,12 @@ fn upstream_read_failed(timed_out: bool) -> Failure {
         },
     }
 }
+
+/// The client went away while its request waited for the endpoint ([`ClientSide::gone`]).
+const CLIENT_WENT_AWAY: Failure = Failure {
+    status: 0,
+    error: "client went away before the answer",
+};
 
 fn client_gone(_: std::io::Error) -> Failure {
     Failure {

@@ -296,13 +296,17 @@ impl Gateway {
             child,
             _dir: dir,
         };
+        // Both listeners: Pingora binds them one after the other, and a test's first TLS
+        // handshake must not race the second bind.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(http).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not listen on {http}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for addr in [http, https] {
+            while TcpStream::connect(addr).await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway did not listen on {addr}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         gw
     }
@@ -466,6 +470,16 @@ pub async fn get(gw: &Gateway, host: &str, path: &str, headers: &[(&str, &str)])
     })
     .await
     .expect("HTTP request timed out")
+}
+
+/// The Prometheus text of `/metrics` (empty when it has none).
+pub async fn metrics_text(gw: &Gateway) -> String {
+    scrape(gw, "/metrics")
+        .await
+        .body
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// `GET path` on the metrics endpoint; the body is a JSON string holding the text.
