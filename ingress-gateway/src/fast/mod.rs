@@ -509,6 +509,13 @@ impl FastPath {
                 Err(reason) => return Outcome::HandOver(reason),
             };
             let close = req.close || self.is_stopping(shutdown);
+            // The request's bytes in `buf` (head + the body start read with it; the rest of the
+            // body is read straight from the connection), counted now: the exchange may append
+            // what the client pipelines after it.
+            let consumed = req
+                .head_len
+                .saturating_add(usize::try_from(req.content_length).unwrap_or(usize::MAX))
+                .min(conn.buf.len());
             let mut attempt = Attempt {
                 close,
                 request_id: new_request_id(),
@@ -541,8 +548,7 @@ impl FastPath {
                 return Outcome::Close;
             }
             conn.answered += 1;
-            let used = req.head_len + req.content_length as usize;
-            conn.buf.drain(..used.min(conn.buf.len()));
+            conn.buf.drain(..consumed);
         }
     }
 
