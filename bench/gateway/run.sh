@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
 #
-#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2] [--proxy-cpu PERCENT]
-#                             [--connections N] [--profile] [--syscalls] [--no-build]
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2,mixed] [--proxy-cpu PERCENT]
+#                             [--connections N] [--mixed-connections N] [--profile] [--syscalls] [--no-build]
 #
 # Layout (loopback only):
 #   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
@@ -15,6 +15,10 @@
 #   handshake wrk -t1 -c64 over https with "Connection: close": every request is a new TCP
 #             connection with a full TLS handshake (wrk never resumes sessions) → req/s = handshakes/s
 #   h2        h2load -t1 -c64 -m10 over TLS (ALPN h2), percentiles from h2load --log-file
+#   mixed     (not in the default set) HTTPS keep-alive on --mixed-connections (16) connections,
+#             measured while a second wrk floods the same proxy with new TLS handshakes
+#             ("Connection: close", 64 connections): how a proxy shares its core between
+#             established connections and new ones under overload
 # Besides req/s and latency, each cell reports the proxy's CPU time per request (/proc/PID/stat),
 # TCP segments sent per request on the host (nstat TcpOutSegs: 4 carry data, the rest are pure
 # ACKs and window updates) and the proxy's context switches per request (all threads: how often
@@ -41,6 +45,7 @@ BUILD=1
 SCENARIOS=h1,https,handshake,h2
 PROXY_CPU=
 CONNS=64
+MIXED_CONNS=16
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -52,7 +57,8 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --proxy-cpu) PROXY_CPU="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,33p "$0"; exit 0 ;;
+        --mixed-connections) MIXED_CONNS="$2"; shift 2 ;;
+        -h|--help) sed -n 2,37p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -300,7 +306,7 @@ upstream_connects() { # proxy → count, or "" for nginx/haproxy
     { curl -fsS "http://${METRICS[$1]}/metrics" 2>/dev/null || true; } |
         awk '/^drawbridge_gateway_upstream_connect_duration_seconds_count/ && !n++ {print $2}'
 }
-declare -A CONNECTS
+declare -A CONNECTS FLOOD
 run_wrk() { # key url [extra wrk args...]
     local key="$1" url="$2"; shift 2
     local proxy="${key%-*}" before after
@@ -377,6 +383,19 @@ if has handshake; then
 echo "== new TLS handshakes (Connection: close)" >&2
 for p in "${PROXIES[@]}"; do run_wrk "$p-handshake" "https://localhost:${HTTPS[$p]}/" -H "Connection: close"; done
 fi
+if has mixed; then
+echo "== HTTPS keep-alive ($MIXED_CONNS connections) during a flood of new TLS handshakes ($CONNS connections)" >&2
+for p in "${PROXIES[@]}"; do
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$((WARMUP + DURATION + 2))s" -H "Connection: close" \
+        "https://localhost:${HTTPS[$p]}/" > "$TMP/flood-$p.txt" 2>&1 &
+    flood=$!
+    sleep 1
+    CONNS=$MIXED_CONNS run_wrk "$p-mixed" "https://localhost:${HTTPS[$p]}/"
+    wait "$flood" || true
+    echo "    flood beside it: $(awk '/^Requests\/sec:/{printf "%.0f", $2}' "$TMP/flood-$p.txt") handshakes/s" >&2
+    FLOOD[$p]=$(awk '/^Requests\/sec:/{printf "%.0f", $2}' "$TMP/flood-$p.txt")
+done
+fi
 if has h2; then
 echo "== HTTP/2 over TLS" >&2
 for p in "${PROXIES[@]}"; do run_h2 "$p-h2" "${HTTPS[$p]}"; done
@@ -394,6 +413,7 @@ for s in ${SCENARIOS//,/ }; do
     case $s in
         h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
         handshake) name="new TLS handshake per request" ;; h2) name="HTTP/2 (TLS, -m10)" ;;
+        mixed) name="HTTPS keep-alive ($MIXED_CONNS conns) during a handshake flood" ;;
     esac
     for p in "${PROXIES[@]}"; do
         k="$p-$s"
@@ -411,6 +431,13 @@ if has handshake; then
     for p in "${PROXIES[@]}"; do
         awk -v p="$p" -v c="$CONNS" -v r="${RPS[$p-handshake]}" 'BEGIN{ if (r+0>0) printf " %s %.1f ms;", p, 1000*c/r }'
     done
+    echo
+fi
+# The keep-alive cell's proxy CPU per request also pays for the flood's handshakes: compare its
+# req/s and latency, and the flood's rate, not its µs/req.
+if has mixed; then
+    printf "handshake flood beside the mixed cell (handshakes/s):"
+    for p in "${PROXIES[@]}"; do printf " %s %s;" "$p" "${FLOOD[$p]:-?}"; done
     echo
 fi
 fi
