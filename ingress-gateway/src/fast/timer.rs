@@ -28,7 +28,9 @@ use tokio::time::{Instant, Sleep};
 
 /// A lazily re-armed timer for a sequence of I/O operations on one connection side.
 pub struct Deadline {
-    sleep: Pin<Box<Sleep>>,
+    /// Created by the first operation that waits (none until then: no allocation, no clock read
+    /// for a side that never waits).
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Default for Deadline {
@@ -38,17 +40,13 @@ impl Default for Deadline {
 }
 
 impl Deadline {
-    /// A timer that is not armed yet. Needs a tokio runtime with time enabled.
+    /// A timer that is not armed yet.
     pub fn new() -> Self {
-        // ~30 years: "not armed"; the first waiting operation moves it earlier.
-        let far = Instant::now() + Duration::from_secs(86_400 * 365 * 30);
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(far)),
-        }
+        Deadline { sleep: None }
     }
 
     /// Runs `io` with at most `limit` of waiting. `Err(true)`: timed out; `Err(false)`: `io`
-    /// failed.
+    /// failed. Needs a tokio runtime with time enabled once `io` has to wait.
     pub async fn run<T>(
         &mut self,
         limit: Duration,
@@ -61,18 +59,26 @@ impl Deadline {
             return r.map_err(|_| false);
         }
         let deadline = Instant::now() + limit;
-        if self.sleep.deadline() > deadline {
-            self.sleep.as_mut().reset(deadline);
-        }
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() > deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = io.as_mut().poll(cx) {
                 return Poll::Ready(r.map_err(|_| false));
             }
-            while self.sleep.as_mut().poll(cx).is_ready() {
+            while sleep.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= deadline {
                     return Poll::Ready(Err(true));
                 }
-                self.sleep.as_mut().reset(deadline);
+                sleep.as_mut().reset(deadline);
             }
             Poll::Pending
         })
