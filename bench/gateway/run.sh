@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
 #
-#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2,mixed] [--proxy-cpu PERCENT]
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2,connect,mixed] [--proxy-cpu PERCENT]
 #                             [--connections N] [--mixed-connections N] [--profile] [--syscalls] [--no-build]
+#                             [--idle N | --idle-only N]
 #
 # Layout (loopback only):
 #   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
@@ -15,6 +16,8 @@
 #   handshake wrk -t1 -c64 over https with "Connection: close": every request is a new TCP
 #             connection with a full TLS handshake (wrk never resumes sessions) → req/s = handshakes/s
 #   h2        h2load -t1 -c64 -m10 over TLS (ALPN h2), percentiles from h2load --log-file
+#   connect   (not in the default set) plain HTTP/1.1 with "Connection: close": a new TCP
+#             connection per request (accepts/s without TLS)
 #   mixed     (not in the default set) HTTPS keep-alive on --mixed-connections (16) connections,
 #             measured while a second wrk floods the same proxy with new TLS handshakes
 #             ("Connection: close", 64 connections): how a proxy shares its core between
@@ -29,17 +32,22 @@
 #            limit: req/s then measures requests per (PERCENT % of a) core. Without it CPU 1 (load
 #            generator + backend) saturates first in the HTTP/1.1 and HTTPS cells.
 # --profile: afterwards, `perf record -e cpu-clock -g` on the pinned gateway, then on nginx's
-#            worker, under one cell's load (PROFILE_LOAD=h1 (default), https or h2; PROFILE_OUT
+#            worker, under one cell's load (PROFILE_LOAD=h1 (default), https, h2 or connect; PROFILE_OUT
 #            overrides the directory); writes the top symbols and a Pingora/rustls/malloc/kernel/
 #            our-code split. --profile-only skips the table.
 # --syscalls: afterwards, `strace -c -f` on each proxy (all threads) during an HTTP/1.1 wrk run;
 #            prints system calls per request by name (strace slows the proxy; only the counts
 #            per request are meant, not the rate).
+# --idle N: afterwards, memory per idle keep-alive connection: N connections to each proxy (one
+#            request each, then idle; bench/gateway/idle_connections.py), plain HTTP then HTTPS;
+#            prints the proxy's RSS growth per connection in KiB (gateway: its process; nginx: its
+#            one worker; haproxy: its process). --idle-only N skips the table.
 set -euo pipefail
 
 DURATION=10
 PROFILE=0
 SYSCALLS=0
+IDLE=0
 TABLE=1
 BUILD=1
 SCENARIOS=h1,https,handshake,h2
@@ -53,12 +61,14 @@ while [ $# -gt 0 ]; do
         --profile-only) PROFILE=1; TABLE=0; shift ;;
         --syscalls) SYSCALLS=1; shift ;;
         --syscalls-only) SYSCALLS=1; TABLE=0; shift ;;
+        --idle) IDLE="$2"; shift 2 ;;
+        --idle-only) IDLE="$2"; TABLE=0; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --proxy-cpu) PROXY_CPU="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
         --mixed-connections) MIXED_CONNS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,37p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,44p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -383,6 +393,10 @@ if has handshake; then
 echo "== new TLS handshakes (Connection: close)" >&2
 for p in "${PROXIES[@]}"; do run_wrk "$p-handshake" "https://localhost:${HTTPS[$p]}/" -H "Connection: close"; done
 fi
+if has connect; then
+echo "== new TCP connection per request (HTTP/1.1, Connection: close)" >&2
+for p in "${PROXIES[@]}"; do run_wrk "$p-connect" "http://${HTTP[$p]}/" -H "Connection: close"; done
+fi
 if has mixed; then
 echo "== HTTPS keep-alive ($MIXED_CONNS connections) during a flood of new TLS handshakes ($CONNS connections)" >&2
 for p in "${PROXIES[@]}"; do
@@ -414,6 +428,7 @@ for s in ${SCENARIOS//,/ }; do
         h1) name="HTTP/1.1 keep-alive" ;; https) name="HTTPS keep-alive (TLS 1.3)" ;;
         handshake) name="new TLS handshake per request" ;; h2) name="HTTP/2 (TLS, -m10)" ;;
         mixed) name="HTTPS keep-alive ($MIXED_CONNS conns) during a handshake flood" ;;
+        connect) name="new TCP connection per request (HTTP/1.1)" ;;
     esac
     for p in "${PROXIES[@]}"; do
         k="$p-$s"
@@ -463,17 +478,20 @@ profile_load() {
     case "${PROFILE_LOAD:-h1}" in
         h2) taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$((DURATION + 2))" "https://localhost:${HTTPS[$1]}/" >"$2" 2>&1 & ;;
         https) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "https://localhost:${HTTPS[$1]}/" >"$2" 2>&1 & ;;
+        connect) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" -H "Connection: close" >"$2" 2>&1 & ;;
         *) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" >"$2" 2>&1 & ;;
     esac
 }
 
 if [ "$PROFILE" = 1 ]; then
     # PROFILE_LOAD=h1 (default, into bench/gateway/profile), https (wrk over TLS 1.3, into
-    # bench/gateway/profile-https) or h2 (h2load -m10 over TLS, into bench/gateway/profile-h2):
+    # bench/gateway/profile-https), h2 (h2load -m10 over TLS, into bench/gateway/profile-h2) or
+    # connect (a new TCP connection per request, into bench/gateway/profile-connect):
     # the gateway, then nginx's worker, each under that cell's load.
     case "${PROFILE_LOAD:-h1}" in
         h2) LOAD_NAME="HTTP/2 over TLS (h2load -m10)"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-h2}" ;;
         https) LOAD_NAME="HTTPS keep-alive (wrk)"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-https}" ;;
+        connect) LOAD_NAME="new TCP connection per request (wrk, Connection: close)"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile-connect}" ;;
         *) LOAD_NAME="HTTP/1.1 keep-alive"; OUT="${PROFILE_OUT:-$ROOT/bench/gateway/profile}" ;;
     esac
     echo "== perf: ingress-gateway (pid $GW_PID), $LOAD_NAME" >&2
@@ -555,4 +573,47 @@ if [ "$SYSCALLS" = 1 ]; then
     echo "| proxy | syscalls/request | by name (≥ 0.01 per request) |"
     echo "|---|---:|---|"
     for p in "${PROXIES[@]}"; do echo "| $p | ${SC[$p]%%|*} | ${SC[$p]#*|} |"; done
+fi
+
+if [ "$IDLE" -gt 0 ]; then
+    echo
+    echo "Memory per idle keep-alive connection ($IDLE plain-HTTP connections per proxy, then $IDLE HTTPS ones beside them; one request each, then idle; RSS growth ÷ $IDLE):"
+    echo
+    rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+    declare -A IDLE_KIB
+    for p in "${PROXIES[@]}"; do
+        pid="${PROC[$p]}"
+        holders=()
+        holder_fds=()
+        sleep 1
+        before=$(rss_kib "$pid")
+        for proto in http https; do
+            if [ "$proto" = http ]; then target=(${HTTP[$p]%:*} ${HTTP[$p]##*:}); else target=(127.0.0.1 ${HTTPS[$p]} --tls localhost); fi
+            rm -f "$TMP/hold-in-$proto"; mkfifo "$TMP/hold-in-$proto"
+            taskset -c 1 python3 "$ROOT/bench/gateway/idle_connections.py" "${target[0]}" "${target[1]}" "$IDLE" "${target[@]:2}" \
+                <"$TMP/hold-in-$proto" >"$TMP/hold-out-$proto" 2>&1 &
+            holders+=($!)
+            # Holds the helper's stdin open: the HTTP connections stay open while the HTTPS ones
+            # are measured (memory they freed would otherwise be reused and hide the growth).
+            exec {fd}>"$TMP/hold-in-$proto"
+            holder_fds+=("$fd")
+            for _ in $(seq 1 600); do grep -q '^ready' "$TMP/hold-out-$proto" && break; kill -0 "${holders[-1]}" 2>/dev/null || break; sleep 0.1; done
+            sleep 1
+            after=$(rss_kib "$pid")
+            line=$(head -1 "$TMP/hold-out-$proto")
+            if [ "$line" = "ready $IDLE" ]; then
+                IDLE_KIB[$p-$proto]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN { printf "%.1f", (a - b) / n }')
+                echo "  $p $proto: RSS $before → $after KiB" >&2
+            else
+                echo "  $p $proto: the connections were not all served ($line)" >&2
+                IDLE_KIB[$p-$proto]="—"
+            fi
+            before=$after
+        done
+        for fd in "${holder_fds[@]}"; do exec {fd}>&-; done
+        for h in "${holders[@]}"; do wait "$h" || true; done
+    done
+    echo "| proxy | plain HTTP, KiB per idle connection | HTTPS (TLS 1.3), KiB per idle connection |"
+    echo "|---|---:|---:|"
+    for p in "${PROXIES[@]}"; do echo "| $p | ${IDLE_KIB[$p-http]} | ${IDLE_KIB[$p-https]} |"; done
 fi

@@ -13,6 +13,7 @@ use anyhow::Context;
 use drawbridge_resources::observe::{self, Health, MetricsAddr};
 use drawbridge_resources::source::{self, Kind, SourceArgs};
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::listening::Service;
@@ -193,7 +194,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_client_body_timeout(settings.client_body_timeout)
         .with_http2(settings.http2_fast_path);
         let mut service = Service::new("ingress-gateway".to_string(), app);
-        service.add_tcp(&http_addr);
+        service.add_listener(plain_http_listener(&http_addr));
         service.add_tls_with_settings(&https_addr, None, tls_settings);
         server.add_service(service);
     } else {
@@ -202,7 +203,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             gateway,
             "ingress-gateway",
         );
-        proxy.add_tcp(&http_addr);
+        proxy.add_listener(plain_http_listener(&http_addr));
         proxy.add_tls_with_settings(&https_addr, None, tls_settings);
         server.add_service(proxy);
     }
@@ -242,6 +243,23 @@ async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
 /// [`UPGRADE_METRICS_RETRY`] (the old process releases it when it exits).
 ///
 /// Returns the running server, `None` when disabled or when the retry runs in the background.
+/// The plain-HTTP listener, without Pingora's L4 read buffer (64 KiB per connection by default,
+/// allocated zeroed at accept; its write buffer, 1,460 bytes, stays).
+///
+/// Both HTTP/1 paths read into buffers of their own (the fast path's request buffer, Pingora's
+/// header and body buffers), so the L4 buffer only added a copy per read and a 64 KiB `memset`
+/// per connection: 5.3% of the gateway's CPU with a new TCP connection per request
+/// (`bench/gateway/run.sh --profile` with `PROFILE_LOAD=connect`; `docs/benchmarks.md`,
+/// 2026-12-07 (e)). The HTTPS listener keeps it: rustls reads at most 4 KiB per `read_tls`, so
+/// there the buffer saves system calls on large records. Reads then go to the socket, as
+/// nginx's do.
+fn plain_http_listener(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings {
+        read: Some(0),
+        write: None,
+    })
+}
+
 fn start_metrics(
     runtime: &tokio::runtime::Runtime,
     settings: &Settings,

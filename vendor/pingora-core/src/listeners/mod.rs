@@ -321,7 +321,10 @@ impl UninitializedStream {
                 callback.process(&mut self.l4).await?;
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            // drawbridge patch: the TLS handshake's future (rustls' connection state, most of
+            // 8.7 KB) on the heap for the handshake only, so that every connection's task,
+            // which lives as long as the connection and is copied when spawned, stays small.
+            let tls_stream = Box::pin(tls.tls_handshake(self.l4)).await?;
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
