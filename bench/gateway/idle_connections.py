@@ -4,9 +4,8 @@
     idle_connections.py HOST PORT N [--tls SNI]
 
 Opens N connections one after another; on each it sends one `GET /` (HTTP/1.1, keep-alive; Host
-as the load cells send it) and
-reads the whole answer (Content-Length or chunked), so every connection has served a request
-and sits idle in the proxy's keep-alive wait. Then prints `ready N` and holds them until its
+as the load cells send it) and reads the whole answer (Content-Length or chunked), so every
+connection has served a request and sits idle in the proxy's keep-alive wait. Then prints `ready N` and holds them until its
 standard input closes. Exits 1 (naming the connection) if an answer is not 200.
 """
 import socket

@@ -244,7 +244,7 @@ async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
 ///
 /// Returns the running server, `None` when disabled or when the retry runs in the background.
 /// The plain-HTTP listener, without Pingora's L4 read buffer (64 KiB per connection by default,
-/// allocated zeroed at accept; its write buffer, 1,460 bytes, stays).
+/// allocated zeroed when the connection's task starts; its write buffer, 1,460 bytes, stays).
 ///
 /// Both HTTP/1 paths read into buffers of their own (the fast path's request buffer, Pingora's
 /// header and body buffers), so the L4 buffer only added a copy per read and a 64 KiB `memset`
