@@ -237,12 +237,6 @@ async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
     gate.open();
 }
 
-/// Starts `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. Normally a failed bind is
-/// fatal. A process started with `--upgrade` finds the address still held by the old process, so
-/// on `AddrInUse` it serves without the endpoint and retries in the background every 250 ms for
-/// [`UPGRADE_METRICS_RETRY`] (the old process releases it when it exits).
-///
-/// Returns the running server, `None` when disabled or when the retry runs in the background.
 /// The plain-HTTP listener, without Pingora's L4 read buffer (64 KiB per connection by default,
 /// allocated zeroed when the connection's task starts; its write buffer, 1,460 bytes, stays).
 ///
@@ -250,9 +244,8 @@ async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
 /// header and body buffers), so the L4 buffer only added a copy per read and a 64 KiB `memset`
 /// per connection: 5.3% of the gateway's CPU with a new TCP connection per request
 /// (`bench/gateway/run.sh --profile` with `PROFILE_LOAD=connect`; `docs/benchmarks.md`,
-/// 2026-12-07 (e)). The HTTPS listener keeps it: rustls reads at most 4 KiB per `read_tls`, so
-/// there the buffer saves system calls on large records. Reads then go to the socket, as
-/// nginx's do.
+/// 2026-12-07 (e)). Reads go to the socket, as nginx's do. The HTTPS listener keeps the buffer:
+/// rustls reads at most 4 KiB per `read_tls`, so there it saves system calls on large records.
 fn plain_http_listener(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings {
         read: Some(0),
@@ -260,6 +253,12 @@ fn plain_http_listener(addr: &str) -> ListenerConfig {
     })
 }
 
+/// Starts `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. Normally a failed bind is
+/// fatal. A process started with `--upgrade` finds the address still held by the old process, so
+/// on `AddrInUse` it serves without the endpoint and retries in the background every 250 ms for
+/// [`UPGRADE_METRICS_RETRY`] (the old process releases it when it exits).
+///
+/// Returns the running server, `None` when disabled or when the retry runs in the background.
 fn start_metrics(
     runtime: &tokio::runtime::Runtime,
     settings: &Settings,
