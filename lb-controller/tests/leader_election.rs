@@ -227,6 +227,75 @@ async fn only_the_holder_writes_and_a_follower_takes_over_after_a_crash() {
     );
 }
 
+/// Two replicas that campaign for a free Lease at the same instant are never both leaders, not
+/// even for a moment: kube-lease-manager locks with a server-side apply of `spec.holderIdentity`,
+/// and the API server answers the second applier `409 Conflict`. (Before the double modelled
+/// apply conflicts, both won now and then, and a k8s-mode CI run saw both write status.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_campaigning_at_once_never_both_lead() {
+    /// Without apply conflicts, about one round in ten ended with two leaders (the earlier applier
+    /// read the Lease back before the later one overwrote it); 40 rounds caught it every time.
+    const ROUNDS: usize = 40;
+    /// Both first lock attempts take milliseconds; a double leadership shows at once.
+    const WINDOW: Duration = Duration::from_millis(500);
+    install_crypto_provider();
+    for round in 0..ROUNDS {
+        let double = ApiDouble::start().await.expect("double");
+        // A free Lease (as a step-down leaves it): both replicas go straight to the lock.
+        double.create(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                             "metadata": {"name": LEASE, "namespace": NAMESPACE}, "spec": {}}),
+        );
+        let mut clients = Vec::new();
+        for name in ["replica-a", "replica-b"] {
+            let addr = double
+                .listen_as(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .expect("listener");
+            // Clients first: building one takes long enough to hand the other replica a head start.
+            clients.push((name, client_for(addr, Some(LEASE_REQUEST_TIMEOUT))));
+        }
+        let mut elections = Vec::new();
+        for (name, client) in clients {
+            let settings = LeaseSettings {
+                name: LEASE.into(),
+                namespace: NAMESPACE.into(),
+                identity: name.into(),
+            };
+            elections.push(LeaseElection::start(client, settings));
+        }
+        let (mut a, mut b) = (elections[0].subscribe(), elections[1].subscribe());
+        let deadline = tokio::time::Instant::now() + WINDOW;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                changed = a.changed() => changed.expect("election a runs"),
+                changed = b.changed() => changed.expect("election b runs"),
+            }
+            assert!(
+                !(*a.borrow() && *b.borrow()),
+                "round {round}: both replicas led at once (Lease holder now {:?})",
+                holder(&double)
+            );
+        }
+        let leaders: Vec<&str> = [("replica-a", *a.borrow()), ("replica-b", *b.borrow())]
+            .into_iter()
+            .filter_map(|(name, leads)| leads.then_some(name))
+            .collect();
+        assert_eq!(
+            leaders
+                .iter()
+                .map(|l| Some(l.to_string()))
+                .collect::<Vec<_>>(),
+            vec![holder(&double)],
+            "round {round}: exactly one replica leads, the Lease holder"
+        );
+        for election in elections {
+            election.step_down().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_steps_down_releases_the_lease() {
     let (double, mut a, mut b, _) = two_replicas().await;

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use crate::fields::{Conflict, dotted};
+
 /// A request the double refuses; becomes the response status code and a `Status` body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Failure {
@@ -58,6 +60,31 @@ impl Failure {
             "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; \
              please apply your changes to the latest version and try again"
         );
+        Self::new(409, "Conflict", message).with_details(plural, name)
+    }
+
+    /// A server-side apply that would change fields other managers own (without `force`), in the
+    /// API server's words: `Apply failed with 1 conflict: conflict with "m": .spec.x`.
+    pub(crate) fn apply_conflict(plural: &str, name: &str, conflicts: &[Conflict]) -> Self {
+        let message = match conflicts {
+            [(manager, field)] => format!(
+                "Apply failed with 1 conflict: conflict with \"{manager}\": {}",
+                dotted(field)
+            ),
+            _ => {
+                let lines: Vec<String> = conflicts
+                    .iter()
+                    .map(|(manager, field)| {
+                        format!("conflict with \"{manager}\": {}", dotted(field))
+                    })
+                    .collect();
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    conflicts.len(),
+                    lines.join("\n")
+                )
+            }
+        };
         Self::new(409, "Conflict", message).with_details(plural, name)
     }
 

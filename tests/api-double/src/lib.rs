@@ -57,6 +57,9 @@
 //! - get, create (`generateName` too; `409 AlreadyExists`), update (`409 Conflict` on a stale
 //!   `metadata.resourceVersion`), delete, deletecollection, patch with merge, strategic-merge (as
 //!   merge), apply (as merge, creating when absent; `fieldManager` required) and JSON patch.
+//! - Field ownership for server-side apply (`fields`): a non-forced apply that would change a
+//!   field another field manager owns fails with `409 Conflict`, as kube-lease-manager's lock
+//!   expects; `force=true` takes the field over; updates take the fields they change.
 //! - The status strategy for kinds with a `/status` subresource: client writes to the main
 //!   resource keep the stored `status` (create drops it), writes to `/status` change only `status`.
 //! - Errors as `meta/v1 Status` bodies with the API server's `code` and `reason`.
@@ -72,8 +75,9 @@
 //!   in), pruning of unknown fields, immutability checks, and any controller (no Endpoints or
 //!   EndpointSlices for Services, no namespace lifecycle: objects may be created in namespaces that
 //!   do not exist).
-//! - Server-side apply semantics: no `managedFields`, no field ownership or apply conflicts
-//!   (`force` is ignored), and fields omitted from an apply body are not removed. Strategic merge
+//! - Server-side apply beyond the ownership above: no `metadata.managedFields` in objects (see
+//!   [`ApiDouble::field_owners`]), lists are atomic, only `labels`/`annotations` of `metadata` are
+//!   owned, and fields omitted from an apply body are not removed. Strategic merge
 //!   patch does not merge lists by key (lists are replaced) and ignores `$patch` directives.
 //! - Pagination (`limit`/`continue` are ignored: every list is one page), `resourceVersionMatch`
 //!   and `resourceVersion` on get/list (always the latest state), consistent-read semantics, a
@@ -96,6 +100,7 @@
 
 pub mod catalog;
 mod failure;
+mod fields;
 mod patch;
 mod route;
 mod selector;
@@ -112,6 +117,7 @@ use tokio::net::TcpListener;
 
 pub use catalog::ResourceType;
 
+use fields::{TEST_MANAGER, Write};
 use store::{ObjectKey, Store};
 
 /// How often a watch with `allowWatchBookmarks=true` receives a `BOOKMARK`.
@@ -264,7 +270,7 @@ impl ApiDouble {
             store.get(&key).is_none(),
             "ApiDouble::create: {key:?} already exists"
         );
-        store.insert(key, obj)
+        store.insert(key, obj, Write::Update(TEST_MANAGER))
     }
 
     /// Replaces an object as given (keeping `uid` and `creationTimestamp`; `resourceVersion` in
@@ -278,7 +284,7 @@ impl ApiDouble {
         let (_, key) = store
             .identify(&obj)
             .unwrap_or_else(|e| panic!("ApiDouble::update: {e}"));
-        store.replace(key, obj)
+        store.replace(key, obj, Write::Update(TEST_MANAGER))
     }
 
     /// Deletes an object and emits `DELETED`; returns its last state, `None` when absent or the
@@ -306,6 +312,22 @@ impl ApiDouble {
         let store = self.inner.store();
         let key = Self::key(&store, api_version, kind, namespace, name)?;
         store.get(&key).cloned()
+    }
+
+    /// Field ownership of a stored object for server-side apply: the fields (`.spec.x`) each
+    /// field manager owns; empty when the object or its type is unknown. See the crate docs for
+    /// how the double tracks ownership.
+    pub fn field_owners(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let store = self.inner.store();
+        Self::key(&store, api_version, kind, namespace, name)
+            .map(|key| store.owners(&key).describe())
+            .unwrap_or_default()
     }
 
     /// Every stored object of a type (all namespaces), in namespace/name order.
@@ -387,7 +409,7 @@ impl ApiDouble {
             let (_, key) = store
                 .identify(&object)
                 .map_err(|message| LoadError::Object { index, message })?;
-            stored.push(store.replace(key, object));
+            stored.push(store.replace(key, object, Write::Update(TEST_MANAGER)));
         }
         Ok(stored)
     }

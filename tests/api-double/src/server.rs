@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::catalog::ResourceType;
 use crate::failure::Failure;
+use crate::fields::Write;
 use crate::patch::{self, PatchType};
 use crate::route::{Query, ResourcePath, Route};
 use crate::selector::{Filter, Selector};
@@ -40,6 +41,9 @@ struct ApiRequest {
     content_type: String,
     /// `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`
     metadata_only: bool,
+    /// The field manager of a write: `?fieldManager=`, else the `User-Agent` up to its first `/`
+    /// (the API server's default), else `unknown`.
+    field_manager: String,
     body: Bytes,
 }
 
@@ -126,15 +130,28 @@ async fn handle(inner: &Inner, request: Request<Incoming>, label: Option<&str>) 
         name: resource_path.and_then(|p| p.name.clone()),
         content_type: content_type.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
-        user_agent,
+        user_agent: user_agent.clone(),
         client: label.map(str::to_string),
     };
+    let field_manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            user_agent
+                .as_deref()
+                .and_then(|ua| ua.split('/').next())
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".to_string());
 
     let request = ApiRequest {
         method: parts.method,
         query,
         content_type: content_type.unwrap_or_default(),
         metadata_only: accept.contains("as=PartialObjectMetadata"),
+        field_manager,
         body,
     };
     let reply = match route {
@@ -406,7 +423,11 @@ fn create(inner: &Inner, path: &ResourcePath, request: &ApiRequest) -> Result<Re
         // The status strategy resets status on create; controllers write it through `/status`.
         map.remove("status");
     }
-    Ok(Reply::Json(StatusCode::CREATED, store.insert(key, object)))
+    let write = Write::Update(&request.field_manager);
+    Ok(Reply::Json(
+        StatusCode::CREATED,
+        store.insert(key, object, write),
+    ))
 }
 
 /// Five characters from the alphabet `generateName` uses (no vowels, no confusable digits).
@@ -507,7 +528,11 @@ fn update(
         object,
         path.subresource.is_some(),
     );
-    Ok(Reply::Json(StatusCode::OK, store.replace(key, written)))
+    let write = Write::Update(&request.field_manager);
+    Ok(Reply::Json(
+        StatusCode::OK,
+        store.replace(key, written, write),
+    ))
 }
 
 fn patch(
@@ -542,6 +567,22 @@ fn patch(
         }),
         None => return Err(Failure::not_found(&resource.plural, name)),
     };
+    let write = match patch_type {
+        PatchType::Apply => Write::Apply {
+            manager: &request.field_manager,
+            applied: &body,
+        },
+        _ => Write::Update(&request.field_manager),
+    };
+    if patch_type == PatchType::Apply && !request.query.flag("force") {
+        let conflicts =
+            store
+                .owners(&key)
+                .conflicts(&request.field_manager, current.as_ref(), &body);
+        if !conflicts.is_empty() {
+            return Err(Failure::apply_conflict(&resource.plural, name, &conflicts));
+        }
+    }
     let mut patched = base;
     match patch_type {
         PatchType::Json => patch::json_patch(&mut patched, &body)
@@ -555,11 +596,11 @@ fn patch(
         Some(current) => {
             check_resource_version(&patched, &current, path, name)?;
             let written = status_strategy(resource, Some(&current), patched, to_status);
-            Reply::Json(StatusCode::OK, store.replace(key, written))
+            Reply::Json(StatusCode::OK, store.replace(key, written, write))
         }
         None => {
             let written = status_strategy(resource, None, patched, false);
-            Reply::Json(StatusCode::CREATED, store.insert(key, written))
+            Reply::Json(StatusCode::CREATED, store.insert(key, written, write))
         }
     };
     Ok(reply)

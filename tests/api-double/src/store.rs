@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::catalog::{Catalog, ResourceType};
 use crate::failure::Failure;
+use crate::fields::{FieldOwners, Write};
 use crate::selector::Filter;
 
 /// Events kept for watches to resume from; older ones are dropped and a watch from before them
@@ -66,6 +67,8 @@ pub(crate) struct Store {
     uid_prefix: u32,
     next_uid: u64,
     changes: broadcast::Sender<Arc<Change>>,
+    /// Field ownership of every stored object (server-side apply), dropped with the object.
+    owners: BTreeMap<ObjectKey, FieldOwners>,
 }
 
 // === impl ObjectKey ===
@@ -101,6 +104,7 @@ impl Default for Store {
             uid_prefix: seed,
             next_uid: 1,
             changes: broadcast::channel(BROADCAST_CAPACITY).0,
+            owners: BTreeMap::new(),
         }
     }
 }
@@ -144,8 +148,9 @@ impl Store {
     }
 
     /// Stores a new object (the caller checked `key` is free): sets `uid`, `creationTimestamp`,
-    /// `generation: 1` and a new `resourceVersion`, and emits `ADDED`.
-    pub(crate) fn insert(&mut self, key: ObjectKey, mut object: Value) -> Value {
+    /// `generation: 1` and a new `resourceVersion`, records `write`'s manager as the owner of its
+    /// fields, and emits `ADDED`.
+    pub(crate) fn insert(&mut self, key: ObjectKey, mut object: Value, write: Write<'_>) -> Value {
         self.next_uid += 1;
         let uid = format!(
             "{:08x}-0000-4000-8000-{:012x}",
@@ -156,16 +161,20 @@ impl Store {
         metadata["uid"] = json!(uid);
         metadata["creationTimestamp"] = json!(rfc3339_now());
         metadata["generation"] = json!(1);
+        let mut owners = FieldOwners::default();
+        owners.record(write, None, &object);
+        self.owners.insert(key.clone(), owners);
         self.commit(key, object, None)
     }
 
     /// Replaces a stored object (the caller checked it exists). Keeps `uid` and
     /// `creationTimestamp`, bumps `generation` when anything outside `metadata` and `status`
-    /// changed, and emits `MODIFIED` — unless nothing changed, which (like the API server)
-    /// returns the stored object without a new `resourceVersion` or event.
-    pub(crate) fn replace(&mut self, key: ObjectKey, mut object: Value) -> Value {
+    /// changed, records field ownership for `write` (see [`crate::fields`]), and emits `MODIFIED`
+    /// — unless nothing changed, which (like the API server) returns the stored object without a
+    /// new `resourceVersion` or event.
+    pub(crate) fn replace(&mut self, key: ObjectKey, mut object: Value, write: Write<'_>) -> Value {
         let Some(old) = self.objects.get(&key).cloned() else {
-            return self.insert(key, object);
+            return self.insert(key, object, write);
         };
         normalize_identity(&mut object, &key);
         for field in ["uid", "creationTimestamp", "resourceVersion"] {
@@ -186,15 +195,25 @@ impl Store {
         } else {
             generation
         });
+        self.owners
+            .entry(key.clone())
+            .or_default()
+            .record(write, Some(&old), &object);
         if object == old {
             return old;
         }
         self.commit(key, object, Some(old))
     }
 
+    /// Field ownership of a stored object (empty when absent).
+    pub(crate) fn owners(&self, key: &ObjectKey) -> FieldOwners {
+        self.owners.get(key).cloned().unwrap_or_default()
+    }
+
     /// Removes an object, emitting `DELETED` with a new `resourceVersion`.
     pub(crate) fn remove(&mut self, key: &ObjectKey) -> Option<Value> {
         let mut object = self.objects.remove(key)?;
+        self.owners.remove(key);
         self.resource_version += 1;
         object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
         self.publish(key, EventType::Deleted, object.clone(), None);
@@ -332,6 +351,8 @@ fn rfc3339(unix_secs: u64) -> String {
 mod tests {
     use super::*;
 
+    const T: Write<'static> = Write::Update(crate::fields::TEST_MANAGER);
+
     fn svc(name: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"}, "spec": {"type": "ClusterIP"}})
     }
@@ -347,16 +368,16 @@ mod tests {
     fn writes_bump_versions_and_log() {
         let mut store = Store::default();
         let (_, key) = store.identify(&svc("a")).expect("known type");
-        let created = store.insert(key.clone(), svc("a"));
+        let created = store.insert(key.clone(), svc("a"), T);
         assert_eq!(created["metadata"]["resourceVersion"], "2");
         assert_eq!(created["metadata"]["generation"], 1);
 
         // Unchanged replace: no new version, no event.
-        assert_eq!(store.replace(key.clone(), svc("a")), created);
+        assert_eq!(store.replace(key.clone(), svc("a"), T), created);
 
         let mut status_only = svc("a");
         status_only["status"] = json!({"loadBalancer": {}});
-        let updated = store.replace(key.clone(), status_only);
+        let updated = store.replace(key.clone(), status_only, T);
         assert_eq!(
             (
                 updated["metadata"]["resourceVersion"].as_str(),
@@ -369,7 +390,7 @@ mod tests {
         let mut spec_change = updated.clone();
         spec_change["spec"]["type"] = json!("LoadBalancer");
         assert_eq!(
-            store.replace(key.clone(), spec_change)["metadata"]["generation"],
+            store.replace(key.clone(), spec_change, T)["metadata"]["generation"],
             2
         );
 

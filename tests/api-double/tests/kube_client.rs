@@ -551,6 +551,111 @@ async fn writes_over_http_create_replace_apply_json_patch_delete() {
     );
 }
 
+/// Server-side apply conflicts, as kube-lease-manager's lock relies on them: of two managers
+/// applying `spec.holderIdentity` to a free Lease, the second gets `409 Conflict`; a patch that
+/// removes the field frees it; `force=true` takes a held field over.
+#[tokio::test]
+async fn apply_conflicts_on_fields_another_manager_owns() {
+    let (double, client) = start().await;
+    let api: Api<Lease> = Api::namespaced(client, "drawbridge-system");
+    let free: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {}})).expect("lease");
+    api.create(&PostParams::default(), &free)
+        .await
+        .expect("create");
+    let lock = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 4}})
+    };
+    let holder = |lease: &Lease| lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+
+    let held = api
+        .patch(
+            "l",
+            &PatchParams::apply("replica-a"),
+            &Patch::Apply(lock("a")),
+        )
+        .await
+        .expect("the first applier wins");
+    assert_eq!(holder(&held).as_deref(), Some("a"));
+    match api
+        .patch(
+            "l",
+            &PatchParams::apply("replica-b"),
+            &Patch::Apply(lock("b")),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+            assert_eq!(
+                status.message,
+                r#"Apply failed with 1 conflict: conflict with "replica-a": .spec.holderIdentity"#
+            );
+        }
+        other => panic!("expected 409 Conflict, got {other:?}"),
+    }
+    let stored = api.get("l").await.expect("get");
+    assert_eq!(
+        holder(&stored).as_deref(),
+        Some("a"),
+        "the loser changed nothing"
+    );
+    assert_eq!(
+        double.field_owners(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("drawbridge-system"),
+            "l"
+        )["replica-a"],
+        [".spec.holderIdentity", ".spec.leaseDurationSeconds"]
+    );
+    // Applying the value the field already has is no conflict (shared ownership).
+    api.patch(
+        "l",
+        &PatchParams::apply("replica-b"),
+        &Patch::Apply(lock("a")),
+    )
+    .await
+    .expect("an equal value shares the field");
+
+    // A strategic-merge patch removing the holder (kube-lease-manager's release) frees it.
+    let release = json!({"spec": {"holderIdentity": null}});
+    api.patch("l", &PatchParams::default(), &Patch::Strategic(release))
+        .await
+        .expect("release");
+    let taken = api
+        .patch(
+            "l",
+            &PatchParams::apply("replica-b"),
+            &Patch::Apply(lock("b")),
+        )
+        .await
+        .expect("a released field is free");
+    assert_eq!(holder(&taken).as_deref(), Some("b"));
+
+    // force=true takes a held field over.
+    let forced = api
+        .patch(
+            "l",
+            &PatchParams::apply("replica-a").force(),
+            &Patch::Apply(lock("a")),
+        )
+        .await
+        .expect("a forced apply wins");
+    assert_eq!(holder(&forced).as_deref(), Some("a"));
+    assert!(
+        !double.field_owners(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("drawbridge-system"),
+            "l"
+        )["replica-b"]
+            .contains(&".spec.holderIdentity".to_string()),
+        "the forced field left its previous owner"
+    );
+}
+
 #[tokio::test]
 async fn kubeconfig_points_at_the_double() {
     install_crypto_provider();
