@@ -134,6 +134,8 @@ pub fn parse_request(buf: &[u8], copied: &mut Copied) -> Parsed {
         forwarded_for: None,
     };
     copied.clear();
+    // At most one entry per field: one allocation when the connection's vector was released.
+    copied.reserve(req.headers.len());
     let (mut hosts, mut lengths) = (0, 0);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();

@@ -23,8 +23,9 @@
 //!
 //! Why: bench/gateway profiled Pingora's HTTP/1 session machinery (header maps, `Bytes`
 //! copies, per-request futures) as most of the gateway's user-space time per request; this path
-//! keeps one buffer per connection, copies each field once, and makes the same system calls as
-//! nginx (one read and one write each side per request). docs/benchmarks.md has the numbers.
+//! keeps one set of buffers per connection (given back while the connection is idle, as nginx
+//! does), copies each field once, and makes the same system calls as nginx (one read and one
+//! write each side per request). docs/benchmarks.md has the numbers.
 //!
 //! Semantics are [`crate::proxy`]'s: upstream timeouts (connect → 504/502, read/send → 504)
 //! from the Ingress [`Policy`](crate::policy::Policy), connect failures retried on another
@@ -38,11 +39,12 @@ mod h2;
 pub mod pool;
 pub mod timer;
 
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -53,7 +55,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -73,6 +75,9 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Initial capacity of the per-connection request buffer (grows up to [`framing::MAX_HEAD`]
 /// plus one read for long heads).
 const REQUEST_BUFFER: usize = 4096;
+
+/// Initial capacity of the buffer for the upstream request head, then the response head.
+const HEAD_BUFFER: usize = 1024;
 
 /// Capacity of the per-connection response / body buffer.
 const BODY_BUFFER: usize = 16 * 1024;
@@ -169,6 +174,38 @@ struct Conn {
     answered: u64,
 }
 
+impl Conn {
+    /// Gives back the memory of the buffers while the connection waits for its next request
+    /// (all empty then): the request buffer, the field ranges, the upstream / response head, the
+    /// upstream read buffer. The next request allocates them again (`read_idle`,
+    /// `framing::parse_request`, [`HEAD_BUFFER`], [`BODY_BUFFER`]).
+    fn release_buffers(&mut self) {
+        debug_assert!(self.buf.is_empty(), "pipelined bytes are never released");
+        self.buf = Vec::new();
+        self.copied = Vec::new();
+        self.up.out = Vec::new();
+        self.up.rbuf = Vec::new();
+    }
+}
+
+/// Reads what the client sent, appending it to `buf`, through a buffer on the stack (live only
+/// during a poll, so not part of the waiting future either): how an idle connection, which holds
+/// no buffer of its own ([`Conn::release_buffers`]), waits for its next request, and how
+/// [`ClientSide::gone`] watches the client. Resolves to the number of bytes appended (0: end of
+/// stream), at most [`REQUEST_BUFFER`] per read.
+fn read_idle<'a>(
+    stream: &'a mut Stream,
+    buf: &'a mut Vec<u8>,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut space = [MaybeUninit::<u8>::uninit(); REQUEST_BUFFER];
+        let mut read = ReadBuf::uninit(&mut space);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
+}
+
 /// The upstream side of an exchange: one per HTTP/1.1 client connection (reused for each of
 /// its requests), one per HTTP/2 stream.
 struct UpSide {
@@ -183,7 +220,7 @@ struct UpSide {
 impl UpSide {
     fn new() -> Self {
         UpSide {
-            out: Vec::with_capacity(1024),
+            out: Vec::with_capacity(HEAD_BUFFER),
             rbuf: Vec::new(),
             timer: Deadline::new(),
         }
@@ -228,8 +265,7 @@ impl ClientSide<'_> {
                 if buf.len() >= WATCH_BUFFER_MAX {
                     return std::future::pending().await;
                 }
-                buf.reserve(REQUEST_BUFFER);
-                if !matches!(stream.read_buf(*buf).await, Ok(n) if n > 0) {
+                if !matches!(read_idle(stream, buf).await, Ok(n) if n > 0) {
                     return;
                 }
             },
@@ -371,9 +407,11 @@ impl ServerApp for FastPath {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The HTTP/2 and hand-over futures are boxed: an HTTP/1.1 connection's task then holds
+        // only what its own loop needs (memory per idle connection: docs/benchmarks.md).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             if self.http2 {
-                self.serve_h2(stream, shutdown).await;
+                Box::pin(self.serve_h2(stream, shutdown)).await;
                 return None;
             }
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
@@ -382,7 +420,7 @@ impl ServerApp for FastPath {
         let mut conn = Conn {
             buf: Vec::with_capacity(REQUEST_BUFFER),
             up: UpSide::new(),
-            copied: Vec::with_capacity(16),
+            copied: Vec::new(),
             client_ip: client_ip(socket.as_deref()),
             server_port: server_port(socket.as_deref()),
             tls: stream.get_ssl_digest().is_some(),
@@ -400,7 +438,7 @@ impl ServerApp for FastPath {
             Outcome::HandOver(reason) => {
                 tracing::trace!(reason, "request handed to the Pingora path");
                 self.metrics.handed_over(Protocol::Http1, reason);
-                self.hand_over(stream, conn.buf, shutdown).await;
+                Box::pin(self.hand_over(stream, conn.buf, shutdown)).await;
             }
         }
         None
@@ -445,16 +483,23 @@ impl FastPath {
     /// Reads more client bytes into `conn.buf`. `Ok(false)`: the connection is done (EOF,
     /// error, keep-alive timeout, or shutdown while idle between two requests; a new connection
     /// waits for its first request even while shutting down).
+    ///
+    /// Between two requests, a connection whose next request is not there yet releases its
+    /// buffers (request, upstream head, upstream read: [`Conn::release_buffers`]) and waits with
+    /// none, as nginx frees a keep-alive connection's buffers (`ngx_http_set_keepalive`); the
+    /// next request is read into a buffer on the stack and copied out. An idle connection then
+    /// holds no buffer (memory per idle connection: docs/benchmarks.md); a busy one pays for
+    /// the copy of its request head and the buffers' allocation again.
     async fn read_client(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
         shutdown: &ShutdownWatch,
     ) -> bool {
-        conn.buf.reserve(REQUEST_BUFFER);
         if !conn.buf.is_empty() || conn.answered == 0 {
             // Inside a request head, or before the first one: no shutdown check; the rest must
             // come within the timeout.
+            conn.buf.reserve(REQUEST_BUFFER);
             let read = conn
                 .client_timer
                 .run(KEEPALIVE_TIMEOUT, stream.read_buf(&mut conn.buf));
@@ -465,11 +510,16 @@ impl FastPath {
         }
         // The next request is often there already: read it without registering for `stop`
         // (a lock and a list entry in the shared `Notify`).
-        let mut read = pin!(stream.read_buf(&mut conn.buf));
-        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
         {
-            return matches!(r, Ok(n) if n > 0);
+            let mut read = pin!(read_idle(stream, &mut conn.buf));
+            if let Poll::Ready(r) =
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            {
+                return matches!(r, Ok(n) if n > 0);
+            }
         }
+        conn.release_buffers();
+        let read = read_idle(stream, &mut conn.buf);
         let stop = self.stop.notified();
         tokio::pin!(stop);
         stop.as_mut().enable();
@@ -605,6 +655,8 @@ impl FastPath {
             server_port: conn.server_port.as_deref(),
             request_id: &id,
         };
+        // Released while the connection was idle ([`Conn::release_buffers`]): one allocation.
+        conn.up.out.reserve(HEAD_BUFFER.max(req.head_len + 512));
         framing::write_upstream_head(&conn.buf, req, &conn.copied, &fwd, &mut conn.up.out);
         let body_in_buf = (conn.buf.len() - req.head_len).min(req.content_length as usize);
         conn.up
