@@ -35,6 +35,8 @@ while [ $# -gt 0 ]; do
 done
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ "$BUILD" = 1 ]; then
+    # Pingora builds zlib-ng with cmake.
+    command -v cmake >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake; }
     (cd "$ROOT" && cargo build --release -p drawbridge-echo -p ingress-gateway)
 fi
 GW_BIN="${GW_BIN:-$ROOT/target/release/ingress-gateway}"

@@ -85,7 +85,10 @@ command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v perf >/dev/null || need+=(linux-perf)
 command -v strace >/dev/null || need+=(strace)
 command -v openssl >/dev/null || need+=(openssl)
+# Pingora builds zlib-ng with cmake (the gateway build below).
+[ "$BUILD" = 1 ] && ! command -v cmake >/dev/null && need+=(cmake)
 if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
 fi
 
