@@ -39,7 +39,8 @@
 #            prints system calls per request by name (strace slows the proxy; only the counts
 #            per request are meant, not the rate).
 # --idle N: afterwards, memory per idle keep-alive connection: N connections to each proxy (one
-#            request each, then idle; bench/gateway/idle_connections.py), plain HTTP then HTTPS;
+#            request each, then idle; bench/gateway/idle_connections.py), plain HTTP, then HTTPS,
+#            then HTTP/2 over TLS (Python's `h2` package, installed with pip when missing);
 #            prints the proxy's RSS growth per connection in KiB (gateway: its process; nginx: its
 #            one worker; haproxy: its process). --idle-only N skips the table.
 set -euo pipefail
@@ -87,6 +88,9 @@ command -v strace >/dev/null || need+=(strace)
 command -v openssl >/dev/null || need+=(openssl)
 # Pingora builds zlib-ng with cmake (the gateway build below).
 [ "$BUILD" = 1 ] && ! command -v cmake >/dev/null && need+=(cmake)
+if [ "$IDLE" -gt 0 ] && ! python3 -c 'import h2' 2>/dev/null; then
+    python3 -m pip install -q h2 # the HTTP/2 client of idle_connections.py
+fi
 if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
@@ -580,7 +584,7 @@ fi
 
 if [ "$IDLE" -gt 0 ]; then
     echo
-    echo "Memory per idle keep-alive connection ($IDLE plain-HTTP connections per proxy, then $IDLE HTTPS ones beside them; one request each, then idle; RSS growth ÷ $IDLE):"
+    echo "Memory per idle keep-alive connection ($IDLE plain-HTTP connections per proxy, then $IDLE HTTPS ones beside them, then $IDLE HTTP/2 ones; one request each, then idle; RSS growth ÷ $IDLE):"
     echo
     rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
     declare -A IDLE_KIB
@@ -590,8 +594,12 @@ if [ "$IDLE" -gt 0 ]; then
         holder_fds=()
         sleep 1
         before=$(rss_kib "$pid")
-        for proto in http https; do
-            if [ "$proto" = http ]; then target=(${HTTP[$p]%:*} ${HTTP[$p]##*:}); else target=(127.0.0.1 ${HTTPS[$p]} --tls localhost); fi
+        for proto in http https h2; do
+            case $proto in
+                http) target=(${HTTP[$p]%:*} ${HTTP[$p]##*:}) ;;
+                https) target=(127.0.0.1 ${HTTPS[$p]} --tls localhost) ;;
+                h2) target=(127.0.0.1 ${HTTPS[$p]} --tls localhost --h2) ;;
+            esac
             rm -f "$TMP/hold-in-$proto"; mkfifo "$TMP/hold-in-$proto"
             taskset -c 1 python3 "$ROOT/bench/gateway/idle_connections.py" "${target[0]}" "${target[1]}" "$IDLE" "${target[@]:2}" \
                 <"$TMP/hold-in-$proto" >"$TMP/hold-out-$proto" 2>&1 &
@@ -616,7 +624,7 @@ if [ "$IDLE" -gt 0 ]; then
         for fd in "${holder_fds[@]}"; do exec {fd}>&-; done
         for h in "${holders[@]}"; do wait "$h" || true; done
     done
-    echo "| proxy | plain HTTP, KiB per idle connection | HTTPS (TLS 1.3), KiB per idle connection |"
-    echo "|---|---:|---:|"
-    for p in "${PROXIES[@]}"; do echo "| $p | ${IDLE_KIB[$p-http]} | ${IDLE_KIB[$p-https]} |"; done
+    echo "| proxy | plain HTTP, KiB per idle connection | HTTPS (TLS 1.3), KiB per idle connection | HTTP/2 (TLS 1.3), KiB per idle connection |"
+    echo "|---|---:|---:|---:|"
+    for p in "${PROXIES[@]}"; do echo "| $p | ${IDLE_KIB[$p-http]} | ${IDLE_KIB[$p-https]} | ${IDLE_KIB[$p-h2]} |"; done
 fi
