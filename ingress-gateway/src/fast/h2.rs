@@ -79,6 +79,20 @@ impl H2Conn {
             .unwrap_or_else(UpSide::new)
     }
 
+    /// Gives back the buffers of the spare sides (their timers stay) once no fast-path stream
+    /// is in flight, as an idle HTTP/1.1 connection gives back its own
+    /// (`Conn::release_buffers`): an idle HTTP/2 connection then holds no
+    /// upstream buffer (a 16 KiB read buffer and a 1 KiB head buffer per spare side before;
+    /// docs/benchmarks.md, 2026-12-07 (f)). The next stream's head and reads grow them again.
+    fn release_spare_buffers(&self) {
+        if let Ok(mut spare) = self.spare.lock() {
+            for side in spare.iter_mut() {
+                side.out = Vec::new();
+                side.rbuf = Vec::new();
+            }
+        }
+    }
+
     fn put_side(&self, mut side: UpSide) {
         // A side that grew for a large head or body is not kept.
         if side.out.capacity() > 8 * 1024 || side.rbuf.capacity() > 4 * BODY_BUFFER {
@@ -136,7 +150,12 @@ impl FastPath {
                     draining = true;
                     continue;
                 }
-                Some(()) = streams.next(), if !streams.is_empty() => continue,
+                Some(()) = streams.next(), if !streams.is_empty() => {
+                    if streams.is_empty() {
+                        conn.release_spare_buffers();
+                    }
+                    continue;
+                }
                 // Cancel-safe: its only await is h2's `accept` (a `poll_accept`).
                 accepted = HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
             };
@@ -270,6 +289,8 @@ impl FastPath {
         // A stale pooled connection may be retried only without a body (it has been consumed).
         let replayable = body.is_none() && idempotent(req.method.as_str().as_bytes());
         let chunked = body == Some(None);
+        // Given back while the connection was idle (`release_spare_buffers`): one allocation.
+        side.out.reserve(super::HEAD_BUFFER);
         write_upstream_head(req, conn, &attempt.request_id, chunked, &mut side.out);
         // Without a body to send (or once it is sent), the stream is watched while the endpoint
         // is asked: a client that resets it (or closes the connection) ends the wait at once,
