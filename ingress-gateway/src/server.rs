@@ -195,7 +195,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_http2(settings.http2_fast_path);
         let mut service = Service::new("ingress-gateway".to_string(), app);
         service.add_listener(plain_http_listener(&http_addr));
-        service.add_tls_with_settings(&https_addr, None, tls_settings);
+        service.add_listener(https_listener(&https_addr, tls_settings));
         server.add_service(service);
     } else {
         let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -204,7 +204,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             "ingress-gateway",
         );
         proxy.add_listener(plain_http_listener(&http_addr));
-        proxy.add_tls_with_settings(&https_addr, None, tls_settings);
+        proxy.add_listener(https_listener(&https_addr, tls_settings));
         server.add_service(proxy);
     }
 
@@ -244,13 +244,32 @@ async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
 /// header and body buffers), so the L4 buffer only added a copy per read and a 64 KiB `memset`
 /// per connection: 5.3% of the gateway's CPU with a new TCP connection per request
 /// (`bench/gateway/run.sh --profile` with `PROFILE_LOAD=connect`; `docs/benchmarks.md`,
-/// 2026-12-07 (e)). Reads go to the socket, as nginx's do. The HTTPS listener keeps the buffer:
-/// rustls reads at most 4 KiB per `read_tls`, so there it saves system calls on large records.
+/// 2026-12-07 (e)). Reads go to the socket, as nginx's do. The HTTPS listener has none either
+/// ([`https_listener`]).
 fn plain_http_listener(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings {
         read: Some(0),
         write: None,
     })
+}
+
+/// The HTTPS listener, also without Pingora's L4 read buffer: rustls reads from the socket
+/// into its own deframing buffer (at most 4 KiB per `read_tls`).
+///
+/// The 64 KiB buffer is allocated zeroed for every connection. Fresh from the OS its pages stay
+/// untouched, but memory reused after other connections closed is zeroed in full, so the RSS of
+/// a gateway whose TLS connections come and go grew with every round: 2,000 idle HTTPS
+/// connections, closed, opened again, three times: 25 → 63 → 82 KiB per connection, never given
+/// back; without the buffer 17.9 KiB each round (plain HTTP, unbuffered already, did not grow).
+/// The cost: a large request body arrives in 4 KiB reads (four system calls per 16 KiB TLS
+/// record instead of one per 64 KiB). `docs/benchmarks.md`, Gateway, 2026-12-07 (f).
+fn https_listener(addr: &str, tls: TlsSettings) -> ListenerConfig {
+    ListenerConfig::tcp(addr)
+        .tls(tls)
+        .l4_buffer(L4BufferSettings {
+            read: Some(0),
+            write: None,
+        })
 }
 
 /// Starts `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. Normally a failed bind is
