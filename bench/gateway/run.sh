@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP proxy benchmark: ingress-gateway vs nginx vs haproxy (Debian packages), one run.
 #
-#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2,connect,mixed] [--proxy-cpu PERCENT]
+#   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2,connect,mixed,upload] [--proxy-cpu PERCENT]
 #                             [--connections N] [--mixed-connections N] [--profile] [--syscalls] [--no-build]
 #                             [--idle N | --idle-only N]
 #
@@ -22,6 +22,10 @@
 #             measured while a second wrk floods the same proxy with new TLS handshakes
 #             ("Connection: close", 64 connections): how a proxy shares its core between
 #             established connections and new ones under overload
+#   upload    (not in the default set) HTTPS keep-alive, every request a POST of UPLOAD_BYTES
+#             (default 256 KiB; bench/gateway/upload.lua): request bodies streamed through TLS
+#             reads, req/s × UPLOAD_BYTES is the upload rate; nginx streams them too
+#             (proxy_request_buffering off), as the gateway and haproxy do
 # Besides req/s and latency, each cell reports the proxy's CPU time per request (/proc/PID/stat),
 # TCP segments sent per request on the host (nstat TcpOutSegs: 4 carry data, the rest are pure
 # ACKs and window updates) and the proxy's context switches per request (all threads: how often
@@ -35,9 +39,9 @@
 #            worker, under one cell's load (PROFILE_LOAD=h1 (default), https, h2 or connect; PROFILE_OUT
 #            overrides the directory); writes the top symbols and a Pingora/rustls/malloc/kernel/
 #            our-code split. --profile-only skips the table.
-# --syscalls: afterwards, `strace -c -f` on each proxy (all threads) during an HTTP/1.1 wrk run;
-#            prints system calls per request by name (strace slows the proxy; only the counts
-#            per request are meant, not the rate).
+# --syscalls: afterwards, `strace -c -f` on each proxy (all threads) during an HTTP/1.1 wrk run
+#            (SYSCALLS_LOAD=upload: the upload scenario's load instead); prints system calls per
+#            request by name (strace slows the proxy; only the counts per request are meant).
 # --idle N: afterwards, memory per idle keep-alive connection: N connections to each proxy (one
 #            request each, then idle; bench/gateway/idle_connections.py), plain HTTP, then HTTPS,
 #            then HTTP/2 over TLS (Python's `h2` package, installed with pip when missing);
@@ -55,6 +59,8 @@ SCENARIOS=h1,https,handshake,h2
 PROXY_CPU=
 CONNS=64
 MIXED_CONNS=16
+UPLOAD_BYTES=${UPLOAD_BYTES:-262144}
+export UPLOAD_BYTES # read by upload.lua
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -69,7 +75,7 @@ while [ $# -gt 0 ]; do
         --proxy-cpu) PROXY_CPU="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
         --mixed-connections) MIXED_CONNS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,44p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,49p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -150,6 +156,10 @@ http {
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
+    # The upload scenario: bodies up to 2 MiB, streamed to the backend as they arrive (the
+    # gateway and haproxy stream; nginx would otherwise write them to a temporary file first).
+    client_max_body_size 2m;
+    proxy_request_buffering off;
     upstream echo { server $BACKEND; keepalive 64; keepalive_requests 1000000; }
     server {
         listen ${HTTP[nginx]} reuseport;
@@ -417,6 +427,17 @@ for p in "${PROXIES[@]}"; do
     FLOOD[$p]=$(awk '/^Requests\/sec:/{printf "%.0f", $2}' "$TMP/flood-$p.txt")
 done
 fi
+if has upload; then
+echo "== HTTPS upload: POST of $UPLOAD_BYTES bytes per request" >&2
+head -c "$UPLOAD_BYTES" /dev/zero >"$TMP/upload.bin"
+for p in "${PROXIES[@]}"; do
+    # The backend must have read the whole body through this proxy, or the cell measures nothing.
+    got=$(curl -fsS -k --data-binary @"$TMP/upload.bin" -H 'Content-Type: application/octet-stream' \
+        "https://localhost:${HTTPS[$p]}/" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("body_bytes"))' || true)
+    [ "$got" = "$UPLOAD_BYTES" ] || { echo "$p: the backend read ${got:-nothing} of $UPLOAD_BYTES body bytes" >&2; exit 1; }
+    run_wrk "$p-upload" "https://localhost:${HTTPS[$p]}/" -s "$ROOT/bench/gateway/upload.lua"
+done
+fi
 if has h2; then
 echo "== HTTP/2 over TLS" >&2
 for p in "${PROXIES[@]}"; do run_h2 "$p-h2" "${HTTPS[$p]}"; done
@@ -436,6 +457,7 @@ for s in ${SCENARIOS//,/ }; do
         handshake) name="new TLS handshake per request" ;; h2) name="HTTP/2 (TLS, -m10)" ;;
         mixed) name="HTTPS keep-alive ($MIXED_CONNS conns) during a handshake flood" ;;
         connect) name="new TCP connection per request (HTTP/1.1)" ;;
+        upload) name="HTTPS upload ($((UPLOAD_BYTES / 1024)) KiB POST)" ;;
     esac
     for p in "${PROXIES[@]}"; do
         k="$p-$s"
@@ -457,6 +479,14 @@ if has handshake; then
 fi
 # The keep-alive cell's proxy CPU per request also pays for the flood's handshakes: compare its
 # req/s and latency, and the flood's rate, not its µs/req.
+if has upload; then
+    printf "upload rate (req/s × %s bytes), MiB/s:" "$UPLOAD_BYTES"
+    for p in "${PROXIES[@]}"; do
+        awk -v p="$p" -v r="${RPS[$p-upload]}" -v b="$UPLOAD_BYTES" -v us="${CPUUS[$p-upload]:-}" 'BEGIN{
+            printf " %s %.0f", p, r*b/1048576; if (us != "") printf " (%.2f proxy CPU-ms per MiB)", us*1048576/b/1000; printf ";" }'
+    done
+    echo
+fi
 if has mixed; then
     printf "handshake flood beside the mixed cell (handshakes/s):"
     for p in "${PROXIES[@]}"; do printf " %s %s;" "$p" "${FLOOD[$p]:-?}"; done
@@ -557,15 +587,23 @@ fi
 
 if [ "$SYSCALLS" = 1 ]; then
     echo
-    echo "System calls per request, HTTP/1.1 keep-alive (strace -c -f on the proxy, all threads, during wrk -t1 -c$CONNS -d${DURATION}s):"
+    # SYSCALLS_LOAD=upload: the upload scenario's load (HTTPS, POST of UPLOAD_BYTES) instead.
+    if [ "${SYSCALLS_LOAD:-h1}" = upload ]; then sc_load="HTTPS upload, POST of $UPLOAD_BYTES bytes"
+    else sc_load="HTTP/1.1 keep-alive"; fi
+    echo "System calls per request, $sc_load (strace -c -f on the proxy, all threads, during wrk -t1 -c$CONNS -d${DURATION}s):"
     echo
     declare -A SC
     for p in "${PROXIES[@]}"; do
         pid="${PROC[$p]}"
+        if [ "${SYSCALLS_LOAD:-h1}" = upload ]; then
+            load=(-s "$ROOT/bench/gateway/upload.lua" "https://localhost:${HTTPS[$p]}/")
+        else
+            load=("http://${HTTP[$p]}/")
+        fi
         strace -c -f -q -p "$pid" -o "$TMP/strace-$p.txt" &
         ST=$!
         sleep 1
-        out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://${HTTP[$p]}/" 2>&1)
+        out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${load[@]}" 2>&1)
         kill -INT "$ST"; wait "$ST" 2>/dev/null || true
         n=$(awk '/requests in/{print $1}' <<<"$out")
         # strace -c rows: % time, seconds, usecs/call, calls, [errors], syscall

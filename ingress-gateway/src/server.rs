@@ -250,25 +250,31 @@ fn plain_http_listener(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings {
         read: Some(0),
         write: None,
+        read_ahead: false,
     })
 }
 
-/// The HTTPS listener, also without Pingora's L4 read buffer: rustls reads from the socket
-/// into its own deframing buffer (at most 4 KiB per `read_tls`).
+/// The HTTPS listener, without Pingora's standing L4 read buffer but with a read-ahead buffer
+/// while data streams in (`read_ahead`, a patch in `vendor/pingora-core`): rustls reads from
+/// the socket into its own deframing buffer, 4 KiB at a time (up to a whole TLS record while one
+/// is incomplete), so without any buffer under it a large request body takes many reads.
 ///
-/// The 64 KiB buffer is allocated zeroed for every connection. Fresh from the OS its pages stay
-/// untouched, but memory reused after other connections closed is zeroed in full, so the RSS of
-/// a gateway whose TLS connections come and go grew with every round: 2,000 idle HTTPS
-/// connections, closed, opened again, three times: 25 → 63 → 82 KiB per connection, never given
-/// back; without the buffer 17.9 KiB each round (plain HTTP, unbuffered already, did not grow).
-/// The cost: a large request body arrives in 4 KiB reads (four system calls per 16 KiB TLS
-/// record instead of one per 64 KiB). `docs/benchmarks.md`, Gateway, 2026-12-07 (f).
+/// The standing 64 KiB buffer is allocated zeroed for every connection. Fresh from the OS its
+/// pages stay untouched, but memory reused after other connections closed is zeroed in full, so
+/// the RSS of a gateway whose TLS connections come and go grew with every round: 2,000 idle
+/// HTTPS connections, closed, opened again, three times: 25 → 63 → 82 KiB per connection, never
+/// given back; without it 17.9 KiB each round. Without any buffer, a 256 KiB upload
+/// (`bench/gateway/run.sh --scenarios upload`) took 21 reads instead of 6 and 5–8% more CPU per
+/// MiB. The read-ahead buffer (64 KiB, not zeroed) is allocated after a read fills rustls'
+/// buffer (more is waiting) and freed once the socket has nothing more, so small requests and
+/// idle connections never hold one. `docs/benchmarks.md`, Gateway, 2026-12-07 (f) and (g).
 fn https_listener(addr: &str, tls: TlsSettings) -> ListenerConfig {
     ListenerConfig::tcp(addr)
         .tls(tls)
         .l4_buffer(L4BufferSettings {
             read: Some(0),
             write: None,
+            read_ahead: true,
         })
 }
 

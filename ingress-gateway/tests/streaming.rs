@@ -3,6 +3,8 @@
 //! with a client that stops reading for a while mid-body) while the gateway's peak RSS
 //! (`VmHWM` in `/proc/<pid>/status`) grows by far less than one body. The origin counts bytes as
 //! they arrive and generates downloads frame by frame, so neither side holds a whole body either.
+//! HTTPS uploads over HTTP/1.1 go through the TLS listener's read-ahead buffer (a patch in
+//! `vendor/pingora-core`), both while it streams and across the pauses that free it.
 
 mod support;
 
@@ -243,5 +245,117 @@ async fn two_hundred_mib_bodies_stream_with_bounded_memory() {
         (peak - baseline) >> 20,
         RSS_BUDGET >> 20
     );
+    task.abort();
+}
+
+/// `len` bytes in 64 KiB frames; after every `pause_every` bytes the stream sleeps `pause`, so
+/// the gateway finds the socket empty mid-body.
+fn paced(len: u64, pause_every: u64, pause: Duration) -> BoxBody {
+    let frame = Bytes::from(vec![b'y'; FRAME]);
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let frame = frame.clone();
+        async move {
+            if sent >= len {
+                return None;
+            }
+            if sent > 0 && sent % pause_every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+            let n = (len - sent).min(FRAME as u64);
+            Some((
+                Ok::<_, Infallible>(Frame::data(frame.slice(..n as usize))),
+                sent + n,
+            ))
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_uploads_arrive_whole_through_the_read_ahead_and_the_connection_stays_usable() {
+    let (addr, task) = origin("127.0.0.49").await;
+    let ca = TestCa::new();
+    let (crt, key) = ca.issue(&["up.test"]);
+    let objects: Vec<Value> = vec![
+        mk_class(),
+        mk_service("up"),
+        mk_tls_secret("up-cert", &crt, &key),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "default", "name": "up-0",
+                            "labels": {"kubernetes.io/service-name": "up"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+               "endpoints": [{"addresses": [addr.ip().to_string()]}]}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"namespace": "default", "name": "up",
+                            "annotations": {"drawbridge.dev/proxy-body-size": "0"}},
+               "spec": {"ingressClassName": "drawbridge",
+                        "tls": [{"hosts": ["up.test"], "secretName": "up-cert"}],
+                        "rules": [{"host": "up.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                            "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}),
+    ];
+    let gw = Gateway::start(&objects).await;
+    let tls = handshake(&gw, "up.test", Some(ca.roots()), &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls.stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    const MIB: u64 = 1 << 20;
+    // One TLS connection throughout: a body at full speed (Content-Length: the fast path; chunked:
+    // Pingora's path), one that pauses every MiB, a small request after each, and a last upload.
+    // (case, body length, pause: every so many bytes, this many ms)
+    type Pace = Option<(u64, u64)>;
+    let uploads: [(&str, u64, Pace); 4] = [
+        ("Content-Length, full speed", 32 * MIB, None),
+        ("chunked, full speed", 32 * MIB, None),
+        (
+            "Content-Length, 30 ms pause every MiB",
+            8 * MIB,
+            Some((MIB, 30)),
+        ),
+        ("Content-Length, 1 byte", 1, None),
+    ];
+    for (case, len, pace) in uploads {
+        let body = match pace {
+            None => generated(len),
+            Some((every, ms)) => paced(len, every, Duration::from_millis(ms)),
+        };
+        let mut req = Request::post("/upload").header("host", "up.test");
+        if !case.starts_with("chunked") {
+            req = req.header("content-length", len);
+        }
+        sender.ready().await.expect("the connection is still open");
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(60), async {
+            let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{case}: timed out"));
+        assert_eq!((status, answer), (200, json!({"received": len})), "{case}");
+        // The same connection serves a small request after it (nothing left over, nothing lost).
+        sender.ready().await.expect("the connection is still open");
+        let resp = sender
+            .send_request(
+                Request::get("/download/1000")
+                    .header("host", "up.test")
+                    .body(generated(0))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "after {case}");
+        assert_eq!(
+            drain(resp.into_body(), Duration::ZERO).await,
+            1000,
+            "after {case}"
+        );
+    }
     task.abort();
 }

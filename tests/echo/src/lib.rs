@@ -10,6 +10,10 @@
 //!   {"pod","ip","port","host","method","path","peer","headers":{x-forwarded-*,…}} ◀┘
 //! ```
 //!
+//! A request body is read to its end before the answer is sent (so uploads through a proxy
+//! complete, and the connection stays reusable) and its length is reported as `"body_bytes"`
+//! (present only when the body was not empty, so GET answers keep their ~190 bytes).
+//!
 //! The listen backlog is raised to [`LISTEN_BACKLOG`] because a small backlog drops SYNs under a
 //! connect storm and turns test latency into the 1 s SYN retransmit
 //! (see `shared/reference/lab-notes.md`, Python's `http.server` backlog of 5).
@@ -20,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::server::conn::http1;
@@ -68,9 +72,14 @@ pub async fn serve(listener: TcpListener, pod_name: Arc<str>) -> io::Result<()> 
         let local = stream.local_addr()?;
         let pod_name = Arc::clone(&pod_name);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let answer = echo(&req, &pod_name, local, peer);
-                async move { Ok::<_, Infallible>(answer) }
+            let service = service_fn(move |req: Request<Incoming>| {
+                let pod_name = Arc::clone(&pod_name);
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body_bytes = body_length(body).await;
+                    let req = Request::from_parts(parts, ());
+                    Ok::<_, Infallible>(echo(&req, body_bytes, &pod_name, local, peer))
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .keep_alive(true)
@@ -83,17 +92,32 @@ pub async fn serve(listener: TcpListener, pod_name: Arc<str>) -> io::Result<()> 
     }
 }
 
-/// Builds the answer to one request: always `200`, JSON body, `x-pod` header.
+/// Reads a request body to its end and returns its length in bytes, frame by frame without
+/// keeping the data. A body that fails half-way (the client went away) counts what arrived; the
+/// answer is then written to a broken connection and dropped, which ends only that connection.
+pub async fn body_length(mut body: Incoming) -> u64 {
+    let mut length = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            length += data.len() as u64;
+        }
+    }
+    length
+}
+
+/// Builds the answer to one request whose body (`body_bytes` long) was already read: always
+/// `200`, JSON body, `x-pod` header.
 ///
 /// `local` is the address the connection arrived on (after any DNAT, so the pod's own IP), `peer`
 /// the address it came from (the client, or the node/gateway if it was masqueraded or proxied).
-pub fn echo(
-    req: &Request<Incoming>,
+pub fn echo<B>(
+    req: &Request<B>,
+    body_bytes: u64,
     pod_name: &str,
     local: SocketAddr,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let body = echo_body(
+    let mut body = echo_body(
         req.method().as_str(),
         req.uri()
             .path_and_query()
@@ -103,6 +127,9 @@ pub fn echo(
         local,
         peer,
     );
+    if body_bytes > 0 {
+        body["body_bytes"] = body_bytes.into();
+    }
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -219,6 +246,37 @@ mod tests {
         assert_eq!(res.status(), 200);
         assert_eq!(json["path"], "/healthz");
         assert_eq!(json["peer"], client_addr.to_string());
+    }
+
+    #[tokio::test]
+    async fn reads_a_large_body_whole_and_reports_its_length_then_serves_the_next_request() {
+        let addr = start("pod-web-1").await;
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for size in [3 * 1024 * 1024 + 7, 1] {
+            let req = Request::post("/upload")
+                .header(HOST, "h")
+                .body(Full::new(Bytes::from(vec![b'x'; size])))
+                .unwrap();
+            let res = sender.send_request(req).await.unwrap();
+            assert_eq!(res.status(), 200);
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["method"], "POST");
+            assert_eq!(json["body_bytes"], size);
+        }
+        // Same connection (the 3 MiB body did not break keep-alive); no body, no field.
+        let req = Request::get("/")
+            .header(HOST, "h")
+            .body(Full::default())
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(json.get("body_bytes").is_none(), "{json}");
     }
 
     #[test]

@@ -619,6 +619,7 @@ mod test {
         let l4_buffer = L4BufferSettings {
             read: Some(0),
             write: None,
+            read_ahead: false,
         };
 
         listeners.add_listener(
@@ -668,6 +669,7 @@ mod test {
         let l4_buffer = L4BufferSettings {
             read: None,
             write: Some(0),
+            read_ahead: false,
         };
 
         assert_eq!(l4_buffer.read_capacity(), DEFAULT_L4_READ_BUFFER_SIZE);

@@ -379,6 +379,9 @@ pub struct L4BufferSettings {
     pub read: Option<usize>,
     /// Write buffer size in bytes. `None` uses [`DEFAULT_L4_WRITE_BUFFER_SIZE`].
     pub write: Option<usize>,
+    /// drawbridge patch: with `read: Some(0)`, read ahead while data streams in, without a
+    /// standing buffer ([`READ_AHEAD_SIZE`], see `ReadAhead`). Ignored with a read buffer.
+    pub read_ahead: bool,
 }
 
 impl L4BufferSettings {
@@ -387,6 +390,7 @@ impl L4BufferSettings {
         Self {
             read: Some(read),
             write: Some(write),
+            read_ahead: false,
         }
     }
 
@@ -418,23 +422,125 @@ impl L4BufferSettings {
     }
 }
 
+/// drawbridge patch: the size of the buffer [`ReadAhead`] reads into while data streams in
+/// (Pingora's default L4 read buffer size).
+pub const READ_AHEAD_SIZE: usize = DEFAULT_L4_READ_BUFFER_SIZE;
+
+/// drawbridge patch: a read buffer that exists only while data streams in.
+///
+/// Pingora's L4 read buffer ([`BufReader`], 64 KiB, allocated zeroed per connection) saves
+/// system calls under TLS, whose reads are small (rustls asks for 4 KiB at a time, up to a
+/// record), but every connection holds it for its whole life, idle or not, and memory reused
+/// from closed connections is zeroed in full. This reader holds nothing until a read fills the
+/// caller's (smaller than [`READ_AHEAD_SIZE`]) buffer completely, which says more is waiting;
+/// then it reads [`READ_AHEAD_SIZE`] at a time into a buffer allocated without zeroing and
+/// serves the caller from it. Once the buffer is drained and the socket has nothing more
+/// (`Pending`, EOF or an error), the buffer is freed and reads go straight to the socket again.
+/// Small requests never allocate; an idle connection holds no buffer.
+#[derive(Debug)]
+struct ReadAhead<R> {
+    inner: R,
+    /// `buf[pos..]` is read but not yet handed out. Capacity 0: not streaming.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: AsyncRead + Unpin> ReadAhead<R> {
+    fn new(inner: R) -> Self {
+        ReadAhead {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    fn stop_streaming(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos == this.buf.len() {
+            let want = out.remaining();
+            if this.buf.capacity() == 0 || want >= READ_AHEAD_SIZE {
+                // Not streaming, or the caller's buffer is as large: straight into it.
+                let before = out.filled().len();
+                let result = Pin::new(&mut this.inner).poll_read(cx, out);
+                if let Poll::Ready(Ok(())) = result {
+                    let got = out.filled().len() - before;
+                    if got > 0 && got == want && want < READ_AHEAD_SIZE {
+                        this.buf = Vec::with_capacity(READ_AHEAD_SIZE);
+                        this.pos = 0;
+                    }
+                }
+                return result;
+            }
+            this.buf.clear();
+            this.pos = 0;
+            let mut ahead = ReadBuf::uninit(this.buf.spare_capacity_mut());
+            match Pin::new(&mut this.inner).poll_read(cx, &mut ahead) {
+                Poll::Ready(Ok(())) => {
+                    let (n, start) = (ahead.filled().len(), ahead.filled().as_ptr());
+                    // The reader filled the buffer it was given, not one of its own.
+                    assert_eq!(start, this.buf.as_ptr());
+                    // SAFETY: `ReadBuf` guarantees its filled part, the first `n` bytes of the
+                    // spare capacity (asserted above to be this buffer's), is initialized.
+                    unsafe { this.buf.set_len(n) };
+                    if n == 0 {
+                        this.stop_streaming(); // EOF
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                other => {
+                    // Nothing is waiting (or the read failed): hold no buffer meanwhile.
+                    this.stop_streaming();
+                    return other;
+                }
+            }
+        }
+        let n = out.remaining().min(this.buf.len() - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
 /// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
 /// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
-/// through.
+/// an empty `BufReader`, or through [`ReadAhead`] (drawbridge patch). [`BufWriter`]
+/// accepts a zero capacity and writes straight through.
 #[derive(Debug)]
 enum BufferedStream {
     UnbufferedRead(BufWriter<RawStreamWrapper>),
     BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
+    ReadAhead(ReadAhead<BufWriter<RawStreamWrapper>>),
 }
 
 impl BufferedStream {
     fn with_capacity(read: usize, write: usize, stream: RawStreamWrapper) -> Self {
+        Self::with_settings(read, write, false, stream)
+    }
+
+    fn with_settings(
+        read: usize,
+        write: usize,
+        read_ahead: bool,
+        stream: RawStreamWrapper,
+    ) -> Self {
         let writer = BufWriter::with_capacity(write, stream);
-        if read == 0 {
+        if read == 0 && read_ahead {
+            BufferedStream::ReadAhead(ReadAhead::new(writer))
+        } else if read == 0 {
             BufferedStream::UnbufferedRead(writer)
         } else {
             BufferedStream::BufferedRead(BufReader::with_capacity(read, writer))
@@ -445,6 +551,7 @@ impl BufferedStream {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_ref(),
+            BufferedStream::ReadAhead(reader) => &reader.inner,
         }
     }
 
@@ -452,6 +559,7 @@ impl BufferedStream {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_mut(),
+            BufferedStream::ReadAhead(reader) => &mut reader.inner,
         }
     }
 
@@ -468,6 +576,7 @@ impl BufferedStream {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer.into_inner(),
             BufferedStream::BufferedRead(reader) => reader.into_inner().into_inner(),
+            BufferedStream::ReadAhead(reader) => reader.inner.into_inner(),
         }
     }
 }
@@ -481,6 +590,7 @@ impl AsyncRead for BufferedStream {
         match &mut *self {
             BufferedStream::UnbufferedRead(writer) => Pin::new(writer).poll_read(cx, buf),
             BufferedStream::BufferedRead(reader) => Pin::new(reader).poll_read(cx, buf),
+            BufferedStream::ReadAhead(reader) => Pin::new(reader).poll_read(cx, buf),
         }
     }
 }
@@ -631,9 +741,10 @@ impl Stream {
         // we take the raw stream out of them and put it in new buffers with the size we want
         let stream = mem::take(&mut self.stream);
         let stream = stream.map(|s| {
-            BufferedStream::with_capacity(
+            BufferedStream::with_settings(
                 buffer.read_capacity(),
                 buffer.write_capacity(),
+                buffer.read_ahead,
                 s.into_inner(),
             )
         });
