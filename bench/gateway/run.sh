@@ -477,8 +477,6 @@ if has handshake; then
     done
     echo
 fi
-# The keep-alive cell's proxy CPU per request also pays for the flood's handshakes: compare its
-# req/s and latency, and the flood's rate, not its µs/req.
 if has upload; then
     printf "upload rate (req/s × %s bytes), MiB/s:" "$UPLOAD_BYTES"
     for p in "${PROXIES[@]}"; do
@@ -487,6 +485,8 @@ if has upload; then
     done
     echo
 fi
+# The keep-alive cell's proxy CPU per request also pays for the flood's handshakes: compare its
+# req/s and latency, and the flood's rate, not its µs/req.
 if has mixed; then
     printf "handshake flood beside the mixed cell (handshakes/s):"
     for p in "${PROXIES[@]}"; do printf " %s %s;" "$p" "${FLOOD[$p]:-?}"; done

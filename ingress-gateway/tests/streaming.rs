@@ -28,17 +28,30 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// `len` bytes of `x` in 64 KiB frames, generated lazily.
 fn generated(len: u64) -> BoxBody {
+    paced(len, None)
+}
+
+/// [`generated`], and with `pause` = `Some((every, duration))` the stream sleeps `duration`
+/// after every `every` bytes, so the gateway finds the socket empty mid-body.
+fn paced(len: u64, pause: Option<(u64, Duration)>) -> BoxBody {
     let frame = Bytes::from(vec![b'x'; FRAME]);
-    let stream = futures::stream::unfold(len, move |left| {
+    let stream = futures::stream::unfold(0u64, move |sent| {
         let frame = frame.clone();
         async move {
-            (left > 0).then(|| {
-                let n = left.min(FRAME as u64);
-                (
-                    Ok::<_, Infallible>(Frame::data(frame.slice(..n as usize))),
-                    left - n,
-                )
-            })
+            if sent >= len {
+                return None;
+            }
+            if let Some((every, duration)) = pause
+                && sent > 0
+                && sent % every == 0
+            {
+                tokio::time::sleep(duration).await;
+            }
+            let n = (len - sent).min(FRAME as u64);
+            Some((
+                Ok::<_, Infallible>(Frame::data(frame.slice(..n as usize))),
+                sent + n,
+            ))
         }
     });
     StreamBody::new(stream).boxed()
@@ -85,6 +98,30 @@ async fn origin(ip: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
     (addr, task)
 }
 
+/// Ingress `NAME` for host `NAME.test` (TLS, a certificate from `ca`) with `annotations`, to
+/// Service `NAME`, whose one endpoint is `addr`.
+fn objects(name: &str, addr: std::net::SocketAddr, ca: &TestCa, annotations: Value) -> Vec<Value> {
+    let host = format!("{name}.test");
+    let (crt, key) = ca.issue(&[host.as_str()]);
+    vec![
+        mk_class(),
+        mk_service(name),
+        mk_tls_secret(&format!("{name}-cert"), &crt, &key),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "default", "name": format!("{name}-0"),
+                            "labels": {"kubernetes.io/service-name": name}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+               "endpoints": [{"addresses": [addr.ip().to_string()]}]}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"namespace": "default", "name": name, "annotations": annotations},
+               "spec": {"ingressClassName": "drawbridge",
+                        "tls": [{"hosts": [host], "secretName": format!("{name}-cert")}],
+                        "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                            "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]}}),
+    ]
+}
+
 /// Reads `body` to the end, pausing `pause` once after the first 10 MiB; returns the length.
 async fn drain(mut body: Incoming, pause: Duration) -> u64 {
     let (mut n, mut paused) = (0u64, false);
@@ -105,26 +142,12 @@ async fn drain(mut body: Incoming, pause: Duration) -> u64 {
 async fn two_hundred_mib_bodies_stream_with_bounded_memory() {
     let (addr, task) = origin("127.0.0.48").await;
     let ca = TestCa::new();
-    let (crt, key) = ca.issue(&["big.test"]);
-    let objects: Vec<Value> = vec![
-        mk_class(),
-        mk_service("big"),
-        mk_tls_secret("big-cert", &crt, &key),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"namespace": "default", "name": "big-0",
-                            "labels": {"kubernetes.io/service-name": "big"}},
-               "addressType": "IPv4",
-               "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
-               "endpoints": [{"addresses": [addr.ip().to_string()]}]}),
-        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-               "metadata": {"namespace": "default", "name": "big",
-                            "annotations": {"drawbridge.dev/proxy-body-size": "0",
-                                            "drawbridge.dev/ssl-redirect": "false"}},
-               "spec": {"ingressClassName": "drawbridge",
-                        "tls": [{"hosts": ["big.test"], "secretName": "big-cert"}],
-                        "rules": [{"host": "big.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                            "backend": {"service": {"name": "big", "port": {"number": 80}}}}]}}]}}),
-    ];
+    let objects = objects(
+        "big",
+        addr,
+        &ca,
+        json!({"drawbridge.dev/proxy-body-size": "0", "drawbridge.dev/ssl-redirect": "false"}),
+    );
     let gw = Gateway::start(&objects).await;
     // Warm up both paths (allocator arenas, TLS, h2) before taking the baseline.
     assert_eq!(
@@ -248,52 +271,16 @@ async fn two_hundred_mib_bodies_stream_with_bounded_memory() {
     task.abort();
 }
 
-/// `len` bytes in 64 KiB frames; after every `pause_every` bytes the stream sleeps `pause`, so
-/// the gateway finds the socket empty mid-body.
-fn paced(len: u64, pause_every: u64, pause: Duration) -> BoxBody {
-    let frame = Bytes::from(vec![b'y'; FRAME]);
-    let stream = futures::stream::unfold(0u64, move |sent| {
-        let frame = frame.clone();
-        async move {
-            if sent >= len {
-                return None;
-            }
-            if sent > 0 && sent % pause_every == 0 {
-                tokio::time::sleep(pause).await;
-            }
-            let n = (len - sent).min(FRAME as u64);
-            Some((
-                Ok::<_, Infallible>(Frame::data(frame.slice(..n as usize))),
-                sent + n,
-            ))
-        }
-    });
-    StreamBody::new(stream).boxed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_uploads_arrive_whole_through_the_read_ahead_and_the_connection_stays_usable() {
     let (addr, task) = origin("127.0.0.49").await;
     let ca = TestCa::new();
-    let (crt, key) = ca.issue(&["up.test"]);
-    let objects: Vec<Value> = vec![
-        mk_class(),
-        mk_service("up"),
-        mk_tls_secret("up-cert", &crt, &key),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"namespace": "default", "name": "up-0",
-                            "labels": {"kubernetes.io/service-name": "up"}},
-               "addressType": "IPv4",
-               "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
-               "endpoints": [{"addresses": [addr.ip().to_string()]}]}),
-        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-               "metadata": {"namespace": "default", "name": "up",
-                            "annotations": {"drawbridge.dev/proxy-body-size": "0"}},
-               "spec": {"ingressClassName": "drawbridge",
-                        "tls": [{"hosts": ["up.test"], "secretName": "up-cert"}],
-                        "rules": [{"host": "up.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                            "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}),
-    ];
+    let objects = objects(
+        "up",
+        addr,
+        &ca,
+        json!({"drawbridge.dev/proxy-body-size": "0"}),
+    );
     let gw = Gateway::start(&objects).await;
     let tls = handshake(&gw, "up.test", Some(ca.roots()), &[b"http/1.1"])
         .await
@@ -305,23 +292,15 @@ async fn https_uploads_arrive_whole_through_the_read_ahead_and_the_connection_st
     const MIB: u64 = 1 << 20;
     // One TLS connection throughout: a body at full speed (Content-Length: the fast path; chunked:
     // Pingora's path), one that pauses every MiB, a small request after each, and a last upload.
-    // (case, body length, pause: every so many bytes, this many ms)
-    type Pace = Option<(u64, u64)>;
-    let uploads: [(&str, u64, Pace); 4] = [
+    let pause = Some((MIB, Duration::from_millis(30)));
+    let uploads = [
         ("Content-Length, full speed", 32 * MIB, None),
         ("chunked, full speed", 32 * MIB, None),
-        (
-            "Content-Length, 30 ms pause every MiB",
-            8 * MIB,
-            Some((MIB, 30)),
-        ),
+        ("Content-Length, 30 ms pause every MiB", 8 * MIB, pause),
         ("Content-Length, 1 byte", 1, None),
     ];
     for (case, len, pace) in uploads {
-        let body = match pace {
-            None => generated(len),
-            Some((every, ms)) => paced(len, every, Duration::from_millis(ms)),
-        };
+        let body = paced(len, pace);
         let mut req = Request::post("/upload").header("host", "up.test");
         if !case.starts_with("chunked") {
             req = req.header("content-length", len);

@@ -200,6 +200,7 @@ mod tests {
         for (k, v) in extra {
             req = req.header(*k, *v);
         }
+        sender.ready().await.unwrap();
         let res = sender
             .send_request(req.body(Empty::new()).unwrap())
             .await
@@ -261,6 +262,7 @@ mod tests {
                 .header(HOST, "h")
                 .body(Full::new(Bytes::from(vec![b'x'; size])))
                 .unwrap();
+            sender.ready().await.unwrap();
             let res = sender.send_request(req).await.unwrap();
             assert_eq!(res.status(), 200);
             let bytes = res.into_body().collect().await.unwrap().to_bytes();
@@ -273,6 +275,7 @@ mod tests {
             .header(HOST, "h")
             .body(Full::default())
             .unwrap();
+        sender.ready().await.unwrap();
         let res = sender.send_request(req).await.unwrap();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
