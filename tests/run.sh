@@ -16,25 +16,24 @@ source "$REPO/deploy/lab/lib.sh"
 
 ensure_packages
 
-status=0
-failed=()
+failed=() # the stages that failed
 # cargo's output is also kept, so the recap at the end can name a failed test: CI may show only
 # the tail of this script's output, which is the later stages.
 CARGO_LOG=$(mktemp /tmp/drawbridge-cargo-test.XXXXXX)
 trap 'rm -f "$CARGO_LOG"' EXIT
 echo "=== cargo test --workspace --release"
 (cd "$REPO" && cargo test --workspace --release --no-fail-fast 2>&1 | tee "$CARGO_LOG") ||
-    { echo "=== cargo test FAILED"; status=1; failed+=("cargo test"); }
+    { echo "=== cargo test FAILED"; failed+=("cargo test"); }
 echo "=== tests/deploy/validate.sh"
-"$REPO/tests/deploy/validate.sh" || { echo "=== deploy validation FAILED"; status=1; failed+=("tests/deploy/validate.sh"); }
+"$REPO/tests/deploy/validate.sh" || { echo "=== deploy validation FAILED"; failed+=("tests/deploy/validate.sh"); }
 echo "=== tests/k8s-mode/run.sh"
-"$REPO/tests/k8s-mode/run.sh" || { echo "=== Kubernetes-mode test FAILED"; status=1; failed+=("tests/k8s-mode/run.sh"); }
+"$REPO/tests/k8s-mode/run.sh" || { echo "=== Kubernetes-mode test FAILED"; failed+=("tests/k8s-mode/run.sh"); }
 echo "=== tests/e2e/lab.sh"
-"$REPO/tests/e2e/lab.sh" || { echo "=== e2e lab FAILED"; status=1; failed+=("tests/e2e/lab.sh"); }
+"$REPO/tests/e2e/lab.sh" || { echo "=== e2e lab FAILED"; failed+=("tests/e2e/lab.sh"); }
 
 echo "=== recap"
 awk '/^test result: /{p+=$4; f+=$6} END {printf "cargo test: %d passed, %d failed\n", p, f}' "$CARGO_LOG"
-if ((status)); then
+if ((${#failed[@]})); then
     echo "FAILED stages: ${failed[*]}"
     # Which cargo tests failed, and the first lines of each panic (the assertion and its message).
     grep -E "^test .* \.\.\. FAILED$|^error: test failed|^error: [0-9]+ targets? failed" "$CARGO_LOG" || true
@@ -42,4 +41,4 @@ if ((status)); then
 else
     echo "all stages passed"
 fi
-exit "$status"
+exit $((${#failed[@]} > 0))

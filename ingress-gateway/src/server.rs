@@ -244,8 +244,8 @@ async fn open_when_accepting(addr: SocketAddr, gate: observe::ReadyGate) {
 /// header and body buffers), so the L4 buffer only added a copy per read and a 64 KiB `memset`
 /// per connection: 5.3% of the gateway's CPU with a new TCP connection per request
 /// (`bench/gateway/run.sh --profile` with `PROFILE_LOAD=connect`; `docs/benchmarks.md`,
-/// 2026-12-07 (e)). Reads go to the socket, as nginx's do. The HTTPS listener has none either
-/// ([`https_listener`]).
+/// 2026-12-07 (e)). Reads go to the socket, as nginx's do. The HTTPS listener has no standing
+/// buffer either, only one while data streams in ([`https_listener`]).
 fn plain_http_listener(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings {
         read: Some(0),
