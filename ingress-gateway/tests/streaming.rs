@@ -4,7 +4,9 @@
 //! (`VmHWM` in `/proc/<pid>/status`) grows by far less than one body. The origin counts bytes as
 //! they arrive and generates downloads frame by frame, so neither side holds a whole body either.
 //! HTTPS uploads over HTTP/1.1 go through the TLS listener's read-ahead buffer (a patch in
-//! `vendor/pingora-core`), both while it streams and across the pauses that free it.
+//! `vendor/pingora-core`), both while it streams and across the pauses that free it. HTTP/2
+//! frames cut mid-record by a slow relay arrive whole through `h2`'s on-demand frame buffers
+//! (a patch in `vendor/h2`).
 
 mod support;
 
@@ -336,5 +338,133 @@ async fn https_uploads_arrive_whole_through_the_read_ahead_and_the_connection_st
             "after {case}"
         );
     }
+    task.abort();
+}
+
+/// Relays one TCP connection to `to`, each direction in pieces of 1,400 bytes with a 1 ms pause
+/// after every 4 pieces, so the reader on either side finds its socket empty in the middle of
+/// TLS records, and so of HTTP/2 frames (a 16 KiB DATA frame never fits one record).
+async fn trickle_relay(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    async fn trickle(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 << 10];
+        let mut pieces = 0u64;
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            for piece in buf[..n].chunks(1400) {
+                if to.write_all(piece).await.is_err() {
+                    return;
+                }
+                pieces += 1;
+                if pieces.is_multiple_of(4) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = TcpStream::connect(to).await.unwrap();
+        let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+        let ((client_r, client_w), (upstream_r, upstream_w)) =
+            (client.into_split(), upstream.into_split());
+        tokio::join!(trickle(client_r, upstream_w), trickle(upstream_r, client_w));
+    });
+    (addr, task)
+}
+
+/// `h2`'s frame buffers exist only while frames are read or written (a patch in `vendor/h2`):
+/// the read buffer is freed whenever a read finds nothing, unless it holds part of a frame. One
+/// HTTP/2 connection through [`trickle_relay`], its client sending 512-byte TLS records, so the
+/// gateway's reads end mid-frame over and over: uploads with and without Content-Length, two at once (interleaved DATA frames), a
+/// download, idle pauses (both sides give their buffers back), and small requests after each.
+/// A patch that dropped a partial frame would lose or misalign bytes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_frames_cut_mid_record_and_across_idle_pauses_arrive_whole() {
+    const MIB: u64 = 1 << 20;
+    let (addr, task) = origin("127.0.0.50").await;
+    let ca = TestCa::new();
+    let objects = objects(
+        "cut",
+        addr,
+        &ca,
+        json!({"drawbridge.dev/proxy-body-size": "0"}),
+    );
+    let gw = Gateway::start(&objects).await;
+    let (relay, relay_task) = trickle_relay(gw.https).await;
+    // Records of 512 bytes: every 16 KiB DATA frame spans 33 of them, which the relay delivers
+    // a few at a time, so the gateway's reads end mid-frame.
+    let tls = handshake_small_records(relay, "cut.test", Some(ca.roots()), &[b"h2"], 512)
+        .await
+        .unwrap();
+    let (h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls.stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let upload = |len: u64, content_length: bool| {
+        let mut h2 = h2.clone();
+        async move {
+            let mut req = Request::post("https://cut.test/upload");
+            if content_length {
+                req = req.header("content-length", len);
+            }
+            let resp = h2
+                .send_request(req.body(generated(len)).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let answer = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+            (status, answer)
+        }
+    };
+    let download = |len: u64| {
+        let mut h2 = h2.clone();
+        async move {
+            let uri = format!("https://cut.test/download/{len}");
+            let resp = h2
+                .send_request(Request::get(uri).body(generated(0)).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "download of {len}");
+            drain(resp.into_body(), Duration::ZERO).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let ok = |len: u64| (200, json!({"received": len}));
+        assert_eq!(
+            upload(4 * MIB, true).await,
+            ok(4 * MIB),
+            "Content-Length upload"
+        );
+        assert_eq!(download(1000).await, 1000);
+        let (a, b) = tokio::join!(upload(2 * MIB, true), upload(2 * MIB + 7, true));
+        assert_eq!(
+            (a, b),
+            (ok(2 * MIB), ok(2 * MIB + 7)),
+            "two uploads at once"
+        );
+        assert_eq!(download(4 * MIB).await, 4 * MIB, "download");
+        // Idle: the gateway's and the client's h2 give their frame buffers back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            upload(MIB + 3, false).await,
+            ok(MIB + 3),
+            "upload without Content-Length"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(download(1000).await, 1000, "after the last pause");
+    })
+    .await
+    .expect("every exchange within 120 s");
+    relay_task.abort();
     task.abort();
 }

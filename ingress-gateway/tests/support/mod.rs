@@ -527,6 +527,27 @@ pub async fn handshake_at(
     roots: Option<rustls::RootCertStore>,
     alpn: &[&[u8]],
 ) -> Result<Tls, std::io::Error> {
+    connect_tls(addr, sni, client_config(roots, alpn)).await
+}
+
+/// [`handshake_at`] with TLS records of at most `max_fragment_size` bytes of plaintext (rustls'
+/// `max_fragment_size`, at least 32) from the client, so that the gateway receives each HTTP/2
+/// frame or HTTP/1.1 body piece over many records.
+pub async fn handshake_small_records(
+    addr: SocketAddr,
+    sni: &str,
+    roots: Option<rustls::RootCertStore>,
+    alpn: &[&[u8]],
+    max_fragment_size: usize,
+) -> Result<Tls, std::io::Error> {
+    let mut config = client_config(roots, alpn);
+    config.max_fragment_size = Some(max_fragment_size);
+    connect_tls(addr, sni, config).await
+}
+
+/// A client configuration verifying against `roots` (or accepting anything when `None`),
+/// offering `alpn`.
+fn client_config(roots: Option<rustls::RootCertStore>, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -538,6 +559,14 @@ pub async fn handshake_at(
             .with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    sni: &str,
+    config: rustls::ClientConfig,
+) -> Result<Tls, std::io::Error> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(sni.to_string()).unwrap();
     tokio::time::timeout(STEP, async {
