@@ -383,9 +383,11 @@ async fn trickle_relay(
 /// `h2`'s frame buffers exist only while frames are read or written (a patch in `vendor/h2`):
 /// the read buffer is freed whenever a read finds nothing, unless it holds part of a frame. One
 /// HTTP/2 connection through [`trickle_relay`], its client sending 512-byte TLS records, so the
-/// gateway's reads end mid-frame over and over: uploads with and without Content-Length, two at once (interleaved DATA frames), a
-/// download, idle pauses (both sides give their buffers back), and small requests after each.
-/// A patch that dropped a partial frame would lose or misalign bytes here.
+/// gateway's reads end mid-frame over and over: uploads with and without Content-Length, two
+/// at once (interleaved DATA frames), a download, idle pauses (both sides give their buffers
+/// back), and small requests after each. A patch that dropped a partial frame would lose or
+/// misalign bytes here (freeing the read buffer even when it holds part of a frame: 408, the
+/// upload's bytes never arrive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_frames_cut_mid_record_and_across_idle_pauses_arrive_whole() {
     const MIB: u64 = 1 << 20;
