@@ -145,6 +145,31 @@ cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
 taskset -c 1 "$ECHO_BIN" --listen "$BACKEND" --pod-name bench >"$TMP/echo.log" 2>&1 &
 PIDS+=($!)
 
+# --- the request headers nginx and haproxy add, as the gateway does ---
+# PEER_HEADERS=equivalent (default): both forward what the gateway forwards (and ingress-nginx's
+# nginx.tmpl sets): X-Forwarded-For (appended), X-Forwarded-Proto, X-Real-IP, X-Forwarded-Host
+# (the client's Host), X-Forwarded-Port (the listener's port) and X-Request-ID (the client's, else
+# 32 random hex digits: nginx's $request_id; haproxy: a UUID). The echo backend copies these into
+# its answer, so with them every proxy moves about the same bytes both ways (checked at start: the
+# "forwarded:" line per proxy). PEER_HEADERS=minimal: only X-Forwarded-For/-Proto (the
+# configuration of the results before 2026-12-08), while the gateway still adds all six.
+PEER_HEADERS="${PEER_HEADERS:-equivalent}"
+NGINX_EXTRA_HEADERS= NGINX_HTTP_EXTRA= HAPROXY_EXTRA_HEADERS=
+case "$PEER_HEADERS" in
+    equivalent)
+        NGINX_HTTP_EXTRA='    map $http_x_request_id $req_id { default $http_x_request_id; "" $request_id; }'
+        NGINX_EXTRA_HEADERS='            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Request-ID $req_id;'
+        HAPROXY_EXTRA_HEADERS='    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Request-ID %[uuid] unless { req.hdr(x-request-id) -m found }' ;;
+    minimal) ;;
+    *) echo "PEER_HEADERS must be equivalent or minimal" >&2; exit 2 ;;
+esac
+
 # --- nginx: one worker on CPU 0, upstream keep-alive ---
 cat >"$TMP/nginx.conf" <<EOF
 worker_processes 1;
@@ -161,6 +186,7 @@ http {
     client_max_body_size 2m;
     proxy_request_buffering off;
     upstream echo { server $BACKEND; keepalive 64; keepalive_requests 1000000; }
+$NGINX_HTTP_EXTRA
     server {
         listen ${HTTP[nginx]} reuseport;
         listen 127.0.0.1:${HTTPS[nginx]} ssl http2;
@@ -175,6 +201,7 @@ http {
             proxy_set_header Host \$host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
+$NGINX_EXTRA_HEADERS
         }
     }
 }
@@ -200,6 +227,7 @@ frontend fe
     bind 127.0.0.1:${HTTPS[haproxy]} ssl crt $TMP/combined.pem alpn h2,http/1.1
     http-request set-header X-Forwarded-Proto https if { ssl_fc }
     http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+$HAPROXY_EXTRA_HEADERS
     default_backend be
 backend be
     server echo $BACKEND
@@ -267,6 +295,11 @@ for p in "${PROXIES[@]}"; do
     tls=$(echo | openssl s_client -connect "127.0.0.1:${HTTPS[$p]}" -servername localhost 2>/dev/null |
           grep -m1 '^New,' || true)
     echo "ready: $p (HTTP/$h2 over TLS; $tls)" >&2
+    # What reached the backend (the echo's "headers" object) and the answer's size in bytes.
+    curl -fsS "http://${HTTP[$p]}/" | python3 -c 'import json, sys
+b = sys.stdin.read(); h = json.loads(b)["headers"]
+h = {k: (v if k != "x-request-id" else "<%d chars>" % len(v)) for k, v in h.items()}
+print("forwarded: %s (%d-byte body)" % (", ".join("%s=%s" % kv for kv in sorted(h.items())), len(b)))' >&2
 done
 
 PROC[nginx]=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1) # the one worker

@@ -6,7 +6,8 @@
 //! HTTPS uploads over HTTP/1.1 go through the TLS listener's read-ahead buffer (a patch in
 //! `vendor/pingora-core`), both while it streams and across the pauses that free it. HTTP/2
 //! frames cut mid-record by a slow relay arrive whole through `h2`'s on-demand frame buffers
-//! (a patch in `vendor/h2`).
+//! (a patch in `vendor/h2`), and answers written in small pieces to a client that stalls arrive
+//! whole through Pingora's on-demand write buffer (a patch in `vendor/pingora-core`).
 
 mod support;
 
@@ -469,4 +470,141 @@ async fn http2_frames_cut_mid_record_and_across_idle_pauses_arrive_whole() {
     .expect("every exchange within 120 s");
     relay_task.abort();
     task.abort();
+}
+
+/// Byte `k` of every [`pieces_origin`] body: its offset modulo 251, a prime no piece length is
+/// a multiple of, so a piece lost, repeated or reordered misaligns every byte after it.
+fn pattern(k: u64) -> u8 {
+    (k % 251) as u8
+}
+
+/// A raw origin whose every answer is a chunked body of `total` bytes of [`pattern`], written
+/// one chunk at a time in pieces of 50–700 bytes (never a multiple of 251), `TCP_NODELAY`, with
+/// a 1 ms pause every 64 pieces: the gateway reads a few pieces at a time and so writes mostly
+/// less than its 1,460-byte write buffer holds.
+async fn pieces_origin(total: u64) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                s.set_nodelay(true).unwrap();
+                let mut head = Vec::new();
+                while read_request_head(&mut s, &mut head).await.is_some() {
+                    head.clear();
+                    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                                    transfer-encoding: chunked\r\n\r\n"
+                        .to_vec();
+                    let (mut sent, mut i) = (0u64, 0u64);
+                    while sent < total {
+                        let mut len = 50 + (i * 37) % 651;
+                        if len % 251 == 0 {
+                            len += 1;
+                        }
+                        let len = len.min(total - sent);
+                        out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+                        out.extend((sent..sent + len).map(pattern));
+                        out.extend_from_slice(b"\r\n");
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                        (sent, i) = (sent + len, i + 1);
+                        if i.is_multiple_of(64) {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    if s.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads `body` to its end, stopping for `stall` after every `every` bytes, and checks every
+/// byte against [`pattern`]; returns the length.
+async fn read_pattern(mut body: Incoming, every: u64, stall: Duration) -> u64 {
+    let (mut n, mut next_stall) = (0u64, every);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("body frame");
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if let Some(i) = (0..data.len()).find(|&i| data[i] != pattern(n + i as u64)) {
+            panic!(
+                "byte {} is {}, not {}",
+                n + i as u64,
+                data[i],
+                pattern(n + i as u64)
+            );
+        }
+        n += data.len() as u64;
+        if n >= next_stall {
+            next_stall += every;
+            tokio::time::sleep(stall).await;
+        }
+    }
+    n
+}
+
+/// Pingora's L4 write buffer (1,460 bytes) exists only while it holds data (`LazyBufWriter`, a
+/// patch in `vendor/pingora-core`): allocated when a small write is buffered, freed once a
+/// flush has written it all. Answers made of small pieces, read by a client that stops for
+/// 300 ms after every 4 MiB, so the gateway's socket fills and its flushes stop part-way,
+/// with data still in the buffer: on the HTTP/1.1 fast path and on Pingora's path, over plain
+/// HTTP and over TLS (rustls writes a record per piece), two answers per connection. Every
+/// byte is checked in place; a patch that dropped what a stopped flush had not written (or
+/// wrote it twice) would misalign the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_writes_arrive_whole_and_in_order_while_the_client_stalls() {
+    const MIB: u64 = 1 << 20;
+    const TOTAL: u64 = 24 * MIB;
+    let origin = pieces_origin(TOTAL).await;
+    let ca = TestCa::new();
+    // Plain HTTP is served, not redirected (the host also has TLS).
+    let annotations = json!({"drawbridge.dev/ssl-redirect": "false"});
+    let objects = objects("pieces", origin, &ca, annotations);
+    for args in [&[][..], &["--http1-fast-path=false"]] {
+        let gw = Gateway::start_with(&objects, args).await;
+        for tls in [false, true] {
+            let case = format!("{args:?}, TLS {tls}");
+            let mut sender = if tls {
+                let tls = handshake(&gw, "pieces.test", Some(ca.roots()), &[b"http/1.1"])
+                    .await
+                    .unwrap();
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tls.stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                sender
+            } else {
+                let tcp = TcpStream::connect(gw.http).await.unwrap();
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                sender
+            };
+            for round in 0..2 {
+                sender.ready().await.expect("the connection is still open");
+                let req = Request::get("/")
+                    .header("host", "pieces.test")
+                    .body(generated(0))
+                    .unwrap();
+                let got = tokio::time::timeout(Duration::from_secs(60), async {
+                    let resp = sender.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200, "{case}, answer {round}");
+                    read_pattern(resp.into_body(), 4 * MIB, Duration::from_millis(300)).await
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{case}, answer {round}: timed out"));
+                assert_eq!(got, TOTAL, "{case}, answer {round}");
+            }
+        }
+    }
 }

@@ -19,7 +19,6 @@ pub struct Decoder {
     max_size_update: Option<usize>,
     last_max_update: usize,
     table: Table,
-    buffer: BytesMut,
 }
 
 /// Represents all errors that can be encountered while performing the decoding
@@ -158,7 +157,6 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
         }
     }
 
@@ -335,7 +333,11 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
-                huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
+                // drawbridge patch: each Huffman-coded string is decoded into an allocation of
+                // its own, sized for it. h2 decoded them all into pieces of one 4 KiB buffer
+                // kept by the decoder, and a piece kept in the dynamic table (or anywhere else)
+                // held all 4 KiB for as long as it lived: every idle HTTP/2 connection did.
+                huffman::decode(raw, &mut BytesMut::new()).map(|buf| StringMarker {
                     offset,
                     len,
                     string: Some(BytesMut::freeze(buf)),

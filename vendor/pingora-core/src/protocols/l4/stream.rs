@@ -27,11 +27,13 @@ use std::os::unix::io::AsRawFd;
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+#[cfg(doc)]
+use tokio::io::BufWriter;
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -512,18 +514,194 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
     }
 }
 
+/// drawbridge patch: a write buffer that exists only while it holds data.
+///
+/// [`BufWriter`] with Pingora's 1,460-byte write buffer, except that the buffer is allocated
+/// when a small write is first buffered and freed once a flush has written everything, so an
+/// idle connection holds none (tokio's `BufWriter` allocates it up front and keeps it for the
+/// connection's whole life). The rules for what is buffered are tokio's: a write that does not
+/// fit beside what is buffered flushes first; a write (or vectored total) of at least the
+/// capacity goes straight to the socket; anything smaller is copied into the buffer. A
+/// capacity of 0 never buffers. Bytes a failed or partial flush did not write stay buffered,
+/// in order, as with tokio's.
+#[derive(Debug)]
+struct LazyBufWriter<W> {
+    inner: W,
+    /// `buf[written..]` is buffered and not yet written. Capacity 0 while empty.
+    buf: Vec<u8>,
+    written: usize,
+    /// The buffer's size once allocated, in bytes.
+    cap: usize,
+}
+
+impl<W: AsyncWrite + Unpin> LazyBufWriter<W> {
+    fn with_capacity(cap: usize, inner: W) -> Self {
+        LazyBufWriter {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            cap,
+        }
+    }
+
+    fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// Room left in the buffer (the whole capacity while none is allocated).
+    fn room(&self) -> usize {
+        self.cap - self.buf.len()
+    }
+
+    /// Copies `data` (which fits, see [`Self::room`]) into the buffer, allocating it if needed.
+    fn buffer(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.cap);
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// tokio's `BufWriter::flush_buf`, plus: a buffer written out completely is freed.
+    fn flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let len = self.buf.len();
+        let mut ret = Ok(());
+        while self.written < len {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    ret = Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    ));
+                    break;
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) => {
+                    ret = Err(e);
+                    break;
+                }
+            }
+        }
+        if self.written == len {
+            self.buf = Vec::new();
+        } else if self.written > 0 {
+            self.buf.drain(..self.written);
+        }
+        self.written = 0;
+        Poll::Ready(ret)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LazyBufWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.len() > this.room() {
+            ready!(this.flush_buf(cx))?;
+        }
+        if data.len() >= this.cap {
+            Pin::new(&mut this.inner).poll_write(cx, data)
+        } else {
+            this.buffer(data);
+            Poll::Ready(Ok(data.len()))
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.inner.is_write_vectored() {
+            let total = bufs.iter().fold(0usize, |n, b| n.saturating_add(b.len()));
+            if total > this.room() {
+                ready!(this.flush_buf(cx))?;
+            }
+            if total >= this.cap {
+                Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+            } else {
+                bufs.iter().for_each(|b| this.buffer(b));
+                Poll::Ready(Ok(total))
+            }
+        } else {
+            while bufs.first().map(|b| b.len()) == Some(0) {
+                bufs = &bufs[1..];
+            }
+            let Some(first) = bufs.first() else {
+                return Poll::Ready(Ok(0));
+            };
+            if first.len() > this.room() {
+                ready!(this.flush_buf(cx))?;
+            }
+            if first.len() >= this.cap {
+                return Pin::new(&mut this.inner).poll_write(cx, first);
+            }
+            this.buffer(first);
+            let mut total = first.len();
+            for b in &bufs[1..] {
+                if b.len() > this.room() {
+                    break;
+                }
+                this.buffer(b);
+                total += b.len();
+            }
+            Poll::Ready(Ok(total))
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.flush_buf(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.flush_buf(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<W: AsyncRead + Unpin> AsyncRead for LazyBufWriter<W> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
 /// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
 /// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`, or through [`ReadAhead`] (drawbridge patch). [`BufWriter`]
-/// accepts a zero capacity and writes straight through.
+/// an empty `BufReader`, or through [`ReadAhead`] (drawbridge patch). The write buffer is a
+/// [`LazyBufWriter`] (drawbridge patch; was tokio's [`BufWriter`]), which accepts a zero
+/// capacity and writes straight through.
 #[derive(Debug)]
 enum BufferedStream {
-    UnbufferedRead(BufWriter<RawStreamWrapper>),
-    BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
-    ReadAhead(ReadAhead<BufWriter<RawStreamWrapper>>),
+    UnbufferedRead(LazyBufWriter<RawStreamWrapper>),
+    BufferedRead(BufReader<LazyBufWriter<RawStreamWrapper>>),
+    ReadAhead(ReadAhead<LazyBufWriter<RawStreamWrapper>>),
 }
 
 impl BufferedStream {
@@ -537,7 +715,7 @@ impl BufferedStream {
         read_ahead: bool,
         stream: RawStreamWrapper,
     ) -> Self {
-        let writer = BufWriter::with_capacity(write, stream);
+        let writer = LazyBufWriter::with_capacity(write, stream);
         if read == 0 && read_ahead {
             BufferedStream::ReadAhead(ReadAhead::new(writer))
         } else if read == 0 {
@@ -547,7 +725,7 @@ impl BufferedStream {
         }
     }
 
-    fn writer(&self) -> &BufWriter<RawStreamWrapper> {
+    fn writer(&self) -> &LazyBufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_ref(),
@@ -555,7 +733,7 @@ impl BufferedStream {
         }
     }
 
-    fn writer_mut(&mut self) -> &mut BufWriter<RawStreamWrapper> {
+    fn writer_mut(&mut self) -> &mut LazyBufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_mut(),
@@ -595,8 +773,8 @@ impl AsyncRead for BufferedStream {
     }
 }
 
-// `BufReader` only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
-// directly.
+// `BufReader` only forwards writes to the `LazyBufWriter` under it, so write to the
+// `LazyBufWriter` directly.
 impl AsyncWrite for BufferedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
