@@ -406,6 +406,14 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        // drawbridge patch: a connection without streams (an idle HTTP/2 connection between
+        // requests) gives back the streams' storage; the next stream allocates it again.
+        if self.store.slab.is_empty() {
+            self.store.slab = slab::Slab::new();
+            if self.store.ids.is_empty() {
+                self.store.ids = IndexMap::new();
+            }
+        }
         stream.id
     }
 
