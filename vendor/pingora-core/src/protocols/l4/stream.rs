@@ -439,12 +439,24 @@ pub const READ_AHEAD_SIZE: usize = DEFAULT_L4_READ_BUFFER_SIZE;
 /// serves the caller from it. Once the buffer is drained and the socket has nothing more
 /// (`Pending`, EOF or an error), the buffer is freed and reads go straight to the socket again.
 /// Small requests never allocate; an idle connection holds no buffer.
-#[derive(Debug)]
 struct ReadAhead<R> {
     inner: R,
     /// `buf[pos..]` is read but not yet handed out. Capacity 0: not streaming.
     buf: Vec<u8>,
     pos: usize,
+}
+
+// The buffer's fill and size, not its bytes (a `Stream` is logged with `{:?}` when dropped).
+impl<R: std::fmt::Debug> std::fmt::Debug for ReadAhead<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadAhead")
+            .field("reader", &self.inner)
+            .field(
+                "buffer",
+                &format_args!("{}/{}", self.buf.len() - self.pos, self.buf.capacity()),
+            )
+            .finish()
+    }
 }
 
 impl<R: AsyncRead + Unpin> ReadAhead<R> {
@@ -524,7 +536,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
 /// capacity goes straight to the socket; anything smaller is copied into the buffer. A
 /// capacity of 0 never buffers. Bytes a failed or partial flush did not write stay buffered,
 /// in order, as with tokio's.
-#[derive(Debug)]
 struct LazyBufWriter<W> {
     inner: W,
     /// `buf[written..]` is buffered and not yet written. Capacity 0 while empty.
@@ -676,6 +687,20 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LazyBufWriter<W> {
         let this = self.get_mut();
         ready!(this.flush_buf(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+// As tokio's `BufWriter`: the buffer's fill and size, not its bytes (a `Stream` is logged with
+// `{:?}` when dropped).
+impl<W: std::fmt::Debug> std::fmt::Debug for LazyBufWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyBufWriter")
+            .field("writer", &self.inner)
+            .field(
+                "buffer",
+                &format_args!("{}/{}", self.buf.len() - self.written, self.buf.capacity()),
+            )
+            .finish()
     }
 }
 
