@@ -125,6 +125,18 @@ fn objects(name: &str, addr: std::net::SocketAddr, ca: &TestCa, annotations: Val
     ]
 }
 
+/// An HTTP/1.1 client connection over `io` (TCP or TLS), its connection task spawned.
+async fn http1<S>(io: S) -> hyper::client::conn::http1::SendRequest<BoxBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// Reads `body` to the end, pausing `pause` once after the first 10 MiB; returns the length.
 async fn drain(mut body: Incoming, pause: Duration) -> u64 {
     let (mut n, mut paused) = (0u64, false);
@@ -179,11 +191,7 @@ async fn two_hundred_mib_bodies_stream_with_bounded_memory() {
     let h1 = || async {
         let stream = TcpStream::connect(gw.http).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        sender
+        http1(stream).await
     };
     let within = Duration::from_secs(60);
     // Uploads: chunked (no length) and with Content-Length.
@@ -288,10 +296,7 @@ async fn https_uploads_arrive_whole_through_the_read_ahead_and_the_connection_st
     let tls = handshake(&gw, "up.test", Some(ca.roots()), &[b"http/1.1"])
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls.stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1(tls.stream).await;
     const MIB: u64 = 1 << 20;
     // One TLS connection throughout: a body at full speed (Content-Length: the fast path; chunked:
     // Pingora's path), one that pauses every MiB, a small request after each, and a last upload.
@@ -576,19 +581,9 @@ async fn small_writes_arrive_whole_and_in_order_while_the_client_stalls() {
                 let tls = handshake(&gw, "pieces.test", Some(ca.roots()), &[b"http/1.1"])
                     .await
                     .unwrap();
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tls.stream))
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
-                sender
+                http1(tls.stream).await
             } else {
-                let tcp = TcpStream::connect(gw.http).await.unwrap();
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                sender
+                http1(TcpStream::connect(gw.http).await.unwrap()).await
             };
             for round in 0..2 {
                 sender.ready().await.expect("the connection is still open");
