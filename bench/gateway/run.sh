@@ -3,7 +3,7 @@
 #
 #   sudo bench/gateway/run.sh [--duration SECONDS] [--scenarios h1,https,handshake,h2,connect,mixed,upload] [--proxy-cpu PERCENT]
 #                             [--connections N] [--mixed-connections N] [--profile] [--syscalls] [--no-build]
-#                             [--idle N | --idle-only N]
+#                             [--idle N | --idle-only N] [--floor]
 #
 # Layout (loopback only):
 #   CPU 0: the proxy under test (ONE worker: nginx worker_processes 1, haproxy nbthread 1,
@@ -47,12 +47,18 @@
 #            then HTTP/2 over TLS (Python's `h2` package, installed with pip when missing);
 #            prints the proxy's RSS growth per connection in KiB (gateway: its process; nginx: its
 #            one worker; haproxy: its process). --idle-only N skips the table.
+# --floor:   adds "floor" (bench/gateway/floor.c, built here with cc) to the plain-HTTP cells (h1,
+#            connect) and to --profile: a one-thread epoll relay that parses nothing and gives each
+#            client connection its own upstream connection, i.e. the 4 system calls of a proxied
+#            request with almost no user-space work. nginx's CPU µs/request ÷ the floor's is the
+#            highest per-CPU-second ratio against nginx that a proxy on the socket API can reach here.
 set -euo pipefail
 
 DURATION=10
 PROFILE=0
 SYSCALLS=0
 IDLE=0
+FLOOR=0
 TABLE=1
 BUILD=1
 SCENARIOS=h1,https,handshake,h2
@@ -71,11 +77,12 @@ while [ $# -gt 0 ]; do
         --idle) IDLE="$2"; shift 2 ;;
         --idle-only) IDLE="$2"; TABLE=0; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --floor) FLOOR=1; shift ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --proxy-cpu) PROXY_CPU="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
         --mixed-connections) MIXED_CONNS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,49p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,54p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -92,6 +99,7 @@ command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v perf >/dev/null || need+=(linux-perf)
 command -v strace >/dev/null || need+=(strace)
 command -v openssl >/dev/null || need+=(openssl)
+[ "$FLOOR" = 1 ] && ! command -v cc >/dev/null && need+=(gcc)
 # Pingora builds zlib-ng with cmake (the gateway build below).
 [ "$BUILD" = 1 ] && ! command -v cmake >/dev/null && need+=(cmake)
 if [ "$IDLE" -gt 0 ] && ! python3 -c 'import h2' 2>/dev/null; then
@@ -128,12 +136,35 @@ CGROUPS=()
 trap cleanup EXIT INT TERM
 
 BACKEND=127.0.0.1:18080
-declare -A HTTP=([nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [gateway]=127.0.0.1:18083 [gateway-b]=127.0.0.1:18084)
+declare -A HTTP=([nginx]=127.0.0.1:18081 [haproxy]=127.0.0.1:18082 [gateway]=127.0.0.1:18083 [gateway-b]=127.0.0.1:18084 [floor]=127.0.0.1:18085)
 declare -A HTTPS=([nginx]=18441 [haproxy]=18442 [gateway]=18443 [gateway-b]=18444)
 # Gateways' /metrics (upstream connects are read from drawbridge_gateway_upstream_connect_duration_seconds_count).
 declare -A METRICS=([gateway]=127.0.0.1:18097 [gateway-b]=127.0.0.1:18098)
 PROXIES=(nginx haproxy gateway)
 [ -n "$GW_BIN_B" ] && PROXIES+=(gateway-b)
+[ "$FLOOR" = 1 ] && PROXIES+=(floor)
+# PROXY_ORDER="gateway nginx ...": the order of the cells in every scenario (default: nginx first).
+# Each name must be one of the proxies of this run; the others follow in the default order.
+if [ -n "${PROXY_ORDER:-}" ]; then
+    ordered=()
+    for p in $PROXY_ORDER; do
+        [[ " ${PROXIES[*]} " == *" $p "* ]] || { echo "PROXY_ORDER: $p is not measured in this run (${PROXIES[*]})" >&2; exit 2; }
+        ordered+=("$p")
+    done
+    for p in "${PROXIES[@]}"; do [[ " ${ordered[*]} " == *" $p "* ]] || ordered+=("$p"); done
+    PROXIES=("${ordered[@]}")
+fi
+TLS_PROXIES=()
+for p in "${PROXIES[@]}"; do [ "$p" = floor ] || TLS_PROXIES+=("$p"); done # the floor speaks plain HTTP only
+# The proxies measured in a scenario's cells.
+cell_proxies() { case "$1" in h1|connect) echo "${PROXIES[@]}" ;; *) echo "${TLS_PROXIES[@]}" ;; esac; }
+# The floor adds no header, so its load generator sends the ones the others add (same values, a
+# fixed 32-hex X-Request-ID): the backend sees and echoes the same bytes; only the client's leg
+# to the floor carries ~170 bytes more than to the others (in the floor's disfavour).
+FLOOR_HEADERS=(-H "X-Forwarded-For: 127.0.0.1" -H "X-Forwarded-Proto: http" -H "X-Forwarded-Host: ${HTTP[floor]}"
+               -H "X-Forwarded-Port: ${HTTP[floor]##*:}" -H "X-Real-IP: 127.0.0.1"
+               -H "X-Request-ID: 0123456789abcdef0123456789abcdef")
+load_headers() { [ "$1" = floor ] && printf '%s\n' "${FLOOR_HEADERS[@]}"; true; } # proxy → wrk -H args, one per line
 
 # --- certificate (ECDSA P-256, CN/SAN localhost: wrk and h2load send the URL host as SNI) ---
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -280,23 +311,36 @@ start_gateway gateway "$GW_BIN" "${GW_EXTRA[@]}"
 GW_PID=${PIDS[-1]}
 [ -n "$GW_BIN_B" ] && start_gateway gateway-b "$GW_BIN_B" "${GW_EXTRA_B[@]}"
 
+# --- --floor: the yardstick relay (floor.c), one thread on CPU 0 ---
+if [ "$FLOOR" = 1 ]; then
+    cc -O2 -Wall -o "$TMP/floor" "$ROOT/bench/gateway/floor.c"
+    taskset -c 0 "$TMP/floor" "${HTTP[floor]}" "$BACKEND" >"$TMP/floor.log" 2>&1 &
+    PIDS+=($!)
+    PROC[floor]=$!
+fi
+
 # --- wait until every proxy answers 200 through to the backend, over HTTP and HTTPS ---
 for p in "${PROXIES[@]}"; do
     ok=0
     for _ in $(seq 1 100); do
         if curl -fsS -o /dev/null "http://${HTTP[$p]}/" 2>/dev/null &&
-           curl -fsS -o /dev/null -k "https://localhost:${HTTPS[$p]}/" 2>/dev/null; then ok=1; break; fi
+           { [ "$p" = floor ] || curl -fsS -o /dev/null -k "https://localhost:${HTTPS[$p]}/" 2>/dev/null; }; then ok=1; break; fi
         sleep 0.1
     done
     if [ "$ok" != 1 ]; then
         echo "$p does not answer; logs:" >&2; tail -n 20 "$TMP"/*.log "$TMP"/*.out >&2 2>/dev/null || true; exit 1
     fi
-    h2=$(curl -sk --http2 -o /dev/null -w '%{http_version}' "https://localhost:${HTTPS[$p]}/")
-    tls=$(echo | openssl s_client -connect "127.0.0.1:${HTTPS[$p]}" -servername localhost 2>/dev/null |
-          grep -m1 '^New,' || true)
-    echo "ready: $p (HTTP/$h2 over TLS; $tls)" >&2
+    if [ "$p" = floor ]; then
+        echo "ready: floor (plain HTTP only)" >&2
+    else
+        h2=$(curl -sk --http2 -o /dev/null -w '%{http_version}' "https://localhost:${HTTPS[$p]}/")
+        tls=$(echo | openssl s_client -connect "127.0.0.1:${HTTPS[$p]}" -servername localhost 2>/dev/null |
+              grep -m1 '^New,' || true)
+        echo "ready: $p (HTTP/$h2 over TLS; $tls)" >&2
+    fi
     # What reached the backend (the echo's "headers" object) and the answer's size in bytes.
-    curl -fsS "http://${HTTP[$p]}/" | python3 -c 'import json, sys
+    mapfile -t hs < <(load_headers "$p")
+    curl -fsS "${hs[@]}" "http://${HTTP[$p]}/" | python3 -c 'import json, sys
 b = sys.stdin.read(); h = json.loads(b)["headers"]
 h = {k: (v if k != "x-request-id" else "<%d chars>" % len(v)) for k, v in h.items()}
 print("forwarded: %s (%d-byte body)" % (", ".join("%s=%s" % kv for kv in sorted(h.items())), len(b)))' >&2
@@ -433,23 +477,23 @@ echo "== direct to backend (no proxy), HTTP/1.1" >&2
 run_wrk direct-h1 "http://$BACKEND/"
 if has h1; then
 echo "== HTTP/1.1 keep-alive" >&2
-for p in "${PROXIES[@]}"; do run_wrk "$p-h1" "http://${HTTP[$p]}/"; done
+for p in "${PROXIES[@]}"; do mapfile -t hs < <(load_headers "$p"); run_wrk "$p-h1" "http://${HTTP[$p]}/" "${hs[@]}"; done
 fi
 if has https; then
 echo "== HTTPS keep-alive" >&2
-for p in "${PROXIES[@]}"; do run_wrk "$p-https" "https://localhost:${HTTPS[$p]}/"; done
+for p in "${TLS_PROXIES[@]}"; do run_wrk "$p-https" "https://localhost:${HTTPS[$p]}/"; done
 fi
 if has handshake; then
 echo "== new TLS handshakes (Connection: close)" >&2
-for p in "${PROXIES[@]}"; do run_wrk "$p-handshake" "https://localhost:${HTTPS[$p]}/" -H "Connection: close"; done
+for p in "${TLS_PROXIES[@]}"; do run_wrk "$p-handshake" "https://localhost:${HTTPS[$p]}/" -H "Connection: close"; done
 fi
 if has connect; then
 echo "== new TCP connection per request (HTTP/1.1, Connection: close)" >&2
-for p in "${PROXIES[@]}"; do run_wrk "$p-connect" "http://${HTTP[$p]}/" -H "Connection: close"; done
+for p in "${PROXIES[@]}"; do mapfile -t hs < <(load_headers "$p"); run_wrk "$p-connect" "http://${HTTP[$p]}/" -H "Connection: close" "${hs[@]}"; done
 fi
 if has mixed; then
 echo "== HTTPS keep-alive ($MIXED_CONNS connections) during a flood of new TLS handshakes ($CONNS connections)" >&2
-for p in "${PROXIES[@]}"; do
+for p in "${TLS_PROXIES[@]}"; do
     taskset -c 1 wrk -t1 -c"$CONNS" -d"$((WARMUP + DURATION + 2))s" -H "Connection: close" \
         "https://localhost:${HTTPS[$p]}/" > "$TMP/flood-$p.txt" 2>&1 &
     flood=$!
@@ -463,7 +507,7 @@ fi
 if has upload; then
 echo "== HTTPS upload: POST of $UPLOAD_BYTES bytes per request" >&2
 head -c "$UPLOAD_BYTES" /dev/zero >"$TMP/upload.bin"
-for p in "${PROXIES[@]}"; do
+for p in "${TLS_PROXIES[@]}"; do
     # The backend must have read the whole body through this proxy, or the cell measures nothing.
     got=$(curl -fsS -k --data-binary @"$TMP/upload.bin" -H 'Content-Type: application/octet-stream' \
         "https://localhost:${HTTPS[$p]}/" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("body_bytes"))' || true)
@@ -473,7 +517,7 @@ done
 fi
 if has h2; then
 echo "== HTTP/2 over TLS" >&2
-for p in "${PROXIES[@]}"; do run_h2 "$p-h2" "${HTTPS[$p]}"; done
+for p in "${TLS_PROXIES[@]}"; do run_h2 "$p-h2" "${HTTPS[$p]}"; done
 fi
 END=$(date +%s)
 
@@ -492,7 +536,7 @@ for s in ${SCENARIOS//,/ }; do
         connect) name="new TCP connection per request (HTTP/1.1)" ;;
         upload) name="HTTPS upload ($((UPLOAD_BYTES / 1024)) KiB POST)" ;;
     esac
-    for p in "${PROXIES[@]}"; do
+    for p in $(cell_proxies "$s"); do
         k="$p-$s"
         echo "| $name | $p | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERR[$k]} | ${CPU[$k]} | $(ratio "${RPS[$k]}" "${RPS[nginx-$s]}") | $(ratio "${P99[$k]}" "${P99[nginx-$s]}") | ${CPUUS[$k]:-—} | $(cpu_ratio "${CPUUS[$k]:-}" "${CPUUS[nginx-$s]:-}") | ${CONNECTS[$k]:-—} | ${SEGS[$k]:-—} | ${SWITCHES[$k]:-—} |"
     done
@@ -505,14 +549,14 @@ echo "measured in $((END-START)) s; $CONNS connections; ${DURATION} s per cell a
 # inside. The mean lifetime of a connection (connections ÷ handshakes/s, Little's law) counts both.
 if has handshake; then
     printf "new TLS handshakes, mean connection lifetime (connect to close, %s ÷ req/s):" "$CONNS"
-    for p in "${PROXIES[@]}"; do
+    for p in "${TLS_PROXIES[@]}"; do
         awk -v p="$p" -v c="$CONNS" -v r="${RPS[$p-handshake]}" 'BEGIN{ if (r+0>0) printf " %s %.1f ms;", p, 1000*c/r }'
     done
     echo
 fi
 if has upload; then
     printf "upload rate (req/s × %s bytes), MiB/s:" "$UPLOAD_BYTES"
-    for p in "${PROXIES[@]}"; do
+    for p in "${TLS_PROXIES[@]}"; do
         awk -v p="$p" -v r="${RPS[$p-upload]}" -v b="$UPLOAD_BYTES" -v us="${CPUUS[$p-upload]:-}" 'BEGIN{
             printf " %s %.0f", p, r*b/1048576; if (us != "") printf " (%.2f proxy CPU-ms per MiB)", us*1048576/b/1000; printf ";" }'
     done
@@ -522,7 +566,7 @@ fi
 # req/s and latency, and the flood's rate, not its µs/req.
 if has mixed; then
     printf "handshake flood beside the mixed cell (handshakes/s):"
-    for p in "${PROXIES[@]}"; do printf " %s %s;" "$p" "${FLOOD[$p]:-?}"; done
+    for p in "${TLS_PROXIES[@]}"; do printf " %s %s;" "$p" "${FLOOD[$p]:-?}"; done
     echo
 fi
 fi
@@ -545,11 +589,12 @@ split_of() { # symbols.txt → "| category | % |" rows
 # profile_load PROXY OUTFILE: the load of the profiled cell (PROFILE_LOAD) on PROXY, in the
 # background, for DURATION + 2 s; its report goes to OUTFILE.
 profile_load() {
+    local hs; mapfile -t hs < <(load_headers "$1")
     case "${PROFILE_LOAD:-h1}" in
         h2) taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D "$((DURATION + 2))" "https://localhost:${HTTPS[$1]}/" >"$2" 2>&1 & ;;
         https) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "https://localhost:${HTTPS[$1]}/" >"$2" 2>&1 & ;;
-        connect) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" -H "Connection: close" >"$2" 2>&1 & ;;
-        *) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" >"$2" 2>&1 & ;;
+        connect) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" -H "Connection: close" "${hs[@]}" >"$2" 2>&1 & ;;
+        *) taskset -c 1 wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" "http://${HTTP[$1]}/" "${hs[@]}" >"$2" 2>&1 & ;;
     esac
 }
 
@@ -616,6 +661,28 @@ if [ "$PROFILE" = 1 ]; then
     echo "nginx split (same patterns; nginx's own code lands in \"other\"):"
     split_of "$OUT/nginx-symbols.txt"
     echo "(req/s during the nginx profile: $(awk '/^Requests\/sec:/{print $2} /^finished in/{print $4}' "$TMP/load-nginx-prof.txt"))"
+
+    # --floor, plain-HTTP loads: the yardstick relay too (its share in the kernel is the floor's).
+    if [ "$FLOOR" = 1 ] && { [ "${PROFILE_LOAD:-h1}" = h1 ] || [ "${PROFILE_LOAD:-h1}" = connect ]; }; then
+        echo "== perf: floor (pid ${PROC[floor]}), $LOAD_NAME" >&2
+        profile_load floor "$TMP/load-floor-prof.txt"
+        WRK=$!
+        sleep 1
+        perf record -e cpu-clock -g -p "${PROC[floor]}" -o "$TMP/perf-floor.data" -- sleep "$DURATION" >/dev/null 2>&1
+        wait "$WRK" || true
+        perf report -i "$TMP/perf-floor.data" --no-children --sort sym --stdio --percent-limit 0.01 -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' >"$OUT/floor-symbols.txt"
+        perf report -i "$TMP/perf-floor.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' >"$OUT/floor-dso.txt"
+        echo
+        echo "floor, top 15 symbols (self time, same load):"
+        echo '```'
+        head -15 "$OUT/floor-symbols.txt" | cut -c1-150
+        echo '```'
+        echo "floor split (same patterns):"
+        split_of "$OUT/floor-symbols.txt"
+        echo "(req/s during the floor profile: $(awk '/^Requests\/sec:/{print $2}' "$TMP/load-floor-prof.txt"))"
+    fi
 fi
 
 if [ "$SYSCALLS" = 1 ]; then
@@ -626,7 +693,8 @@ if [ "$SYSCALLS" = 1 ]; then
     echo "System calls per request, $sc_load (strace -c -f on the proxy, all threads, during wrk -t1 -c$CONNS -d${DURATION}s):"
     echo
     declare -A SC
-    for p in "${PROXIES[@]}"; do
+    if [ "${SYSCALLS_LOAD:-h1}" = upload ]; then SC_PROXIES=("${TLS_PROXIES[@]}"); else SC_PROXIES=("${PROXIES[@]}"); fi
+    for p in "${SC_PROXIES[@]}"; do
         pid="${PROC[$p]}"
         if [ "${SYSCALLS_LOAD:-h1}" = upload ]; then
             load=(-s "$ROOT/bench/gateway/upload.lua" "https://localhost:${HTTPS[$p]}/")
@@ -650,7 +718,7 @@ if [ "$SYSCALLS" = 1 ]; then
     done
     echo "| proxy | syscalls/request | by name (≥ 0.01 per request) |"
     echo "|---|---:|---|"
-    for p in "${PROXIES[@]}"; do echo "| $p | ${SC[$p]%%|*} | ${SC[$p]#*|} |"; done
+    for p in "${SC_PROXIES[@]}"; do echo "| $p | ${SC[$p]%%|*} | ${SC[$p]#*|} |"; done
 fi
 
 if [ "$IDLE" -gt 0 ]; then
@@ -659,7 +727,7 @@ if [ "$IDLE" -gt 0 ]; then
     echo
     rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
     declare -A IDLE_KIB
-    for p in "${PROXIES[@]}"; do
+    for p in "${TLS_PROXIES[@]}"; do
         pid="${PROC[$p]}"
         holders=()
         holder_fds=()
@@ -697,5 +765,5 @@ if [ "$IDLE" -gt 0 ]; then
     done
     echo "| proxy | plain HTTP, KiB per idle connection | HTTPS (TLS 1.3), KiB per idle connection | HTTP/2 (TLS 1.3), KiB per idle connection |"
     echo "|---|---:|---:|---:|"
-    for p in "${PROXIES[@]}"; do echo "| $p | ${IDLE_KIB[$p-http]} | ${IDLE_KIB[$p-https]} | ${IDLE_KIB[$p-h2]} |"; done
+    for p in "${TLS_PROXIES[@]}"; do echo "| $p | ${IDLE_KIB[$p-http]} | ${IDLE_KIB[$p-https]} | ${IDLE_KIB[$p-h2]} |"; done
 fi

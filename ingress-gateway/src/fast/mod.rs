@@ -37,10 +37,12 @@
 pub mod framing;
 mod h2;
 pub mod pool;
+pub mod spare;
 pub mod timer;
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +54,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{ALPN, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -66,6 +69,7 @@ use crate::routes::{Backend, RouteTable};
 use crate::upstream::{InFlight, fast_random};
 use framing::{BodyFraming, ChunkedTracker, Copied, Forwarding, Parsed, Request};
 use pool::Pool;
+use spare::Spares;
 use timer::Deadline;
 
 /// How long an idle client keep-alive connection waits for its next request (Pingora's
@@ -174,17 +178,36 @@ struct Conn {
     answered: u64,
 }
 
+thread_local! {
+    // Buffers of connections waiting for their next request ([`Conn::release_buffers`]), for
+    // the next request on this thread ([`spare`]); bounds in elements.
+    static SPARE_REQUEST: Spares<u8> = const { Spares::new(2 * REQUEST_BUFFER) };
+    static SPARE_FIELDS: Spares<(Range<usize>, Range<usize>)> =
+        const { Spares::new(framing::MAX_HEADERS) };
+    static SPARE_HEAD: Spares<u8> = const { Spares::new(8 * HEAD_BUFFER) };
+    static SPARE_BODY: Spares<u8> = const { Spares::new(2 * BODY_BUFFER) };
+}
+
 impl Conn {
-    /// Gives back the memory of the buffers while the connection waits for its next request
-    /// (all empty then): the request buffer, the field ranges, the upstream / response head, the
-    /// upstream read buffer. The next request allocates them again (`read_idle`,
-    /// `framing::parse_request`, [`HEAD_BUFFER`], [`BODY_BUFFER`]).
+    /// Gives up the buffers while the connection waits for its next request (all empty then):
+    /// the request buffer, the field ranges, the upstream / response head, the upstream read
+    /// buffer. They go to this thread's spares ([`spare`]; freed beyond its bound), from where
+    /// the next request on the thread takes them ([`read_idle`], [`Conn::take_spares`]), or
+    /// they are allocated again (`framing::parse_request`, [`HEAD_BUFFER`], [`BODY_BUFFER`]).
     fn release_buffers(&mut self) {
         debug_assert!(self.buf.is_empty(), "pipelined bytes are never released");
-        self.buf = Vec::new();
-        self.copied = Vec::new();
-        self.up.out = Vec::new();
-        self.up.rbuf = Vec::new();
+        SPARE_REQUEST.with(|s| s.give(&mut self.buf));
+        SPARE_FIELDS.with(|s| s.give(&mut self.copied));
+        SPARE_HEAD.with(|s| s.give(&mut self.up.out));
+        SPARE_BODY.with(|s| s.give(&mut self.up.rbuf));
+    }
+
+    /// Once the next request has arrived after [`Conn::release_buffers`]: spare buffers for the
+    /// ones this connection has none of (the request buffer was taken by [`read_idle`]).
+    fn take_spares(&mut self) {
+        SPARE_FIELDS.with(|s| s.take_into(&mut self.copied));
+        SPARE_HEAD.with(|s| s.take_into(&mut self.up.out));
+        SPARE_BODY.with(|s| s.take_into(&mut self.up.rbuf));
     }
 }
 
@@ -192,7 +215,9 @@ impl Conn {
 /// during a poll, so not part of the waiting future either): how an idle connection, which holds
 /// no buffer of its own ([`Conn::release_buffers`]), waits for its next request, and how
 /// [`ClientSide::gone`] watches the client. Resolves to the number of bytes appended (0: end of
-/// stream), at most [`REQUEST_BUFFER`] per read.
+/// stream), at most [`REQUEST_BUFFER`] per read. Bytes for a `buf` without an allocation go
+/// into a spare request buffer of this thread when there is one ([`spare`]), else a new one of
+/// [`REQUEST_BUFFER`] bytes.
 fn read_idle<'a>(
     stream: &'a mut Stream,
     buf: &'a mut Vec<u8>,
@@ -201,6 +226,10 @@ fn read_idle<'a>(
         let mut space = [MaybeUninit::<u8>::uninit(); REQUEST_BUFFER];
         let mut read = ReadBuf::uninit(&mut space);
         ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        if buf.capacity() == 0 && !read.filled().is_empty() {
+            SPARE_REQUEST.with(|s| s.take_into(buf));
+            buf.reserve(REQUEST_BUFFER);
+        }
         buf.extend_from_slice(read.filled());
         Poll::Ready(Ok(read.filled().len()))
     })
@@ -383,6 +412,15 @@ fn idempotent(method: &[u8]) -> bool {
     )
 }
 
+/// Turns the L4 write buffer of a plain-TCP client connection off or on
+/// (`pingora_core`'s `Stream::set_write_buffer`, a drawbridge patch); a TLS connection keeps it.
+/// Only between two writes that were flushed.
+fn set_write_buffer(stream: &mut Stream, on: bool) {
+    if let Some(plain) = stream.as_any_mut().downcast_mut::<L4Stream>() {
+        plain.set_write_buffer(on);
+    }
+}
+
 async fn write_client(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
     stream.write_all(data).await?;
     stream.flush().await
@@ -416,6 +454,11 @@ impl ServerApp for FastPath {
             }
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
+        // Every write to the client is a whole message followed by a flush ([`write_client`]):
+        // on plain TCP they go straight to the socket, not copied through Pingora's L4 write
+        // buffer first (under TLS, rustls' records still gather there). Back on for Pingora's
+        // path below.
+        set_write_buffer(&mut stream, false);
         let socket = stream.get_socket_digest();
         let mut conn = Conn {
             buf: Vec::with_capacity(REQUEST_BUFFER),
@@ -438,6 +481,7 @@ impl ServerApp for FastPath {
             Outcome::HandOver(reason) => {
                 tracing::trace!(reason, "request handed to the Pingora path");
                 self.metrics.handed_over(Protocol::Http1, reason);
+                set_write_buffer(&mut stream, true);
                 Box::pin(self.hand_over(stream, conn.buf, shutdown)).await;
             }
         }
@@ -489,7 +533,8 @@ impl FastPath {
     /// none, as nginx frees a keep-alive connection's buffers (`ngx_http_set_keepalive`); the
     /// next request is read into a buffer on the stack and copied out. An idle connection then
     /// holds no buffer (memory per idle connection: docs/benchmarks.md); a busy one pays for
-    /// the copy of its request head and the buffers' allocation again.
+    /// the copy of its request head, and takes its buffers back from the thread's spares
+    /// ([`spare`]) or, when there are none, allocates them again.
     async fn read_client(
         &self,
         stream: &mut Stream,
@@ -526,11 +571,15 @@ impl FastPath {
         if self.is_stopping(shutdown) {
             return false;
         }
-        tokio::select! {
+        let arrived = tokio::select! {
             biased;
             r = conn.client_timer.run(KEEPALIVE_TIMEOUT, read) => matches!(r, Ok(n) if n > 0),
             _ = &mut stop => false,
+        };
+        if arrived {
+            conn.take_spares();
         }
+        arrived
     }
 
     /// Serves requests until the connection closes or one must be handed over.
@@ -1083,8 +1132,14 @@ impl FastPath {
         l: &Logged<'_>,
         attempt: &Attempt,
     ) {
-        let text =
-            |r: &std::ops::Range<usize>| std::str::from_utf8(&conn.buf[r.clone()]).unwrap_or("");
+        // Host, path and request ID are only logged (the metrics need the method alone).
+        let text = |r: &Range<usize>| {
+            if self.access_log {
+                std::str::from_utf8(&conn.buf[r.clone()]).unwrap_or("")
+            } else {
+                ""
+            }
+        };
         let line = LogLine {
             client: conn.client_ip.as_deref(),
             method: &conn.buf[req.method.clone()],

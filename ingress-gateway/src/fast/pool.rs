@@ -48,7 +48,7 @@ pub struct Pool {
 type Key = (usize, SocketAddr);
 
 struct Inner {
-    by_addr: HashMap<Key, Vec<Idle>>,
+    by_addr: HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>,
     last_sweep: Instant,
 }
 
@@ -94,7 +94,7 @@ impl Pool {
             idle_timeout,
             per_thread,
             inner: Mutex::new(Inner {
-                by_addr: HashMap::new(),
+                by_addr: HashMap::default(),
                 last_sweep: Instant::now(),
             }),
         }

@@ -104,6 +104,9 @@ pub trait IO:
     fn as_any(&self) -> &dyn Any;
     /// helper to cast back of the concrete type
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    /// drawbridge patch: helper to cast as the mutable reference of the concrete type (to reach
+    /// [`l4::stream::Stream::set_write_buffer`] through a [`Stream`])
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 impl<
@@ -128,6 +131,9 @@ where
         self
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 }

@@ -874,6 +874,19 @@ impl Stream {
         self.offload_wait_duration = offload_wait_duration;
     }
 
+    /// drawbridge patch: whether writes go through the L4 write buffer ([`LazyBufWriter`];
+    /// on by default). Off, each write goes straight to the socket: for a caller that writes
+    /// whole messages and flushes after each, the buffer only adds a copy (and, being lazy, an
+    /// allocation and a free per message). Switch it only while nothing is buffered (before the
+    /// first write, or right after a flush); otherwise buffered bytes would be overtaken.
+    pub fn set_write_buffer(&mut self, on: bool) {
+        debug_assert!(
+            self.stream().writer().buf.is_empty(),
+            "write buffer switched with data in it"
+        );
+        self.buffer_write = on;
+    }
+
     /// set TCP nodelay for this connection if `self` is TCP
     pub fn set_nodelay(&mut self) -> Result<()> {
         match &self.stream_mut().get_mut().stream {
