@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied HTTP/1.1 keep-alive request, counted by valgrind's callgrind:
-# the same number on every run (to ~0.1%), so it shows a change of a few percent of the gateway's
+# the same number on every run (to ~1%), so it shows a change of a few percent of the gateway's
 # own work that bench/gateway/run.sh's CPU-time columns cannot see through this machine's noise.
 # It counts only user space (no system-call or TCP work), and instructions, not time.
 #
@@ -10,6 +10,7 @@
 # --access-log=false, the same Ingress as run.sh's plain-HTTP cells), 2,000 warm-up requests
 # (connections pooled, buffers allocated), then instrumentation on for N (default 20,000)
 # requests from `h2load --h1 -c64`, off, dump. Prints Ir (instructions executed) per request.
+# GW_ARGS: extra flags for every gateway (e.g. --work-stealing=false).
 # --keep DIR keeps each binary's callgrind output as DIR/callgrind.<n>.out
 # (`callgrind_annotate --tree=caller FILE` shows who spends them).
 set -euo pipefail
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --requests) REQUESTS="$2"; shift 2 ;;
         --keep) KEEP="$2"; shift 2 ;;
-        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
         --*) echo "unknown argument $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -42,35 +43,13 @@ BACKEND=127.0.0.1:18180
 LISTEN=127.0.0.1:18183
 TMP="$(mktemp -d /tmp/gateway-instructions.XXXXXX)"
 PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    sleep 1
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
+CGROUPS=()
+# shellcheck source=lib.sh
+source "$ROOT/bench/gateway/lib.sh"
+trap stop_all EXIT INT TERM
 
 mkdir -p "$TMP/manifests"
-python3 - "$TMP" "$BACKEND" <<'PY'
-import json, sys
-tmp, backend = sys.argv[1], sys.argv[2]
-ip, port = backend.split(":")
-items = [
-    {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "drawbridge"},
-     "spec": {"controller": "drawbridge.dev/ingress-gateway"}},
-    {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "echo"},
-     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}},
-    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-     "metadata": {"namespace": "default", "name": "echo-0", "labels": {"kubernetes.io/service-name": "echo"}},
-     "addressType": "IPv4", "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
-     "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
-    {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"namespace": "default", "name": "bench"},
-     "spec": {"ingressClassName": "drawbridge",
-              "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
-                                              "backend": {"service": {"name": "echo", "port": {"number": 80}}}}]}}]}},
-]
-json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(f"{tmp}/manifests/objects.yaml", "w"))
-PY
+python3 "$ROOT/bench/gateway/manifests.py" "$TMP" "$BACKEND"
 
 taskset -c 1 "$ECHO_BIN" --listen "$BACKEND" --pod-name bench >"$TMP/echo.log" 2>&1 &
 PIDS+=($!)
@@ -79,10 +58,11 @@ n=0
 for bin in "$@"; do
     n=$((n + 1))
     mkdir -p "$TMP/state-$n"
+    read -r -a extra <<<"${GW_ARGS:-}"
     RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$TMP/callgrind.$n.out" "$bin" --manifests "$TMP/manifests" \
         --state-dir "$TMP/state-$n" --http-addr "$LISTEN" --https-addr 127.0.0.1:18443 \
-        --metrics-addr 127.0.0.1:18197 --threads 1 --access-log=false >"$TMP/gateway-$n.log" 2>&1 &
+        --metrics-addr 127.0.0.1:18197 --threads 1 --access-log=false "${extra[@]}" >"$TMP/gateway-$n.log" 2>&1 &
     gw=$!
     PIDS+=($gw)
     for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://$LISTEN/" 2>/dev/null && break; sleep 0.2; done

@@ -122,15 +122,12 @@ GW_BIN_B="${GW_BIN_B:-}"
 
 TMP="$(mktemp -d /tmp/gateway-bench.XXXXXX)"
 PIDS=()
+# shellcheck source=lib.sh
+source "$ROOT/bench/gateway/lib.sh"
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    sleep 1
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     # nginx forks its worker from the master we started; stop it through its pid file too.
-    [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
-    sleep 0.2
-    for d in "${CGROUPS[@]}"; do rmdir "$d" 2>/dev/null || echo "cannot remove cgroup $d" >&2; done
-    rm -rf "$TMP"
+    [ -f "$TMP/nginx.pid" ] && PIDS+=("$(cat "$TMP/nginx.pid")")
+    stop_all
 }
 CGROUPS=()
 trap cleanup EXIT INT TERM
@@ -269,29 +266,7 @@ declare -A PROC=([haproxy]=$!)
 
 # --- ingress-gateway: --threads 1 on CPU 0 (the whole process: Pingora + discovery thread) ---
 mkdir -p "$TMP/manifests" "$TMP/state"
-python3 - "$TMP" "$BACKEND" <<'PY'
-import json, sys
-tmp, backend = sys.argv[1], sys.argv[2]
-ip, port = backend.split(":")
-crt, key = open(f"{tmp}/cert.pem").read(), open(f"{tmp}/key.pem").read()
-items = [
-    {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "drawbridge"},
-     "spec": {"controller": "drawbridge.dev/ingress-gateway"}},
-    {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "echo"},
-     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}},
-    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-     "metadata": {"namespace": "default", "name": "echo-0", "labels": {"kubernetes.io/service-name": "echo"}},
-     "addressType": "IPv4", "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
-     "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
-    {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-     "metadata": {"namespace": "default", "name": "bench-cert"}, "stringData": {"tls.crt": crt, "tls.key": key}},
-    {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"namespace": "default", "name": "bench"},
-     "spec": {"ingressClassName": "drawbridge", "tls": [{"hosts": ["localhost"], "secretName": "bench-cert"}],
-              "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
-                                              "backend": {"service": {"name": "echo", "port": {"number": 80}}}}]}}]}},
-]
-json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(f"{tmp}/manifests/objects.yaml", "w"))
-PY
+python3 "$ROOT/bench/gateway/manifests.py" "$TMP" "$BACKEND" --tls
 start_gateway() { # name binary [extra flags...]
     local name="$1" bin="$2" extra=("${@:3}")
     # Per-request access log (when the build has one): off, like nginx's access_log off.
@@ -350,24 +325,11 @@ PROC[nginx]=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1) # the one worker
 
 # --- --proxy-cpu: one cgroup per proxy, CFS bandwidth PERCENT % of a core (cgroup v2 or v1) ---
 if [ -n "$PROXY_CPU" ]; then
-    quota=$((PROXY_CPU * 100)) # µs per 10,000 µs period
-    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
-        cg_root=/sys/fs/cgroup
-    else
-        cg_root=/sys/fs/cgroup/cpu
-    fi
     for p in "${PROXIES[@]}"; do
-        d="$cg_root/drawbridge-bench-$$-$p"
-        mkdir "$d"
-        CGROUPS+=("$d")
-        if [ -f "$d/cpu.max" ]; then echo "$quota 10000" >"$d/cpu.max"
-        else echo 10000 >"$d/cpu.cfs_period_us"; echo "$quota" >"$d/cpu.cfs_quota_us"; fi
-        pid="${PROC[$p]}"
-        [ "$p" = nginx ] && echo "$(cat "$TMP/nginx.pid")" >"$d/cgroup.procs" # the idle master too
-        echo "$pid" >"$d/cgroup.procs"
+        if [ "$p" = nginx ]; then cpu_cap nginx "$PROXY_CPU" "$(cat "$TMP/nginx.pid")" "${PROC[nginx]}" # the idle master too
+        else cpu_cap "$p" "$PROXY_CPU" "${PROC[$p]}"; fi
     done
-    echo "proxies capped at ${PROXY_CPU}% of a core each (${quota} µs per 10 ms)" >&2
+    echo "proxies capped at ${PROXY_CPU}% of a core each ($((PROXY_CPU * 100)) µs per 10 ms)" >&2
 fi
 
 # --- helpers: numbers out of wrk / h2load output, latency in ms ---
@@ -641,47 +603,34 @@ if [ "$PROFILE" = 1 ]; then
     split_of "$OUT/symbols.txt"
     echo "(full lists: $OUT/symbols.txt, $OUT/dso.txt; call chains of symbols ≥ 3%: $OUT/callers.txt; threads: $OUT/threads.txt)"
 
-    # The same for nginx's worker, to compare where the time goes (kernel share per request).
-    NGINX_WORKER=$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1)
-    echo "== perf: nginx worker (pid $NGINX_WORKER), $LOAD_NAME" >&2
-    profile_load nginx "$TMP/load-nginx-prof.txt"
-    WRK=$!
-    sleep 1
-    perf record -e cpu-clock -g -p "$NGINX_WORKER" -o "$TMP/perf-nginx.data" -- sleep "$DURATION" >/dev/null 2>&1
-    wait "$WRK" || true
-    perf report -i "$TMP/perf-nginx.data" --no-children --sort sym --stdio --percent-limit 0.01 -g none 2>/dev/null |
-        grep -E '^ +[0-9.]+%' >"$OUT/nginx-symbols.txt"
-    perf report -i "$TMP/perf-nginx.data" --no-children --sort dso --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9.]+%' >"$OUT/nginx-dso.txt"
-    echo
-    echo "nginx worker, top 15 symbols (self time, same load):"
-    echo '```'
-    head -15 "$OUT/nginx-symbols.txt" | cut -c1-150
-    echo '```'
-    echo "nginx split (same patterns; nginx's own code lands in \"other\"):"
-    split_of "$OUT/nginx-symbols.txt"
-    echo "(req/s during the nginx profile: $(awk '/^Requests\/sec:/{print $2} /^finished in/{print $4}' "$TMP/load-nginx-prof.txt"))"
-
-    # --floor, plain-HTTP loads: the yardstick relay too (its share in the kernel is the floor's).
-    if [ "$FLOOR" = 1 ] && { [ "${PROFILE_LOAD:-h1}" = h1 ] || [ "${PROFILE_LOAD:-h1}" = connect ]; }; then
-        echo "== perf: floor (pid ${PROC[floor]}), $LOAD_NAME" >&2
-        profile_load floor "$TMP/load-floor-prof.txt"
+    # profile_peer NAME PID TITLE SPLIT_NOTE: the same for another proxy under the same load
+    # (its kernel share per request to compare), into $OUT/NAME-symbols.txt and NAME-dso.txt.
+    profile_peer() {
+        local name="$1" pid="$2" title="$3" note="$4"
+        echo "== perf: $title (pid $pid), $LOAD_NAME" >&2
+        profile_load "$name" "$TMP/load-$name-prof.txt"
         WRK=$!
         sleep 1
-        perf record -e cpu-clock -g -p "${PROC[floor]}" -o "$TMP/perf-floor.data" -- sleep "$DURATION" >/dev/null 2>&1
+        perf record -e cpu-clock -g -p "$pid" -o "$TMP/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1
         wait "$WRK" || true
-        perf report -i "$TMP/perf-floor.data" --no-children --sort sym --stdio --percent-limit 0.01 -g none 2>/dev/null |
-            grep -E '^ +[0-9.]+%' >"$OUT/floor-symbols.txt"
-        perf report -i "$TMP/perf-floor.data" --no-children --sort dso --stdio -g none 2>/dev/null |
-            grep -E '^ +[0-9.]+%' >"$OUT/floor-dso.txt"
+        perf report -i "$TMP/perf-$name.data" --no-children --sort sym --stdio --percent-limit 0.01 -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' >"$OUT/$name-symbols.txt"
+        perf report -i "$TMP/perf-$name.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' >"$OUT/$name-dso.txt"
         echo
-        echo "floor, top 15 symbols (self time, same load):"
+        echo "$title, top 15 symbols (self time, same load):"
         echo '```'
-        head -15 "$OUT/floor-symbols.txt" | cut -c1-150
+        head -15 "$OUT/$name-symbols.txt" | cut -c1-150
         echo '```'
-        echo "floor split (same patterns):"
-        split_of "$OUT/floor-symbols.txt"
-        echo "(req/s during the floor profile: $(awk '/^Requests\/sec:/{print $2}' "$TMP/load-floor-prof.txt"))"
+        echo "$title split (same patterns$note):"
+        split_of "$OUT/$name-symbols.txt"
+        echo "(req/s during the $title profile: $(awk '/^Requests\/sec:/{print $2} /^finished in/{print $4}' "$TMP/load-$name-prof.txt"))"
+    }
+    profile_peer nginx "$(pgrep -P "$(cat "$TMP/nginx.pid")" | head -1)" "nginx worker" \
+        "; nginx's own code lands in \"other\""
+    # --floor, plain-HTTP loads: the yardstick relay too (its share in the kernel is the floor's).
+    if [ "$FLOOR" = 1 ] && { [ "${PROFILE_LOAD:-h1}" = h1 ] || [ "${PROFILE_LOAD:-h1}" = connect ]; }; then
+        profile_peer floor "${PROC[floor]}" floor ""
     fi
 fi
 
