@@ -13,9 +13,9 @@
 # (e.g. the same binary twice with ARGS_B=--work-stealing=false).
 #
 # Caveat, measured (docs/benchmarks.md, Gateway, 2026-12-08 (b)): two processes of the SAME binary
-# differed by 5% here (A ÷ B = 1.052 ± 0.013 over 30 rounds), so run every comparison both ways
-# (A B, then B A) and take the geometric mean of A÷B and 1 ÷ (B÷A); differences under ~5% stay
-# unresolved. Proxy CPU comes from /proc/PID/stat (10 ms ticks).
+# differed by 2–5% here (A ÷ B = 1.022 ± 0.019 and 1.052 ± 0.013 over 30 rounds), so run every
+# comparison both ways (A B, then B A) and take the geometric mean of A÷B and 1 ÷ (B÷A);
+# differences under ~3–5% stay unresolved. Proxy CPU comes from /proc/PID/stat (10 ms ticks).
 set -euo pipefail
 
 ROUNDS=20
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --seconds) SECONDS_PER="$2"; shift 2 ;;
         --load) LOAD="$2"; shift 2 ;;
-        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         --*) echo "unknown argument $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -36,13 +36,9 @@ case "$LOAD" in h1|https|h2) ;; *) echo "--load: h1, https or h2" >&2; exit 2 ;;
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 ECHO_BIN="${ECHO_BIN:-$ROOT/target/release/drawbridge-echo}"
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
-fi
+# shellcheck source=lib.sh
+source "$ROOT/bench/gateway/lib.sh"
+install_missing wrk:wrk h2load:nghttp2-client openssl:openssl
 
 BACKEND=127.0.0.1:18180
 declare -A BIN=([A]="$1" [B]="$2") PORT=([A]=18183 [B]=18184) TLS_PORT=([A]=18443 [B]=18444)
@@ -50,8 +46,6 @@ declare -A METRICS=([A]=18197 [B]=18198) ARGS=([A]="${ARGS_A:-}" [B]="${ARGS_B:-
 TMP="$(mktemp -d /tmp/gateway-ab.XXXXXX)"
 PIDS=()
 CGROUPS=()
-# shellcheck source=lib.sh
-source "$ROOT/bench/gateway/lib.sh"
 trap stop_all EXIT INT TERM
 
 mkdir -p "$TMP/manifests"

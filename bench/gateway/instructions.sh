@@ -31,21 +31,15 @@ done
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 ECHO_BIN="${ECHO_BIN:-$ROOT/target/release/drawbridge-echo}"
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
-fi
+# shellcheck source=lib.sh
+source "$ROOT/bench/gateway/lib.sh"
+install_missing valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client
 
 BACKEND=127.0.0.1:18180
 LISTEN=127.0.0.1:18183
 TMP="$(mktemp -d /tmp/gateway-instructions.XXXXXX)"
 PIDS=()
 CGROUPS=()
-# shellcheck source=lib.sh
-source "$ROOT/bench/gateway/lib.sh"
 trap stop_all EXIT INT TERM
 
 mkdir -p "$TMP/manifests"

@@ -2,6 +2,16 @@
 # Callers keep the processes they start in PIDS, the cgroups made by cpu_cap in CGROUPS, and
 # their scratch directory in TMP.
 
+# install_missing COMMAND:PACKAGE ...: installs (apt) the Debian package of every command not found.
+install_missing() {
+    local need=() pair
+    for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}"); done
+    if [ ${#need[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+    fi
+}
+
 # Stops every process in PIDS (SIGINT, then SIGKILL after 1 s), removes the cgroups in CGROUPS
 # and TMP.
 stop_all() {

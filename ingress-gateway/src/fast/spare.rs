@@ -28,6 +28,8 @@ pub struct Spares<T> {
 }
 
 impl<T> Spares<T> {
+    /// An empty list keeping buffers of at most `max_capacity` elements (not bytes: a
+    /// `Vec<(Range, Range)>`'s bound counts pairs).
     pub const fn new(max_capacity: usize) -> Self {
         Spares {
             list: RefCell::new(Vec::new()),
